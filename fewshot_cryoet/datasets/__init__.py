@@ -1,0 +1,1 @@
+"""Data: templates (maps and atomic models), the simulator, and datasets on disk."""

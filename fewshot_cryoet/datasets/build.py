@@ -1,0 +1,219 @@
+"""Build a data set on disk: plan particles, simulate in fixed-size chunks, write atomically.
+
+Chunks have a fixed size so the numbers do not depend on how many workers ran them; each worker
+process writes its chunks straight into the memory-mapped output files and sends back only the
+measured SNRs. Any error or Ctrl-C removes the partial output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.spatial.transform import Rotation
+
+import fewshot_cryoet
+from fewshot_cryoet.datasets.dataset import DatasetWriter, SubtomogramDataset, now_iso, snr_label
+from fewshot_cryoet.datasets.simulate import ParticlePlan, SimulationConfig, Simulator, add_noise, make_plan
+from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
+from fewshot_cryoet.datasets.templates import Template
+from fewshot_cryoet.errors import FscError
+
+CHUNK = 16
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs to simulate chunks into the temporary output files."""
+
+    templates: list[Template]
+    config: SimulationConfig
+    plan: ParticlePlan
+    snrs: list[float]
+    masks_path: Path
+    volume_paths: dict[float, Path]
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(job: _Job, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker_state["job"] = job
+    _worker_state["simulator"] = Simulator(job.templates, job.config)
+    _worker_state["masks"] = np.load(job.masks_path, mmap_mode="r+")
+    _worker_state["volumes"] = {s: np.load(p, mmap_mode="r+") for s, p in job.volume_paths.items()}
+
+
+def _run_chunk(start: int, stop: int) -> tuple[int, int, dict[float, tuple[np.ndarray, np.ndarray]]]:
+    job: _Job = _worker_state["job"]
+    simulator: Simulator = _worker_state["simulator"]
+    indices = np.arange(start, stop)
+    needs_noise = any(not math.isinf(s) for s in job.snrs)
+    batch = simulator.simulate(job.plan, indices, with_noise=needs_noise)
+    _worker_state["masks"][start:stop] = batch.mask.numpy().astype(np.uint8)
+    measured = {}
+    for snr in job.snrs:
+        noisy = add_noise(batch, snr)
+        _worker_state["volumes"][snr][start:stop] = noisy.volumes.numpy()
+        measured[snr] = (noisy.snr_measured, noisy.snr_measured_mask)
+    return start, stop, measured
+
+
+def simulate_dataset(
+    templates: list[Template],
+    out: str | Path,
+    snrs: list[float],
+    per_class: int = 200,
+    config: SimulationConfig | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    explicit_splits: dict[str, list[str]] | None = None,
+    overwrite: bool = False,
+    progress=None,
+    extra_manifest: dict | None = None,
+) -> SubtomogramDataset:
+    """Simulate ``per_class`` particles of every template at every SNR in ``snrs`` into ``out``.
+
+    ``progress`` is an optional ``rich.progress.Progress``; ``workers`` > 1 simulates chunks in
+    that many processes (one torch thread each).
+    """
+    config = config or SimulationConfig()
+    if not templates:
+        raise FscError("no templates to simulate")
+    if not snrs:
+        raise FscError("give at least one --snr level")
+    snrs = sorted(set(snrs), key=lambda s: -s)
+    names = [t.name for t in templates]
+    splits = assign_splits(names, seed, split_fractions, explicit_splits)
+    simulator = Simulator(templates, config)  # validates templates against the config early
+    plan = make_plan(templates, per_class, config, seed)
+    n = len(plan)
+    writer = DatasetWriter(out, n, config.box, snrs, overwrite)
+    job = _Job(templates, config, plan, snrs, writer.tmp / "masks.npy",
+               {s: writer.tmp / "volumes" / f"snr_{snr_label(s)}.npy" for s in snrs})
+    measured = {s: (np.zeros(n), np.zeros(n)) for s in snrs}
+    chunks = [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+    task = progress.add_task("simulating", total=n) if progress is not None else None
+    try:
+        if workers <= 1:
+            _worker_state.update(job=job, simulator=simulator, masks=writer.masks, volumes=writer.volumes)
+            results = (_run_chunk(a, b) for a, b in chunks)
+            pool = nullcontext()
+        else:
+            pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job, 1))
+            results = None
+        with pool:
+            if results is None:
+                futures = [pool.submit(_run_chunk, a, b) for a, b in chunks]
+                results = (f.result() for f in as_completed(futures))
+            for start, stop, chunk_measured in results:
+                for snr, (box_snr, mask_snr) in chunk_measured.items():
+                    measured[snr][0][start:stop] = box_snr
+                    measured[snr][1][start:stop] = mask_snr
+                if task is not None:
+                    progress.advance(task, stop - start)
+        _worker_state.clear()
+        labels = _labels_table(templates, plan, splits, snrs, measured, config)
+        manifest = _manifest(templates, config, splits, snrs, per_class, seed, n, extra_manifest)
+        path = writer.commit(labels, manifest, overwrite)
+    except BaseException:
+        _worker_state.clear()
+        writer.abort()
+        raise
+    return SubtomogramDataset(path)
+
+
+def _labels_table(
+    templates: list[Template],
+    plan: ParticlePlan,
+    splits: dict[str, str],
+    snrs: list[float],
+    measured: dict[float, tuple[np.ndarray, np.ndarray]],
+    config: SimulationConfig,
+) -> pd.DataFrame:
+    names = np.array([t.name for t in templates])
+    q = plan.quaternions
+    euler = Rotation.from_quat(q).as_euler("ZYZ", degrees=True)
+    base = pd.DataFrame(
+        {
+            "particle": np.arange(len(plan)),
+            "class": names[plan.class_index],
+            "class_index": plan.class_index,
+            "split": [splits[n] for n in names[plan.class_index]],
+            "quat_x": q[:, 0], "quat_y": q[:, 1], "quat_z": q[:, 2], "quat_w": q[:, 3],
+            "euler_zyz_1": euler[:, 0], "euler_zyz_2": euler[:, 1], "euler_zyz_3": euler[:, 2],
+            "shift_x_A": plan.shifts_voxels[:, 0] * config.voxel_size,
+            "shift_y_A": plan.shifts_voxels[:, 1] * config.voxel_size,
+            "shift_z_A": plan.shifts_voxels[:, 2] * config.voxel_size,
+            "defocus_um": plan.defocus_um,
+            "n_neighbours": [len(nb) for nb in plan.neighbours],
+            "neighbours": [";".join(names[i] for i, _, _ in nb) for nb in plan.neighbours],
+        }
+    )
+    tables = []
+    for snr in snrs:
+        table = base.copy()
+        table["snr"] = snr
+        table["snr_measured"] = measured[snr][0]
+        table["snr_measured_mask"] = measured[snr][1]
+        table["volume_file"] = f"volumes/snr_{snr_label(snr)}.npy"
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _manifest(
+    templates: list[Template],
+    config: SimulationConfig,
+    splits: dict[str, str],
+    snrs: list[float],
+    per_class: int,
+    seed: int,
+    n: int,
+    extra: dict | None,
+) -> dict:
+    classes = []
+    for i, t in enumerate(templates):
+        classes.append(
+            {
+                "name": t.name,
+                "index": i,
+                "split": splits[t.name],
+                "source": t.source,
+                "source_sha256": _file_sha256(t.source),
+                "extent_angstrom": round(t.extent_angstrom, 2),
+                "template_size": t.size,
+            }
+        )
+    return {
+        "created": now_iso(),
+        "package_version": fewshot_cryoet.__version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "seed": seed,
+        "particles": n,
+        "per_class": per_class,
+        "snr_levels": [snr_label(s) for s in snrs],
+        "simulation": config.to_dict(),
+        "tilt_angles": config.tilts.tolist() if config.route == "tilt-series" else None,
+        "field": config.field,
+        "classes": classes,
+        "splits": {s: [c["name"] for c in classes if c["split"] == s] for s in ("train", "val", "test")},
+        **(extra or {}),
+    }
+
+
+def _file_sha256(source: str) -> str | None:
+    path = Path(source)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,80 @@
+"""Export a data set to MRC files plus a RELION-style STAR file, for other tools.
+
+Angles: RELION's ``rlnAngleRot/Tilt/Psi`` are ZYZ Euler angles of the rotation that maps the
+particle onto the reference, i.e. the inverse of the rotation the simulator applied to the
+template; the columns are written that way. Shifts: ``rlnOriginX/Y/ZAngst`` are the negated
+simulated shifts (RELION subtracts the origin to centre the particle). The simulator's own
+quaternions, split and SNRs are carried in extra ``fsc*`` columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+from scipy.spatial.transform import Rotation
+
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
+from fewshot_cryoet.datasets.mrc_io import write_volume
+from fewshot_cryoet.errors import FscError
+
+
+def export_dataset(
+    dataset: SubtomogramDataset, out: str | Path, snr: float | str, overwrite: bool = False, progress=None
+) -> Path:
+    """Write ``subtomograms/*.mrc``, ``masks/*.mrc`` and ``particles.star`` under ``out``."""
+    out = Path(out)
+    label = snr_label(parse_snr(snr))
+    star_path = out / "particles.star"
+    if star_path.exists() and not overwrite:
+        raise FscError(f"{out}: already holds an export; pass --overwrite or choose another --out")
+    try:
+        (out / "subtomograms").mkdir(parents=True, exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise FscError(f"{out}: cannot create export folder ({exc.strerror}); choose a writable --out") from None
+    volumes = dataset.volumes(label)
+    masks = dataset.masks
+    labels = dataset.labels[dataset.labels["snr"].map(snr_label) == label].reset_index(drop=True)
+    voxel = dataset.voxel_size
+    task = progress.add_task("exporting", total=len(labels)) if progress is not None else None
+    image_names, mask_names = [], []
+    for particle, class_name in zip(labels["particle"], labels["class"]):
+        name = f"{particle:06d}_{class_name}.mrc"
+        write_volume(out / "subtomograms" / name, volumes[particle], voxel)
+        write_volume(out / "masks" / name, masks[particle], voxel)
+        image_names.append(f"subtomograms/{name}")
+        mask_names.append(f"masks/{name}")
+        if task is not None:
+            progress.advance(task)
+    quats = labels[["quat_x", "quat_y", "quat_z", "quat_w"]].to_numpy()
+    relion = Rotation.from_quat(quats).inv().as_euler("ZYZ", degrees=True)
+    table = pd.DataFrame(
+        {
+            "rlnImageName": image_names,
+            "rlnClassNumber": labels["class_index"].to_numpy() + 1,
+            "rlnAngleRot": relion[:, 0],
+            "rlnAngleTilt": relion[:, 1],
+            "rlnAnglePsi": relion[:, 2],
+            "rlnOriginXAngst": -labels["shift_x_A"].to_numpy(),
+            "rlnOriginYAngst": -labels["shift_y_A"].to_numpy(),
+            "rlnOriginZAngst": -labels["shift_z_A"].to_numpy(),
+            "rlnDefocusU": labels["defocus_um"].to_numpy() * 1e4,
+            "rlnDefocusV": labels["defocus_um"].to_numpy() * 1e4,
+            "rlnImagePixelSize": np.full(len(labels), voxel),
+            "rlnImageSize": np.full(len(labels), dataset.box),
+            "rlnImageDimensionality": np.full(len(labels), 3),
+            "fscClass": labels["class"].to_numpy(),
+            "fscSplit": labels["split"].to_numpy(),
+            "fscMaskName": mask_names,
+            "fscQuatX": quats[:, 0], "fscQuatY": quats[:, 1], "fscQuatZ": quats[:, 2], "fscQuatW": quats[:, 3],
+            "fscSnr": labels["snr"].to_numpy(),
+            "fscSnrMeasured": labels["snr_measured"].to_numpy(),
+        }
+    )
+    tmp = star_path.with_suffix(".star.tmp")
+    starfile.write({"particles": table}, tmp, overwrite=True)
+    tmp.replace(star_path)
+    return star_path

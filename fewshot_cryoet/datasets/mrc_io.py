@@ -1,0 +1,90 @@
+"""Reading and writing MRC volumes with validation.
+
+mrcfile does the parsing; this module adds what a benchmark needs on top: arrays always come back
+as ``(z, y, x)`` float32 whatever the header's axis order, the voxel size travels with the data,
+and every kind of bad file (corrupt, truncated, 2D, NaN, all zero, voxel size 0) becomes a
+one-line :class:`FscError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from fewshot_cryoet.errors import FscError
+
+MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs", ".ccp4")
+
+
+def read_volume(path: str | Path, voxel_size: float | None = None) -> tuple[np.ndarray, float]:
+    """Return ``(volume, voxel_size_angstrom)`` from an MRC file.
+
+    ``voxel_size`` overrides the header (needed for files whose header says 0).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mrcfile warns before it raises; we report once
+            with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                data = np.asarray(mrc.data)
+                header = mrc.header
+                axis_order = (int(header.mapc), int(header.mapr), int(header.maps))
+                header_voxel = float(mrc.voxel_size.x)
+    except FileNotFoundError:
+        raise FscError(f"{path}: file not found") from None
+    except PermissionError:
+        raise FscError(f"{path}: permission denied; check the file's permissions") from None
+    except (ValueError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FscError(
+            f"{path}: not a readable MRC file ({reason}); re-export or re-copy it"
+        ) from None
+    if data is None or data.ndim != 3 or min(data.shape) < 2:
+        shape = None if data is None else tuple(data.shape)
+        raise FscError(f"{path}: expected a 3D volume, found data of shape {shape}")
+    volume = _to_zyx(data, axis_order, path).astype(np.float32, copy=True)
+    if not np.isfinite(volume).all():
+        bad = int((~np.isfinite(volume)).sum())
+        raise FscError(f"{path}: {bad} voxels are NaN or infinite; fix or re-export the map")
+    if not np.any(volume):
+        raise FscError(f"{path}: every voxel is zero; the map holds no density")
+    if voxel_size is None:
+        if not header_voxel > 0:
+            raise FscError(
+                f"{path}: header voxel size is {header_voxel:g} Å; "
+                "give the real one with --template-voxel-size"
+            )
+        voxel_size = header_voxel
+    elif not voxel_size > 0:
+        raise FscError(f"{path}: voxel size override must be positive, got {voxel_size}")
+    return volume, float(voxel_size)
+
+
+def _to_zyx(data: np.ndarray, axis_order: tuple[int, int, int], path: Path) -> np.ndarray:
+    """Permute file order (sections, rows, columns) into (z, y, x) using MAPC/MAPR/MAPS."""
+    if axis_order == (1, 2, 3):
+        return data
+    if sorted(axis_order) != [1, 2, 3]:
+        raise FscError(f"{path}: invalid MAPC/MAPR/MAPS axis order {axis_order} in header")
+    # File array axes are (sections, rows, columns) = axes (maps, mapr, mapc) of x=1, y=2, z=3.
+    file_axes = (axis_order[2], axis_order[1], axis_order[0])
+    return np.transpose(data, [file_axes.index(a) for a in (3, 2, 1)])
+
+
+def write_volume(path: str | Path, volume: np.ndarray, voxel_size: float) -> None:
+    """Write a ``(z, y, x)`` volume (float32, or uint8 for masks) with its voxel size."""
+    path = Path(path)
+    array = np.ascontiguousarray(volume)
+    if array.dtype not in (np.float32, np.uint8, np.int8, np.int16):
+        array = array.astype(np.float32)
+    if array.dtype == np.uint8:
+        array = array.astype(np.int8)  # MRC mode 0 is signed 8-bit in most readers
+    try:
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(array)
+            mrc.voxel_size = float(voxel_size)
+    except PermissionError:
+        raise FscError(f"{path}: permission denied; choose a writable output folder") from None

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny synthetic templates, the shared real data, small simulated data sets."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fewshot_cryoet.datasets.build import simulate_dataset
+from fewshot_cryoet.datasets.simulate import SimulationConfig
+from fewshot_cryoet.datasets.synthetic import synthetic_templates
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (templates and atomic models)."""
+    if not (SHARED_DATA / "templates").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}: these checks need the real templates")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def templates():
+    """Six synthetic classes at 10 Å."""
+    return synthetic_templates(6, voxel_size=10.0)
+
+
+@pytest.fixture(scope="session")
+def paired_dataset(tmp_path_factory, templates):
+    """A small tilt-series data set at SNR ∞, 1000 and 0.5 sharing the same particles."""
+    out = tmp_path_factory.mktemp("data") / "paired"
+    return simulate_dataset(
+        templates, out, [math.inf, 1000.0, 0.5], per_class=8, config=SimulationConfig(), seed=3
+    )
