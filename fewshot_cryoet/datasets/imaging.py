@@ -164,7 +164,7 @@ class TiltSeriesImager:
         )
         # Zero padding so neither the CTF's point spread (≲ 6 pixels at 6 µm, 10 Å) nor the
         # ramp's kernel wraps around; sizes rounded to FFT-friendly lengths.
-        self._filter_shape = (_fft_size(field + 16), _fft_size(self.detector + 16))
+        self._filter_shape = (fft_friendly_size(field + 16), fft_friendly_size(self.detector + 16))
         ramp = _ramp_filter(self._filter_shape[1])
         if optics is None:
             self._signal_filter = ramp.view(1, 1, 1, -1)
@@ -222,7 +222,7 @@ class TiltSeriesImager:
         return volumes.view(box, box, batch, rows).permute(2, 0, 3, 1).contiguous()
 
 
-def _fft_size(n: int) -> int:
+def fft_friendly_size(n: int) -> int:
     """Smallest length ≥ n whose prime factors are 2, 3 and 5."""
     while True:
         m = n

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fewshot_cryoet.datasets.imaging import fft_friendly_size
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volume
 from fewshot_cryoet.errors import FscError
 
@@ -160,6 +161,7 @@ def template_from_atomic_model(
         raise FscError(f"{path}: cannot read atomic model ({str(exc).splitlines()[0]})") from None
     if len(structure) == 0:
         raise FscError(f"{path}: atomic model holds no models")
+    structure.setup_entities()  # entity types are needed to tell polymer from ligand and water
     structure.remove_ligands_and_waters()
     structure.remove_hydrogens()
     model = structure[0]
@@ -173,6 +175,9 @@ def template_from_atomic_model(
     span = float((positions.max(0) - positions.min(0)).max()) + 2 * 3 * blur_sigma + 4 * fine
     n_coarse = int(math.ceil(span / target_voxel_size)) + 2
     n_coarse += n_coarse % 2
+    # gemmi sizes FFT grids to products of 2, 3 and 5; choose a cell where that is exact.
+    while fft_friendly_size(n_coarse * binning) != n_coarse * binning:
+        n_coarse += 2
     cell = n_coarse * target_voxel_size
     shift = cell / 2 - (positions.max(0) + positions.min(0)) / 2
     for chain in model:
