@@ -11,7 +11,6 @@ import hashlib
 import math
 import platform
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,29 +103,31 @@ def simulate_dataset(
     measured = {s: (np.zeros(n), np.zeros(n)) for s in snrs}
     chunks = [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
     task = progress.add_task("simulating", total=n) if progress is not None else None
+    pool: ProcessPoolExecutor | None = None
     try:
         if workers <= 1:
             _worker_state.update(job=job, simulator=simulator, masks=writer.masks, volumes=writer.volumes)
             results = (_run_chunk(a, b) for a, b in chunks)
-            pool = nullcontext()
         else:
             pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job, 1))
-            results = None
-        with pool:
-            if results is None:
-                futures = [pool.submit(_run_chunk, a, b) for a, b in chunks]
-                results = (f.result() for f in as_completed(futures))
-            for start, stop, chunk_measured in results:
-                for snr, (box_snr, mask_snr) in chunk_measured.items():
-                    measured[snr][0][start:stop] = box_snr
-                    measured[snr][1][start:stop] = mask_snr
-                if task is not None:
-                    progress.advance(task, stop - start)
+            futures = [pool.submit(_run_chunk, a, b) for a, b in chunks]
+            results = (f.result() for f in as_completed(futures))
+        for start, stop, chunk_measured in results:
+            for snr, (box_snr, mask_snr) in chunk_measured.items():
+                measured[snr][0][start:stop] = box_snr
+                measured[snr][1][start:stop] = mask_snr
+            if task is not None:
+                progress.advance(task, stop - start)
+        if pool is not None:
+            pool.shutdown()
+            pool = None
         _worker_state.clear()
         labels = _labels_table(templates, plan, splits, snrs, measured, config)
         manifest = _manifest(templates, config, splits, snrs, per_class, seed, n, extra_manifest)
         path = writer.commit(labels, manifest, overwrite)
     except BaseException:
+        if pool is not None:  # stop queued chunks instead of finishing them
+            pool.shutdown(wait=True, cancel_futures=True)
         _worker_state.clear()
         writer.abort()
         raise
