@@ -138,9 +138,13 @@ def test_incomplete_or_tampered_folders_are_refused(tmp_path, paired_dataset):
         SubtomogramDataset(copy).volumes(7)
 
 
-def test_unwritable_and_missing_parent(tmp_path, templates):
-    with pytest.raises(FscError, match="parent folder .* does not exist"):
-        simulate_dataset(templates[:2], tmp_path / "no" / "such" / "dir", [1.0], per_class=1)
+def test_missing_parents_are_created_and_file_parents_refused(tmp_path, templates):
+    nested = simulate_dataset(templates[:2], tmp_path / "new" / "deep" / "d", [1.0], per_class=1,
+                              config=SimulationConfig(route="fourier"))
+    assert len(nested) == 2
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(FscError, match="is a file, not a folder"):
+        simulate_dataset(templates[:2], tmp_path / "plain.txt" / "d", [1.0], per_class=1)
 
 
 def test_export_to_mrc_and_star(tmp_path, paired_dataset):

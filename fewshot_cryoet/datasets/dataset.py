@@ -85,7 +85,7 @@ class DatasetWriter:
         check_output_folder(self.out, overwrite)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
         try:
-            (self.tmp / VOLUMES_DIR).mkdir(parents=True)
+            (self.tmp / VOLUMES_DIR).mkdir(parents=True)  # creates missing parents of --out too
         except OSError as exc:
             raise FscError(f"{self.out}: cannot create the data set folder ({exc.strerror}); choose a writable --out") from None
         shape = (count, box, box, box)
@@ -130,10 +130,13 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse to clobber data: an existing data set needs ``--overwrite``; a non-empty folder
     that is not a data set is never replaced."""
     if not out.exists():
-        if not out.parent.exists():
-            raise FscError(f"{out}: parent folder {out.parent} does not exist; create it first")
-        if not os.access(out.parent, os.W_OK):
-            raise FscError(f"{out}: cannot write to {out.parent} (permission denied); choose another --out")
+        ancestor = out.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise FscError(f"{out}: {ancestor} is a file, not a folder; choose another --out")
+        if not os.access(ancestor, os.W_OK):
+            raise FscError(f"{out}: cannot write to {ancestor} (permission denied); choose another --out")
         return
     if not out.is_dir():
         raise FscError(f"{out}: exists and is a file; choose another --out")
