@@ -30,6 +30,7 @@ def test_layout_labels_and_memory_maps(paired_dataset, templates):
                    "snr_measured", "snr_measured_mask", "neighbours"):
         assert column in labels.columns
     assert len(labels) == 3 * 48
+    assert (ds.labels["neighbours"] == "").all() and (ds.labels["n_neighbours"] == 0).all()
     manifest = ds.manifest
     assert manifest["seed"] == 3 and manifest["package_version"]
     assert manifest["simulation"]["route"] == "tilt-series" and len(manifest["tilt_angles"]) == 61

@@ -231,7 +231,9 @@ class SubtomogramDataset:
     def labels(self) -> pd.DataFrame:
         """The full labels table (one row per particle and SNR level)."""
         if self._labels is None:
-            self._labels = pd.read_csv(self.path / LABELS, keep_default_na=False, na_values=[""])
+            labels = pd.read_csv(self.path / LABELS, dtype={"neighbours": str, "class": str})
+            labels["neighbours"] = labels["neighbours"].fillna("")
+            self._labels = labels
         return self._labels
 
     @property
