@@ -1,0 +1,151 @@
+"""Few-shot episodes: N-way K-shot Q-query tasks drawn from one split of a data set.
+
+Every method must be scored on the same test episodes, so an episode is a pure function of the
+data set's split, (N, K, Q) and a seed: episode ``i`` uses its own random stream
+``SeedSequence([seed, i])``, which makes the first 600 episodes of a 1000-episode set identical
+to a 600-episode set, and lets an interrupted evaluation resume at any episode. An
+:class:`EpisodeSet` (particle indices only, no volumes) can be saved next to results and reloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr
+from fewshot_cryoet.errors import FscError
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which episodes: split, N-way, K-shot, Q queries per class, seed."""
+
+    split: str
+    n_way: int
+    k_shot: int = 1
+    q_query: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_way < 2:
+            raise FscError(f"N-way must be ≥ 2, got {self.n_way}")
+        if self.k_shot < 1 or self.q_query < 1:
+            raise FscError(f"K-shot and queries per class must be ≥ 1, got K={self.k_shot}, Q={self.q_query}")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task. Labels are episode-local class numbers 0..N-1; ``classes[i]`` names class i.
+
+    Volumes are ``(N·K, 1, D, H, W)`` and ``(N·Q, 1, D, H, W)`` float32; masks, when the data
+    set has them, are the same shapes as uint8. The voxel size (Å) and SNR travel with the data.
+    """
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+    classes: tuple[str, ...]
+    voxel_size: float
+    snr: float
+    support_masks: torch.Tensor | None = None
+    query_masks: torch.Tensor | None = None
+
+    @property
+    def n_way(self) -> int:
+        return len(self.classes)
+
+    @property
+    def k_shot(self) -> int:
+        return len(self.support_labels) // self.n_way
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """Particle indices of a fixed list of episodes: ``indices[e, c, :K]`` are the supports and
+    ``indices[e, c, K:]`` the queries of episode ``e``'s class ``c`` (named ``class_names[e, c]``)."""
+
+    spec: EpisodeSpec
+    class_names: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def save(self, path: str | Path) -> None:
+        s = self.spec
+        np.savez(path, class_names=self.class_names, indices=self.indices,
+                 spec=np.array([s.split, s.n_way, s.k_shot, s.q_query, s.seed], dtype=object))
+
+    @classmethod
+    def load(cls, path: str | Path) -> EpisodeSet:
+        with np.load(path, allow_pickle=True) as data:
+            split, n, k, q, seed = data["spec"].tolist()
+            return cls(EpisodeSpec(str(split), int(n), int(k), int(q), int(seed)),
+                       data["class_names"], data["indices"])
+
+
+def sample_episodes(dataset: SubtomogramDataset, spec: EpisodeSpec, count: int) -> EpisodeSet:
+    """Draw ``count`` episodes of ``spec`` from ``dataset`` (deterministic, see module docs)."""
+    if spec.split not in dataset.splits:
+        raise FscError(f"{dataset.path}: no split {spec.split!r} (it has {', '.join(dataset.splits)})")
+    split_classes = sorted(dataset.splits[spec.split])
+    if spec.n_way > len(split_classes):
+        raise FscError(
+            f"{spec.n_way}-way episodes need {spec.n_way} classes but the {spec.split} split of "
+            f"{dataset.path} has {len(split_classes)} ({', '.join(split_classes)})"
+        )
+    per_class = {name: np.sort(dataset.indices(class_name=name)) for name in split_classes}
+    needed = spec.k_shot + spec.q_query
+    short = {name: len(idx) for name, idx in per_class.items() if len(idx) < needed}
+    if short:
+        detail = ", ".join(f"{n} has {c}" for n, c in sorted(short.items()))
+        raise FscError(
+            f"{spec.k_shot}-shot episodes with {spec.q_query} queries need {needed} subtomograms per "
+            f"class, but in {dataset.path}: {detail}"
+        )
+    names = np.empty((count, spec.n_way), dtype=object)
+    indices = np.empty((count, spec.n_way, needed), dtype=np.int64)
+    for e in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, e]))
+        chosen = rng.choice(len(split_classes), size=spec.n_way, replace=False)
+        for c, class_id in enumerate(chosen):
+            name = split_classes[class_id]
+            names[e, c] = name
+            indices[e, c] = rng.choice(per_class[name], size=needed, replace=False)
+    return EpisodeSet(spec, names, indices)
+
+
+def load_episode(
+    dataset: SubtomogramDataset, episodes: EpisodeSet, number: int, snr: float | str, with_masks: bool = True
+) -> Episode:
+    """Read episode ``number`` of ``episodes`` from ``dataset`` at ``snr`` into tensors."""
+    k = episodes.spec.k_shot
+    block = episodes.indices[number]
+    n_way = block.shape[0]
+    support_idx = block[:, :k].reshape(-1)
+    query_idx = block[:, k:].reshape(-1)
+    volumes = dataset.volumes(snr)
+
+    def read(array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        order = np.argsort(idx)  # memory maps read fastest in file order
+        out = np.empty((len(idx),) + array.shape[1:], dtype=array.dtype)
+        out[order] = array[idx[order]]
+        return torch.from_numpy(out).unsqueeze(1)
+
+    masks = dataset.masks if with_masks else None
+    return Episode(
+        support=read(volumes, support_idx),
+        support_labels=torch.arange(n_way).repeat_interleave(k),
+        query=read(volumes, query_idx),
+        query_labels=torch.arange(n_way).repeat_interleave(block.shape[1] - k),
+        classes=tuple(str(n) for n in episodes.class_names[number]),
+        voxel_size=dataset.voxel_size,
+        snr=parse_snr(snr),
+        support_masks=read(masks, support_idx) if masks is not None else None,
+        query_masks=read(masks, query_idx) if masks is not None else None,
+    )
+
