@@ -226,5 +226,199 @@ def info(dataset_path, verify) -> None:
         Console().print("[green]verified[/]: files match the manifest's content hash")
 
 
+def _split_list(text: str, option: str, cast=str) -> list:
+    try:
+        values = [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FscError(f"{option} {text!r}: expected a comma-separated list such as 2,4,6,8") from None
+    if not values:
+        raise FscError(f"{option} is empty")
+    return values
+
+
+def _method_specs(methods_text: str, param_texts: tuple[str, ...]):
+    """``protonet,siamese/variant`` plus ``--param name.key=value`` overrides → MethodSpecs."""
+    import json as _json
+
+    from fewshot_cryoet.plugins import get_plugins
+    from fewshot_cryoet.runner import MethodSpec
+
+    plugins = get_plugins()
+    entries = _split_list(methods_text, "--methods")
+    names = [e.split("/", 1)[0] for e in entries]
+    unknown = [n for n in names if n not in plugins.methods]
+    if unknown:
+        raise FscError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(plugins.methods.names())}")
+    overrides: dict[str, dict] = {}
+    for text in param_texts:
+        match = re.fullmatch(r"([\w-]+)\.(\w+)=(.*)", text)
+        if not match or match.group(1) not in names:
+            raise FscError(f"--param {text!r}: use METHOD.KEY=VALUE for a method given in --methods")
+        try:
+            value = _json.loads(match.group(3))
+        except ValueError:
+            value = match.group(3)
+        overrides.setdefault(match.group(1), {})[match.group(2)] = value
+    specs = []
+    for entry, name in zip(entries, names):
+        variant = entry.split("/", 1)[1] if "/" in entry else None
+        cls = plugins.methods.get(name)
+        cls(overrides.get(name), variant)  # validates variant and hyper-parameters before any work
+        specs.append(MethodSpec(cls, variant, overrides.get(name, {}), str(plugins.methods.origin(name))))
+    return specs
+
+
+def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_classes: str | None):
+    """(name, provider or None, fixed data set or None) for --dataset NAME|PATH / --templates."""
+    from fewshot_cryoet.datasets.dataset import MANIFEST, SubtomogramDataset
+    from fewshot_cryoet.datasets.providers import templates_provider
+    from fewshot_cryoet.plugins import get_plugins
+
+    if template_paths:
+        explicit = {"test": _split_list(test_classes, "--test-classes")} if test_classes else None
+        provider = templates_provider(list(template_paths), per_class, explicit)
+        return "templates:" + ",".join(Path(p).name for p in template_paths), provider, None
+    name = dataset or "synthetic"
+    registry = get_plugins().datasets
+    if name in registry:
+        provider = registry.get(name)
+        if per_class != provider.per_class:
+            from dataclasses import replace
+
+            provider = replace(provider, per_class=per_class)
+        return name, provider, None
+    path = Path(name)
+    if (path / MANIFEST).exists() or path.is_dir():
+        ds = SubtomogramDataset(path)
+        return path.name, None, ds
+    raise FscError(f"unknown data set {name!r}: not a folder and not one of: {', '.join(registry.names())}")
+
+
+@main.command()
+@click.option("--methods", "methods_text", default="protonet,siamese,xcorr", show_default=True,
+              help="Comma-separated methods, optionally NAME/VARIANT.")
+@click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE", help="Hyper-parameter override; repeatable.")
+@click.option("--snr", "snr_texts", multiple=True, default=("1000",), show_default=True, help="SNR level; repeatable.")
+@click.option("--ways", default="2,4,6,8", show_default=True, help="N-way settings.")
+@click.option("--shots", default="1", show_default=True, help="K-shot settings.")
+@click.option("--queries", type=int, default=5, show_default=True, help="Query subtomograms per class per episode.")
+@click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic].")
+@click.option("--templates", "template_paths", multiple=True, metavar="DIR|FILE", help="Simulate from these templates instead.")
+@click.option("--test-classes", default=None, help="With --templates: comma-separated test classes.")
+@click.option("--per-class", type=int, default=100, show_default=True, help="Subtomograms per class when simulating.")
+@click.option("--budget", "budget_text", default="1m", show_default=True, help="Training budget per method and SNR: 10m, 500ep, 500ep,10m.")
+@click.option("--episodes", type=int, default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--store", type=click.Path(path_type=Path), default=Path("fsc-results.sqlite"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --store.")
+def bench(methods_text, param_texts, snr_texts, ways, shots, queries, dataset, template_paths, test_classes,
+          per_class, budget_text, episodes, seed, device, store, resume) -> None:
+    """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
+    from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
+    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise
+    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.runner import BenchSettings, Runner
+    from fewshot_cryoet.store import ResultsStore
+
+    specs = _method_specs(methods_text, param_texts)
+    settings = BenchSettings(
+        ways=_split_list(ways, "--ways", int), shots=_split_list(shots, "--shots", int), queries=queries,
+        episodes=episodes, budget=Budget.parse(budget_text), seed=seed, device=device,
+    )
+    if episodes < 1 or queries < 1:
+        raise FscError("--episodes and --queries must be ≥ 1")
+    settings.torch_device  # validate --device now
+    snrs = [parse_snr(s) for s in snr_texts]
+    name, provider, fixed = _resolve_dataset(dataset, template_paths, per_class, test_classes)
+    if fixed is not None:
+        missing = [snr_label(s) for s in snrs if snr_label(s) not in fixed.snr_labels]
+        if missing:
+            raise FscError(f"{fixed.path}: has no SNR {', '.join(missing)} (it has {', '.join(fixed.snr_labels)})")
+    results = ResultsStore(store)
+    out = Console()
+    if episodes < LEADERBOARD_EPISODES:
+        out.print(f"[yellow]quick run:[/] {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})")
+    with make_progress() as progress:
+        runner = Runner(results, settings, progress, resume, log=progress.console.print)
+        for snr in snrs:
+            data = fixed if fixed is not None else provider.dataset(snr, progress)
+            runner.run_snr(specs, data, name, snr)
+    frame = results.frame()
+    labels = {spec.cls(spec.params, spec.variant).label for spec in specs}
+    frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
+                  & frame["seed"].eq(seed) & frame["dataset"].eq(name)]
+    summary = summarise(frame)
+    table = Table(title=f"{name}: accuracy ± 95% CI over {episodes} test episodes ({settings.queries} queries/class)")
+    table.add_column("method")
+    columns = sorted({(r.snr, r.k_shot, r.n_way) for r in summary.itertuples()},
+                     key=lambda c: (-float(c[0]) if c[0] != "inf" else -1e18, c[1], c[2]))
+    for snr, k, n in columns:
+        table.add_column(f"SNR {snr}\n{n}-way {k}-shot", justify="right")
+    for label in dict.fromkeys(summary["label"]):
+        cells = []
+        for snr, k, n in columns:
+            hit = summary[(summary["label"] == label) & (summary["snr"] == snr) & (summary["k_shot"] == k) & (summary["n_way"] == n)]
+            cells.append("—" if hit.empty else f"{hit['accuracy'].iloc[0]:.3f} ± {hit['ci95'].iloc[0]:.3f}")
+        table.add_row(label, *cells)
+    out.print(table)
+    out.print(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}")
+    results.close()
+
+
+@main.command("methods")
+def list_methods() -> None:
+    """List every registered method (built-in and plugins) with its variants and origin."""
+    from fewshot_cryoet.plugins import get_plugins
+
+    plugins = get_plugins()
+    table = Table(title="few-shot methods")
+    for column in ("method", "variants", "origin", "segments", "trains", "description"):
+        table.add_column(column)
+    for name in plugins.methods.names():
+        cls = plugins.methods.get(name)
+        table.add_row(name, ", ".join(cls.variants), str(plugins.methods.origin(name)),
+                      "yes" if cls.segments else "no", "yes" if cls.trainable else "no", cls.description)
+    Console().print(table)
+
+
+@main.command()
+@click.option("--store", type=click.Path(path_type=Path), default=Path("fsc-results.sqlite"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True)
+def leaderboard(store, out) -> None:
+    """Render Markdown, CSV and PNG leaderboards from a results store."""
+    from fewshot_cryoet.leaderboard import render
+    from fewshot_cryoet.store import ResultsStore
+
+    if not store.exists():
+        raise FscError(f"{store}: no such results store; run fsc bench first or pass --store")
+    results = ResultsStore(store)
+    frame = results.frame()
+    if frame.empty:
+        raise FscError(f"{store}: holds no results yet; run fsc bench first")
+    written = render(frame, results.query_dice_frame(), out, store.name)
+    results.close()
+    for path in written:
+        Console().print(f"wrote {path}")
+
+
+def _add_plugin_commands() -> None:
+    """Report plugins that failed to load (once), then let plugins add commands
+    (``fsc_add_cli_commands``); a failing plugin is reported, not fatal."""
+    from fewshot_cryoet.plugins import get_plugins
+
+    plugins = get_plugins()
+    for failure in plugins.failures:
+        console.print(f"[yellow]fsc: warning:[/] {failure}", highlight=False)
+    for impl in plugins.manager.hook.fsc_add_cli_commands.get_hookimpls():
+        try:
+            impl.function(cli=main)
+        except Exception as exc:
+            console.print(f"[yellow]fsc: warning:[/] plugin {impl.plugin_name} could not add commands: {exc}")
+
+
+_add_plugin_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -9,13 +9,13 @@ to a 600-episode set, and lets an interrupted evaluation resume at any episode. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.errors import FscError
 
 
@@ -53,6 +53,10 @@ class Episode:
     snr: float
     support_masks: torch.Tensor | None = None
     query_masks: torch.Tensor | None = None
+    #: Stable identities of the volumes (data set hash, SNR, particle), when read from a data
+    #: set: lets a method reuse per-volume work (e.g. embeddings) across test episodes.
+    support_ids: tuple | None = None
+    query_ids: tuple | None = None
 
     @property
     def n_way(self) -> int:
@@ -61,6 +65,18 @@ class Episode:
     @property
     def k_shot(self) -> int:
         return len(self.support_labels) // self.n_way
+
+    def to(self, device: torch.device | str) -> Episode:
+        """The same episode with every tensor on ``device``."""
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return replace(
+            self,
+            support=move(self.support), support_labels=move(self.support_labels),
+            query=move(self.query), query_labels=move(self.query_labels),
+            support_masks=move(self.support_masks), query_masks=move(self.query_masks),
+        )
 
 
 @dataclass(frozen=True)
@@ -147,5 +163,57 @@ def load_episode(
         snr=parse_snr(snr),
         support_masks=read(masks, support_idx) if masks is not None else None,
         query_masks=read(masks, query_idx) if masks is not None else None,
+        support_ids=_ids(dataset, snr, support_idx),
+        query_ids=_ids(dataset, snr, query_idx),
     )
 
+
+def _ids(dataset: SubtomogramDataset, snr: float | str, indices: np.ndarray) -> tuple:
+    key = (dataset.content_hash, snr_label(parse_snr(snr)))
+    return tuple((*key, int(i)) for i in indices)
+
+
+
+class EpisodeSource:
+    """Random episodes from one split at one SNR, for training: the split's volumes (and masks)
+    are read into memory once, then every ``sample`` is a cheap in-memory gather."""
+
+    def __init__(self, dataset: SubtomogramDataset, split: str, snr: float | str, with_masks: bool = True) -> None:
+        if split not in dataset.splits:
+            raise FscError(f"{dataset.path}: no split {split!r} (it has {', '.join(dataset.splits)})")
+        self.classes = sorted(dataset.splits[split])
+        self.voxel_size = dataset.voxel_size
+        self.snr = parse_snr(snr)
+        self.split = split
+        indices = np.sort(np.concatenate([dataset.indices(class_name=c) for c in self.classes]))
+        self._volumes = torch.from_numpy(np.asarray(dataset.volumes(snr)[indices]))
+        self._masks = torch.from_numpy(np.asarray(dataset.masks[indices])) if with_masks else None
+        position = {int(p): i for i, p in enumerate(indices)}
+        self._rows = {c: np.array([position[int(p)] for p in dataset.indices(class_name=c)]) for c in self.classes}
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def sample(self, n_way: int, k_shot: int, q_query: int, rng: np.random.Generator) -> Episode:
+        n_way = min(n_way, self.n_classes)
+        chosen = rng.choice(self.n_classes, size=n_way, replace=False)
+        need = k_shot + q_query
+        blocks = []
+        for c in chosen:
+            rows = self._rows[self.classes[c]]
+            blocks.append(rng.choice(rows, size=need, replace=len(rows) < need))
+        block = np.stack(blocks)
+        support, query = block[:, :k_shot].reshape(-1), block[:, k_shot:].reshape(-1)
+        masks = self._masks
+        return Episode(
+            support=self._volumes[support].unsqueeze(1),
+            support_labels=torch.arange(n_way).repeat_interleave(k_shot),
+            query=self._volumes[query].unsqueeze(1),
+            query_labels=torch.arange(n_way).repeat_interleave(q_query),
+            classes=tuple(self.classes[c] for c in chosen),
+            voxel_size=self.voxel_size,
+            snr=self.snr,
+            support_masks=masks[support].unsqueeze(1) if masks is not None else None,
+            query_masks=masks[query].unsqueeze(1) if masks is not None else None,
+        )

@@ -35,3 +35,11 @@ def paired_dataset(tmp_path_factory, templates):
     return simulate_dataset(
         templates, out, [math.inf, 1000.0, 0.5], per_class=8, config=SimulationConfig(), seed=3
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The conformance kit's data set: six synthetic classes, 16³, SNR ∞ and 1 (3 test classes)."""
+    from fewshot_cryoet.testing import tiny_dataset as make
+
+    return make(tmp_path_factory.mktemp("tiny"))

@@ -1,0 +1,154 @@
+"""Leaderboards generated from the results store (never edited by hand).
+
+Rows are method/variant, columns are N-way per SNR (per K-shot), cells "acc ± CI". In each column
+the best cell is bold, and so is every cell not significantly worse than it (statistical ties
+share the mark). A Dice table appears when any method segments; a PNG plots accuracy against
+N-way for each SNR. CSV files hold the same numbers in long form.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from fewshot_cryoet.metrics import mean_ci95, significantly_worse
+
+LEADERBOARD_EPISODES = 600
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (data set, method row, SNR, N, K): accuracy mean ± CI, Dice mean ± std, n."""
+    keys = ["dataset", "dataset_hash", "label", "budget", "snr", "n_way", "k_shot", "q_query"]
+    rows = []
+    for key, group in frame.groupby(keys, sort=False):
+        accuracy, ci = mean_ci95(group["accuracy"])
+        dice = group["dice"].dropna()
+        rows.append({
+            **dict(zip(keys, key)),
+            "episodes": len(group), "accuracy": accuracy, "ci95": ci,
+            "dice": float(dice.mean()) if len(dice) else math.nan,
+            "dice_std": float(dice.std(ddof=1)) if len(dice) > 1 else math.nan,
+            "predict_ms": 1000 * float(group["predict_seconds"].mean()),
+            "fit_seconds": float(group["fit_seconds"].dropna().mean()) if group["fit_seconds"].notna().any() else math.nan,
+            "val_accuracy": float(group["val_accuracy"].dropna().mean()) if group["val_accuracy"].notna().any() else math.nan,
+            "device": group["device"].iloc[0], "package_version": group["package_version"].iloc[0],
+            "plugin": group["plugin"].iloc[0],
+        })
+    return pd.DataFrame(rows)
+
+
+def _snr_order(text: str) -> float:
+    return -math.inf if text == "inf" else -float(text)
+
+
+def _column(row) -> str:
+    shot = "" if row["k_shot"] == 1 else f" {row['k_shot']}-shot"
+    snr = "∞" if row["snr"] == "inf" else row["snr"]
+    return f"SNR {snr} · {row['n_way']}-way{shot}"
+
+
+def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Markdown-ready table of "acc ± CI" with bold best cells and statistical ties."""
+    ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
+    columns = list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
+    labels = list(dict.fromkeys(summary["label"]))
+    table = pd.DataFrame("—", index=labels, columns=columns)
+    for column in columns:
+        cells = ordered[[_column(r) == column for _, r in ordered.iterrows()]]
+        best = cells.loc[cells["accuracy"].idxmax()]
+        for _, r in cells.iterrows():
+            text = f"{r['accuracy']:.3f} ± {r['ci95']:.3f}" if not math.isnan(r["ci95"]) else f"{r['accuracy']:.3f}"
+            tie = not significantly_worse(best["accuracy"], best["ci95"], r["accuracy"], r["ci95"])
+            table.loc[r["label"], column] = f"**{text}**" if tie else text
+    table.index.name = "method"
+    return table
+
+
+def dice_table(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """"mean ± std" Dice per column; "—" for methods that do not segment. None if none does."""
+    if summary["dice"].isna().all():
+        return None
+    ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
+    columns = list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
+    table = pd.DataFrame("—", index=list(dict.fromkeys(summary["label"])), columns=columns)
+    for _, r in ordered.iterrows():
+        if not math.isnan(r["dice"]):
+            std = "" if math.isnan(r["dice_std"]) else f" ± {r['dice_std']:.3f}"
+            table.loc[r["label"], _column(r)] = f"{r['dice']:.3f}{std}"
+    table.index.name = "method"
+    return table
+
+
+def per_class_dice(query_dice: pd.DataFrame) -> pd.DataFrame | None:
+    """Dice per test class (mean ± std) for each segmenting method, SNR and N-way."""
+    if query_dice.empty:
+        return None
+    grouped = query_dice.groupby(["dataset", "label", "snr", "n_way", "k_shot", "class"])["dice"]
+    out = grouped.agg(["mean", "std", "count"]).reset_index()
+    out["cell"] = [f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}" for m, s in zip(out["mean"], out["std"])]
+    return out
+
+
+def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    snrs = sorted(summary["snr"].unique(), key=_snr_order)
+    fig, axes = plt.subplots(1, len(snrs), figsize=(4.2 * len(snrs), 3.4), squeeze=False, sharey=True)
+    for ax, snr in zip(axes[0], snrs):
+        part = summary[(summary["snr"] == snr) & (summary["k_shot"] == summary["k_shot"].min())]
+        for label, rows in part.groupby("label", sort=False):
+            rows = rows.sort_values("n_way")
+            ax.errorbar(rows["n_way"], rows["accuracy"], yerr=rows["ci95"].fillna(0), marker="o", capsize=3, label=label)
+        ways = sorted(part["n_way"].unique())
+        ax.plot(ways, [1 / n for n in ways], "k:", label="chance")
+        ax.set_title(f"SNR {'∞' if snr == 'inf' else snr}")
+        ax.set_xlabel("N-way")
+        ax.set_xticks(ways)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (± 95% CI)")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store_name: str) -> list[Path]:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` (and Dice files, ``accuracy.png``) to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(frame)
+    written = []
+    lines = [f"# Leaderboard", "", f"Generated by `fsc leaderboard` from `{store_name}`; do not edit by hand.",
+             "Cells: accuracy over test episodes ± 95% CI (1.96·σ/√n). Bold: best in the column and every "
+             "cell not significantly worse than it.", ""]
+    for (dataset, dataset_hash), part in summary.groupby(["dataset", "dataset_hash"], sort=False):
+        episodes = part["episodes"]
+        quick = episodes.min() < LEADERBOARD_EPISODES
+        lines += [f"## Data set `{dataset}` (content hash `{dataset_hash}`)", "",
+                  f"Test episodes per cell: {episodes.min()}–{episodes.max()}"
+                  + (f" — **quick run: fewer than {LEADERBOARD_EPISODES}, not leaderboard grade**" if quick else "")
+                  + f"; queries per class: {', '.join(map(str, sorted(part['q_query'].unique())))}; "
+                  + "training budget per method and SNR: "
+                  + ", ".join(f"{label} {budget or 'none'}" for label, budget in
+                              dict(zip(part["label"], part["budget"])).items()), "",
+                  "### Accuracy", "", accuracy_table(part).to_markdown(), ""]
+        dice = dice_table(part)
+        if dice is not None:
+            lines += ["### Segmentation Dice (mean ± std over queries)", "", dice.to_markdown(), ""]
+    per_class = per_class_dice(query_dice)
+    if per_class is not None:
+        lines += ["### Dice per test class", ""]
+        pivot = per_class.pivot_table(index=["label", "snr", "n_way"], columns="class", values="cell", aggfunc="first")
+        lines += [pivot.to_markdown(), ""]
+        per_class.to_csv(out / "dice_per_class.csv", index=False)
+        written.append(out / "dice_per_class.csv")
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    summary.to_csv(out / "leaderboard.csv", index=False)
+    plot_accuracy(summary, out / "accuracy.png")
+    return [out / "leaderboard.md", out / "leaderboard.csv", out / "accuracy.png", *written]

@@ -1,0 +1,292 @@
+"""The method contract: one base class for every few-shot method, built in or third-party.
+
+A method is configured from a dict of hyper-parameters (defaults, then the variant's overrides,
+then the user's; unknown keys are refused), may ``fit`` within a :class:`Budget` using validation
+episodes for model selection, and ``predict``\\ s an :class:`Episode` into class scores per query
+and, when it segments, a probability volume per query. The runner computes every metric; methods
+only predict. :class:`TorchMethod` adds the shared episodic training loop for neural methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from fewshot_cryoet.episodes import Episode, EpisodeSource
+from fewshot_cryoet.errors import FscError
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Prediction:
+    """Scores ``(n_query, n_way)`` (higher = more likely; softmax or similarity, any monotone
+    scale) and, for segmenting methods, foreground probabilities ``(n_query, 1, D, H, W)``."""
+
+    scores: torch.Tensor
+    probabilities: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a method may do: a number of training episodes and/or minutes."""
+
+    episodes: int | None = None
+    minutes: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``10m``, ``90s``, ``1.5h``, ``500ep`` or ``500ep,10m`` (whichever ends first)."""
+        episodes = minutes = None
+        for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+            match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ep|episodes|s|m|min|h)?", part)
+            if not match:
+                raise FscError(f"--budget {text!r}: use e.g. 10m, 90s, 1h, 500ep or 500ep,10m")
+            value, unit = float(match.group(1)), match.group(2) or "m"
+            if unit in ("ep", "episodes"):
+                episodes = int(value)
+            else:
+                minutes = value * {"s": 1 / 60, "m": 1, "min": 1, "h": 60}[unit]
+        if episodes is None and minutes is None:
+            raise FscError(f"--budget {text!r}: give a number of episodes and/or a time")
+        return cls(episodes, minutes)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.episodes is not None:
+            parts.append(f"{self.episodes}ep")
+        if self.minutes is not None:
+            parts.append(f"{self.minutes:g}m")
+        return ",".join(parts)
+
+
+@dataclass
+class FitContext:
+    """What a method may use while fitting. ``validation`` episodes come from validation classes
+    only; ``report(step, accuracy)`` lets a tuner prune bad trials early."""
+
+    train: EpisodeSource
+    validation: list[Episode]
+    budget: Budget
+    device: torch.device
+    seed: int = 0
+    progress: Callable[[float, str], None] | None = None
+    report: Callable[[int, float], None] | None = None
+
+
+@dataclass
+class FitReport:
+    episodes: int = 0
+    seconds: float = 0.0
+    best_validation_accuracy: float | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class FewShotMethod(ABC):
+    """Base class of every method. Subclasses set the class attributes and ``predict``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    segments: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+
+    def __init__(self, params: dict[str, Any] | None = None, variant: str | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        variant = variant or next(iter(self.variants))
+        if variant not in self.variants:
+            raise FscError(
+                f"method {self.name!r} has no variant {variant!r}; variants: {', '.join(self.variants)}"
+            )
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise FscError(
+                f"method {self.name!r} does not accept {', '.join(unknown)}; "
+                f"hyper-parameters: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        self.variant = variant
+        self.params = {**self.defaults, **self.variants[variant], **params}
+        self.device = torch.device(device)
+
+    @property
+    def label(self) -> str:
+        """Human-readable row name for leaderboards."""
+        return self.name if self.variant == "default" else f"{self.name}/{self.variant}"
+
+    def params_hash(self) -> str:
+        text = json.dumps(self.params, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def fit(self, context: FitContext) -> FitReport:
+        """Training-free methods need no fit."""
+        return FitReport()
+
+    @abstractmethod
+    def predict(self, episode: Episode) -> Prediction:
+        """Scores per query (and probabilities if the method segments)."""
+
+    # -- persistence -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Learned state (tensors and plain values); empty for training-free methods."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+    def save(self, path: str | Path, box: int) -> None:
+        import fewshot_cryoet
+
+        payload = {
+            "format": CHECKPOINT_FORMAT, "method": self.name, "variant": self.variant,
+            "params": self.params, "box": box, "state": self.state(),
+            "package_version": fewshot_cryoet.__version__,
+        }
+        tmp = Path(str(path) + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    def load(self, path: str | Path, box: int) -> None:
+        """Load a checkpoint written by :meth:`save` for the same method, variant and box size."""
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise FscError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        if payload.get("format", 0) > CHECKPOINT_FORMAT:
+            raise FscError(f"{path}: checkpoint format is newer than this fewshot-cryoet; upgrade it")
+        if payload.get("method") != self.name or payload.get("variant") != self.variant:
+            raise FscError(
+                f"{path}: checkpoint is for {payload.get('method')}/{payload.get('variant')}, "
+                f"not {self.name}/{self.variant}"
+            )
+        if payload.get("box") != box:
+            raise FscError(f"{path}: checkpoint was trained on {payload.get('box')}³ boxes, the data are {box}³")
+        self.load_state(payload["state"])
+
+
+class TorchMethod(FewShotMethod):
+    """A neural method trained episodically: subclasses give the network, the loss on an
+    episode and the scores; this class owns the loop (optimizer from timm, budget, validation
+    every ``val_every`` episodes, best-on-validation weights kept, bf16 autocast on CUDA)."""
+
+    trainable: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {
+        "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
+        "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
+    }
+
+    def __init__(self, params=None, variant=None, device="cpu") -> None:
+        super().__init__(params, variant, device)
+        torch.manual_seed(0)  # identical initial weights for identical hyper-parameters
+        self.network = self.build_network().to(self.device)
+        self._embeddings: dict = {}
+
+    def cached(self, volumes: torch.Tensor, ids: tuple | None, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``compute(volumes)`` row by row, reusing rows already computed for the same volume
+        identities (test episodes share particles). Only used in eval mode, where ``compute`` is a
+        pure function of the volume; the cache is cleared whenever the weights change."""
+        if ids is None or self.network.training:
+            return compute(volumes)
+        missing = [i for i, key in enumerate(ids) if key not in self._embeddings]
+        if missing:
+            fresh = compute(volumes[missing])
+            for i, row in zip(missing, fresh):
+                self._embeddings[ids[i]] = row
+        return torch.stack([self._embeddings[key] for key in ids])
+
+    @abstractmethod
+    def build_network(self) -> torch.nn.Module:
+        """The module holding every learned parameter."""
+
+    @abstractmethod
+    def training_loss(self, episode: Episode) -> torch.Tensor:
+        """Differentiable loss on one training episode (already on the device)."""
+
+    @abstractmethod
+    def scores(self, episode: Episode) -> Prediction:
+        """Prediction for an episode on the device, in eval mode, without gradients."""
+
+    def predict(self, episode: Episode) -> Prediction:
+        self.network.eval()
+        with torch.no_grad(), self._autocast():
+            prediction = self.scores(episode.to(self.device))
+        return Prediction(
+            prediction.scores.float().cpu(),
+            None if prediction.probabilities is None else prediction.probabilities.float().cpu(),
+        )
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def state(self) -> dict[str, Any]:
+        return {"network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self._embeddings.clear()
+
+    def validation_accuracy(self, episodes: list[Episode]) -> float:
+        correct = total = 0
+        for episode in episodes:
+            predicted = self.predict(episode).scores.argmax(dim=1)
+            correct += int((predicted == episode.query_labels).sum())
+            total += len(episode.query_labels)
+        return correct / max(total, 1)
+
+    def fit(self, context: FitContext) -> FitReport:
+        from timm.optim import create_optimizer_v2
+
+        p = self.params
+        optimizer = create_optimizer_v2(self.network, opt=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"])
+        rng = np.random.default_rng(np.random.SeedSequence([context.seed, 1]))
+        torch.manual_seed(context.seed)
+        budget = context.budget
+        start = time.perf_counter()
+        deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
+        max_episodes = budget.episodes if budget.episodes is not None else math.inf
+        report = FitReport()
+        best_state, best_accuracy = None, -1.0
+        step = 0
+        while step < max_episodes and time.perf_counter() < deadline:
+            self._embeddings.clear()
+            self.network.train()
+            episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
+            with self._autocast():
+                loss = self.training_loss(episode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            last = step >= max_episodes or time.perf_counter() >= deadline
+            if context.validation and (step % p["val_every"] == 0 or last):
+                accuracy = self.validation_accuracy(context.validation)
+                report.history.append((step, accuracy))
+                if context.report is not None:
+                    context.report(step, accuracy)
+                if accuracy > best_accuracy:
+                    best_accuracy, best_state = accuracy, copy.deepcopy(self.network.state_dict())
+            if context.progress is not None:
+                done = max(step / max_episodes if max_episodes < math.inf else 0,
+                           (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
+                context.progress(min(done, 1.0), f"loss {float(loss.detach()):.3f}")
+        if best_state is not None:
+            self.network.load_state_dict(best_state)
+        self._embeddings.clear()
+        report.episodes = step
+        report.seconds = time.perf_counter() - start
+        report.best_validation_accuracy = best_accuracy if best_state is not None else None
+        return report

@@ -1,0 +1,15 @@
+"""The built-in methods, registered through the same hook as any third-party plugin."""
+
+from __future__ import annotations
+
+from fewshot_cryoet.hookspecs import hookimpl
+
+
+@hookimpl
+def fsc_register_methods(registry) -> None:
+    from fewshot_cryoet.methods.protonet import ProtoNet
+    from fewshot_cryoet.methods.siamese import Siamese
+    from fewshot_cryoet.methods.xcorr import CrossCorrelation
+
+    for method in (ProtoNet, Siamese, CrossCorrelation):
+        registry.add(method)

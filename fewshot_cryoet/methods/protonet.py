@@ -1,0 +1,40 @@
+"""Prototypical network (Snell et al. 2017) with a 3D convolutional encoder.
+
+Each class's prototype is the mean embedding of its supports; a query's score for a class is the
+negative squared Euclidean distance to the prototype; training minimises cross-entropy over those
+scores on training-class episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.methods.base import Prediction, TorchMethod
+from fewshot_cryoet.methods.encoders import ConvEncoder3d
+
+
+class ProtoNet(TorchMethod):
+    name: ClassVar[str] = "protonet"
+    description: ClassVar[str] = "Prototypical network: 3D Conv-4 encoder, class means, squared Euclidean distance"
+    defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64)}
+
+    def build_network(self) -> torch.nn.Module:
+        return ConvEncoder3d(tuple(self.params["channels"]))
+
+    def _logits(self, episode: Episode) -> torch.Tensor:
+        support = self.cached(episode.support, episode.support_ids, self.network)
+        query = self.cached(episode.query, episode.query_ids, self.network)
+        prototypes = torch.stack(
+            [support[episode.support_labels == c].mean(dim=0) for c in range(episode.n_way)]
+        )
+        return -torch.cdist(query.float(), prototypes.float()) ** 2
+
+    def training_loss(self, episode: Episode) -> torch.Tensor:
+        return F.cross_entropy(self._logits(episode), episode.query_labels)
+
+    def scores(self, episode: Episode) -> Prediction:
+        return Prediction(self._logits(episode))

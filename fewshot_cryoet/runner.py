@@ -1,0 +1,221 @@
+"""The shared episode runner: every method trained and scored the same way on the same episodes.
+
+For each SNR level: the data set's fixed test episodes are drawn for every (N, K) setting (and
+validated) before any training; each method is fitted on training classes with validation-class
+episodes for model selection (its checkpoint kept beside the store, so a resumed run does not
+train again), then scored episode by episode, each result committed to the store at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import fewshot_cryoet
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
+from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
+from fewshot_cryoet.metrics import dice, episode_accuracy
+from fewshot_cryoet.store import Cell, EpisodeResult, ResultsStore
+
+#: Validation episodes used for model selection (from validation classes only).
+VALIDATION_EPISODES = 40
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method class with the variant and hyper-parameters to run it with."""
+
+    cls: type[FewShotMethod]
+    variant: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    origin: str = "built-in"
+
+
+@dataclass
+class BenchSettings:
+    ways: list[int]
+    shots: list[int]
+    queries: int = 5
+    episodes: int = 600
+    budget: Budget = field(default_factory=lambda: Budget(minutes=2.0))
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise FscError(f"--device {self.device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise FscError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        return device
+
+
+def resolve_device(name: str) -> torch.device:
+    return BenchSettings([2], [1], device=name).torch_device
+
+
+def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> dict[tuple[int, int], EpisodeSet]:
+    """Fixed test episodes per (N, K), validated before anything is trained."""
+    return {
+        (n, k): sample_episodes(dataset, EpisodeSpec("test", n, k, settings.queries, settings.seed), settings.episodes)
+        for n in settings.ways for k in settings.shots
+    }
+
+
+def validation_episodes(dataset: SubtomogramDataset, settings: BenchSettings, snr: float, shot: int):
+    classes = dataset.splits.get("val", [])
+    if len(classes) < 2:
+        return []
+    spec = EpisodeSpec("val", min(5, len(classes)), shot, settings.queries, settings.seed + 1)
+    episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
+    return [load_episode(dataset, episodes, i, snr) for i in range(len(episodes))]
+
+
+class Runner:
+    """Runs a benchmark grid into a results store."""
+
+    def __init__(self, store: ResultsStore, settings: BenchSettings, progress=None, resume: bool = False,
+                 log=print) -> None:
+        self.store = store
+        self.settings = settings
+        self.progress = progress
+        self.resume = resume
+        self.log = log
+        self.device = settings.torch_device
+        self.models_dir = store.path.with_name(store.path.stem + ".models")
+
+    def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
+              snr: float) -> dict[tuple[int, int], Cell]:
+        return {
+            (n, k): Cell(
+                method=method.name, variant=method.variant, label=method.label,
+                params_hash=method.params_hash(), params=json.dumps(method.params, sort_keys=True, default=str),
+                profile=str(method.params.get("profile", "")),
+                budget=str(self.settings.budget) if method.trainable else "",
+                dataset=dataset_name, dataset_hash=dataset.content_hash, snr=snr_label(snr),
+                n_way=n, k_shot=k, q_query=self.settings.queries, seed=self.settings.seed,
+            )
+            for n in self.settings.ways for k in self.settings.shots
+        }
+
+    def check_fresh(self, cells: list[Cell]) -> None:
+        """Without --resume, refuse to add to cells that already have results."""
+        if self.resume:
+            return
+        done = sum(len(self.store.done_episodes(c)) for c in cells)
+        if done:
+            raise FscError(
+                f"{self.store.path}: already holds {done} episodes of this run; pass --resume to continue "
+                "it or choose another --store"
+            )
+
+    def run_snr(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float) -> None:
+        """Fit and evaluate every method at one SNR level of ``dataset``."""
+        settings = self.settings
+        test_sets = test_episode_sets(dataset, settings)  # validates N and K+Q before training
+        methods = [(spec, spec.cls(spec.params, spec.variant, self.device)) for spec in specs]
+        all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr) for spec, m in methods}
+        self.check_fresh([c for cells in all_cells.values() for c in cells.values()])
+        for spec, method in methods:
+            cells = all_cells[id(method)]
+            todo = {key: [e for e in range(settings.episodes) if e not in self.store.done_episodes(cell)]
+                    for key, cell in cells.items()}
+            if not any(todo.values()):
+                self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
+                continue
+            report = self.fit(method, dataset, snr, cells)
+            for key, missing in todo.items():
+                if missing:
+                    self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report)
+
+    def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
+            cells: dict[tuple[int, int], Cell]) -> FitReport:
+        if not method.trainable:
+            return FitReport()
+        any_cell = next(iter(cells.values()))
+        identity = f"{any_cell.method}-{any_cell.variant}-{any_cell.params_hash}-{any_cell.budget}-" \
+                   f"{any_cell.dataset_hash}-{any_cell.snr}-{any_cell.seed}"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
+        report_path = checkpoint.with_suffix(".json")
+        if checkpoint.exists() and report_path.exists():
+            method.load(checkpoint, dataset.box)
+            saved = json.loads(report_path.read_text())
+            self.log(f"{method.label} at SNR {snr_label(snr)}: reusing the model trained earlier ({checkpoint.name})")
+            return FitReport(saved["episodes"], saved["seconds"], saved["best_validation_accuracy"])
+        shot = self.settings.shots[0]
+        train = EpisodeSource(dataset, "train", snr, with_masks=method.segments)
+        if train.n_classes < 2:
+            raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
+        validation = validation_episodes(dataset, self.settings, snr, shot)
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
+
+        def show(fraction: float, message: str) -> None:
+            if task is not None:
+                self.progress.update(task, completed=fraction)
+
+        context = FitContext(train, validation, self.settings.budget, self.device, self.settings.seed, show)
+        report = method.fit(context)
+        if task is not None:
+            self.progress.update(task, completed=1.0)
+        method.save(checkpoint, dataset.box)
+        report_path.write_text(json.dumps({
+            "episodes": report.episodes, "seconds": report.seconds,
+            "best_validation_accuracy": report.best_validation_accuracy, "history": report.history,
+        }))
+        self.log(f"{method.label} at SNR {snr_label(snr)}: trained {report.episodes} episodes in "
+                 f"{report.seconds:.0f} s, best validation accuracy {report.best_validation_accuracy}")
+        return report
+
+    def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
+                 episodes: EpisodeSet, cell: Cell, missing: list[int], report: FitReport) -> None:
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(
+                f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
+                total=len(episodes), completed=len(episodes) - len(missing))
+        for number in missing:
+            episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
+            start = time.perf_counter()
+            prediction = method.predict(episode)
+            seconds = time.perf_counter() - start
+            result = score_episode(number, episode, prediction, seconds, method.segments)
+            self.store.add(
+                cell, result, fit_seconds=report.seconds if method.trainable else None,
+                fit_episodes=report.episodes if method.trainable else None,
+                val_accuracy=report.best_validation_accuracy, device=str(self.device),
+                package_version=fewshot_cryoet.__version__, plugin=spec.origin,
+            )
+            if task is not None:
+                self.progress.advance(task)
+
+
+def score_episode(number: int, episode, prediction, seconds: float, segments: bool) -> EpisodeResult:
+    """Accuracy (and Dice per query when the method segments) of one prediction."""
+    n_query = len(episode.query_labels)
+    if tuple(prediction.scores.shape) != (n_query, episode.n_way):
+        raise FscError(f"method returned scores of shape {tuple(prediction.scores.shape)}, "
+                       f"expected ({n_query}, {episode.n_way})")
+    if not torch.isfinite(prediction.scores).all():
+        raise FscError("method returned NaN or infinite scores")
+    accuracy = episode_accuracy(prediction.scores, episode.query_labels)
+    result = EpisodeResult(number, accuracy, seconds)
+    if segments and prediction.probabilities is not None and episode.query_masks is not None:
+        values = dice(prediction.probabilities > 0.5, episode.query_masks > 0)
+        labels = episode.query_labels.tolist()
+        result.dice = float(values.mean())
+        result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), None) for q in range(n_query)]
+    return result
+

@@ -1,0 +1,87 @@
+"""Built-in methods against the conformance kit, and the method contract's input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot_cryoet import FscError
+from fewshot_cryoet.methods.base import Budget
+from fewshot_cryoet.methods.protonet import ProtoNet
+from fewshot_cryoet.methods.siamese import Siamese
+from fewshot_cryoet.methods.so3 import mean_nearest_neighbour_angle, rotation_grid
+from fewshot_cryoet.methods.xcorr import CrossCorrelation
+from fewshot_cryoet.testing import ConformanceError, check_method
+
+
+@pytest.mark.parametrize("method", [ProtoNet, Siamese, CrossCorrelation])
+def test_builtin_methods_pass_the_conformance_kit(method):
+    passed = check_method(method, {"channels": [4, 8, 8, 8]} if method.trainable else {"angular_step": 60})
+    assert any("save and load" in p for p in passed) and any("permutes the scores" in p for p in passed)
+
+
+def test_conformance_kit_catches_a_method_that_ignores_class_labels():
+    class Broken(CrossCorrelation):
+        name = "broken"
+
+        def predict(self, episode):
+            prediction = super().predict(episode)
+            prediction.scores = prediction.scores.sort(dim=1).values  # column order no longer means class
+            return prediction
+
+    with pytest.raises(ConformanceError, match="broken|Broken"):
+        check_method(Broken, {"angular_step": 60})
+
+
+def test_hyper_parameters_and_variants_are_validated():
+    with pytest.raises(FscError, match="does not accept lr_typo"):
+        ProtoNet({"lr_typo": 1})
+    with pytest.raises(FscError, match="has no variant 'big'"):
+        ProtoNet(variant="big")
+    method = ProtoNet({"lr": 0.01})
+    assert method.params["lr"] == 0.01 and method.params["train_way"] == 5
+    assert ProtoNet({"lr": 0.01}).params_hash() == method.params_hash() != ProtoNet().params_hash()
+
+
+@pytest.mark.parametrize(
+    "text, episodes, minutes",
+    [("10m", None, 10.0), ("90s", None, 1.5), ("1.5h", None, 90.0), ("500ep", 500, None), ("500ep,2m", 500, 2.0)],
+)
+def test_budget_parsing(text, episodes, minutes):
+    budget = Budget.parse(text)
+    assert budget.episodes == episodes and budget.minutes == pytest.approx(minutes) if minutes else budget.minutes is None
+
+
+def test_bad_budget_is_one_line():
+    with pytest.raises(FscError, match="--budget"):
+        Budget.parse("soon")
+
+
+def test_rotation_grid_spacing_follows_the_step():
+    for step, expected_count in ((30, 551), (60, 69)):
+        grid = rotation_grid(step)
+        assert len(grid) == expected_count
+        assert torch.allclose(torch.linalg.det(torch.from_numpy(grid)), torch.ones(len(grid), dtype=torch.float64))
+        assert 0.7 * step < mean_nearest_neighbour_angle(grid) < step
+
+
+def test_xcorr_finds_a_rotated_copy():
+    """A support that is an exact rotated copy of the query must win against other classes."""
+    from fewshot_cryoet.datasets.synthetic import synthetic_templates
+    from fewshot_cryoet.episodes import Episode
+    from scipy.spatial.transform import Rotation
+
+    from fewshot_cryoet.datasets.placement import TemplateBank
+
+    bank = TemplateBank(synthetic_templates(3))
+    rotation = Rotation.from_euler("zyz", [40, 70, 10], degrees=True).as_quat()
+    identity = Rotation.identity().as_quat()
+    import numpy as np
+
+    supports = bank.render(np.array([0, 1, 2]), np.stack([identity] * 3), np.zeros((3, 3)), 32)
+    queries = bank.render(np.array([0, 1, 2]), np.stack([rotation] * 3), np.zeros((3, 3)), 32)
+    episode = Episode(supports.unsqueeze(1), torch.arange(3), queries.unsqueeze(1), torch.arange(3),
+                      ("a", "b", "c"), 10.0, float("inf"))
+    scores = CrossCorrelation().predict(episode).scores
+    assert scores.argmax(dim=1).tolist() == [0, 1, 2]
+    assert scores.diagonal().min() > 0.9

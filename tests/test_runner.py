@@ -1,0 +1,170 @@
+"""The episode runner, the results store (resume, kill -9) and leaderboards, on real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from fewshot_cryoet import FscError
+from fewshot_cryoet.leaderboard import render
+from fewshot_cryoet.methods.base import Budget, Prediction
+from fewshot_cryoet.methods.protonet import ProtoNet
+from fewshot_cryoet.methods.xcorr import CrossCorrelation
+from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner, score_episode
+from fewshot_cryoet.store import ResultsStore
+
+TINY_PROTONET = {"channels": [4, 8, 8, 8], "val_every": 2}
+FAST_XCORR = {"angular_step": 60}
+
+
+def _settings(episodes: int, **kwargs) -> BenchSettings:
+    return BenchSettings(ways=[2, 3], shots=[1], queries=2, episodes=episodes, budget=Budget(episodes=3),
+                         device="cpu", **kwargs)
+
+
+def test_every_method_scored_on_the_same_episodes_with_full_rows(tiny_dataset, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    runner = Runner(store, _settings(5))
+    specs = [MethodSpec(ProtoNet, params=TINY_PROTONET), MethodSpec(CrossCorrelation, params=FAST_XCORR)]
+    runner.run_snr(specs, tiny_dataset, "tiny", 1.0)
+    frame = store.frame()
+    assert len(frame) == 2 * 2 * 5
+    assert set(frame["label"]) == {"protonet", "xcorr"}
+    assert (frame["dataset_hash"] == tiny_dataset.content_hash).all() and (frame["device"] == "cpu").all()
+    assert frame["package_version"].notna().all() and set(frame["plugin"]) == {"built-in"}
+    trained = frame[frame["label"] == "protonet"]
+    assert (trained["fit_episodes"] == 3).all() and trained["budget"].eq("3ep").all()
+    assert frame[frame["label"] == "xcorr"]["budget"].eq("").all()
+    assert ((frame["accuracy"] >= 0) & (frame["accuracy"] <= 1)).all()
+    checkpoints = list((tmp_path / "r.models").glob("*.pt"))
+    assert len(checkpoints) == 1  # only the trainable method has a model
+
+
+def test_resume_continues_without_duplicates_and_refuses_silent_reruns(tiny_dataset, tmp_path):
+    path = tmp_path / "r.sqlite"
+    spec = [MethodSpec(CrossCorrelation, params=FAST_XCORR)]
+    Runner(ResultsStore(path), _settings(4)).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    before = ResultsStore(path).frame()
+    with pytest.raises(FscError, match="--resume"):
+        Runner(ResultsStore(path), _settings(8)).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    Runner(ResultsStore(path), _settings(8), resume=True).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    after = ResultsStore(path).frame()
+    assert len(after) == 2 * 8
+    assert sorted(after.groupby("n_way")["episode"].apply(list).iloc[0]) == list(range(8))
+    merged = before.merge(after, on=["cell", "episode"], suffixes=("_a", "_b"))
+    assert len(merged) == len(before) and (merged["accuracy_a"] == merged["accuracy_b"]).all()
+
+
+def test_trained_models_are_reused_on_resume(tiny_dataset, tmp_path):
+    path = tmp_path / "r.sqlite"
+    spec = [MethodSpec(ProtoNet, params=TINY_PROTONET)]
+    Runner(ResultsStore(path), _settings(2)).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    checkpoint = next((tmp_path / "r.models").glob("*.pt"))
+    stamp = checkpoint.stat().st_mtime_ns
+    messages = []
+    Runner(ResultsStore(path), _settings(3), resume=True, log=messages.append).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    assert checkpoint.stat().st_mtime_ns == stamp and any("reusing" in m for m in messages)
+    assert len(ResultsStore(path).frame()) == 2 * 3
+
+
+def test_kill_9_loses_nothing_and_resume_finishes(tiny_dataset, tmp_path):
+    store = tmp_path / "killed.sqlite"
+    command = [sys.executable, "-m", "fewshot_cryoet", "bench", "--dataset", str(tiny_dataset.path),
+               "--methods", "xcorr", "--param", "xcorr.angular_step=60", "--ways", "2,3", "--queries", "2",
+               "--snr", "1", "--episodes", "300", "--store", str(store), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        if store.exists():
+            try:
+                with sqlite3.connect(store) as db:
+                    count = db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= 30:
+                break
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = ResultsStore(store).frame()
+    assert 30 <= len(killed) < 600
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    final = ResultsStore(store).frame()
+    assert len(final) == 600
+    assert not final.duplicated(["cell", "episode"]).any()
+    merged = killed.merge(final, on=["cell", "episode"], suffixes=("_a", "_b"))
+    assert len(merged) == len(killed) and (merged["accuracy_a"] == merged["accuracy_b"]).all()
+
+
+def test_impossible_settings_fail_before_training(tiny_dataset, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    runner = Runner(store, BenchSettings(ways=[2, 5], shots=[1], queries=2, episodes=2, budget=Budget(episodes=1),
+                                         device="cpu"))
+    with pytest.raises(FscError, match="5-way episodes need 5 classes but the test split .* has 3"):
+        runner.run_snr([MethodSpec(ProtoNet, params=TINY_PROTONET)], tiny_dataset, "tiny", 1.0)
+    runner = Runner(store, BenchSettings(ways=[2], shots=[3], queries=4, episodes=2, device="cpu"))
+    with pytest.raises(FscError, match="need 7 subtomograms per class.*has 6"):
+        runner.run_snr([MethodSpec(ProtoNet, params=TINY_PROTONET)], tiny_dataset, "tiny", 1.0)
+    assert store.frame().empty and not (tmp_path / "r.models").exists()
+
+
+def test_store_refuses_other_versions_and_other_files(tmp_path):
+    path = tmp_path / "old.sqlite"
+    ResultsStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(FscError, match="schema version 99"):
+        ResultsStore(path)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE things (x)")
+    with pytest.raises(FscError, match="not a fewshot-cryoet results store"):
+        ResultsStore(other)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"definitely not sqlite" * 100)
+    with pytest.raises(FscError, match="garbage.sqlite"):
+        ResultsStore(garbage)
+
+
+def test_score_episode_rejects_malformed_predictions(tiny_dataset):
+    from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
+
+    episode = load_episode(tiny_dataset, sample_episodes(tiny_dataset, EpisodeSpec("test", 2, 1, 2), 1), 0, 1.0)
+    with pytest.raises(FscError, match="shape"):
+        score_episode(0, episode, Prediction(torch.zeros(3, 2)), 0.0, False)
+    with pytest.raises(FscError, match="NaN"):
+        score_episode(0, episode, Prediction(torch.full((4, 2), float("nan"))), 0.0, False)
+    probabilities = episode.query_masks.float()  # a perfect segmentation
+    result = score_episode(0, episode, Prediction(torch.eye(2).repeat_interleave(2, 0), probabilities), 0.0, True)
+    assert result.accuracy == 1.0 and result.dice == pytest.approx(1.0) and len(result.query_dice) == 4
+
+
+def test_leaderboard_files(tiny_dataset, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    specs = [MethodSpec(ProtoNet, params=TINY_PROTONET), MethodSpec(CrossCorrelation, params=FAST_XCORR)]
+    Runner(store, _settings(6)).run_snr(specs, tiny_dataset, "tiny", 1.0)
+    Runner(store, _settings(6)).run_snr(specs, tiny_dataset, "tiny", float("inf"))
+    written = render(store.frame(), store.query_dice_frame(), tmp_path / "boards", "r.sqlite")
+    markdown = (tmp_path / "boards" / "leaderboard.md").read_text()
+    assert "quick run" in markdown and "SNR ∞ · 2-way" in markdown and "SNR 1 · 3-way" in markdown
+    assert "| protonet" in markdown and "| xcorr" in markdown
+    table_lines = [line for line in markdown.splitlines() if line.startswith("| protonet") or line.startswith("| xcorr")]
+    columns = len(table_lines[0].split("|")) - 3
+    for c in range(columns):  # every column has at least one bold (best) cell
+        assert any(line.split("|")[c + 2].strip().startswith("**") for line in table_lines)
+    csv = pd.read_csv(tmp_path / "boards" / "leaderboard.csv")
+    assert {"label", "snr", "n_way", "accuracy", "ci95", "episodes"} <= set(csv.columns) and len(csv) == 8
+    assert (tmp_path / "boards" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Dice" not in markdown  # nothing here segments
+    assert len(written) == 3
