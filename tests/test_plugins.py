@@ -4,6 +4,7 @@ PYTHONPATH), exercised through the ``fsc`` command in subprocesses."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,12 @@ PLUGINS = Path(__file__).parent / "plugins"
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
+    sources = tmp_path_factory.mktemp("sources")  # build from copies: pip leaves build/ folders behind
+    for name in ("example", "broken"):
+        shutil.copytree(PLUGINS / name, sources / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(PLUGINS / "example"), str(PLUGINS / "broken")],
+         "--target", str(target), str(sources / "example"), str(sources / "broken")],
         check=True, capture_output=True,
     )
     env = dict(os.environ, PYTHONPATH=str(target), COLUMNS="250")
