@@ -128,8 +128,10 @@ class Runner:
         self.check_fresh([c for cells in all_cells.values() for c in cells.values()])
         for spec, method in methods:
             cells = all_cells[id(method)]
-            todo = {key: [e for e in range(settings.episodes) if e not in self.store.done_episodes(cell)]
-                    for key, cell in cells.items()}
+            todo = {}
+            for key, cell in cells.items():
+                done = self.store.done_episodes(cell)
+                todo[key] = [e for e in range(settings.episodes) if e not in done]
             if not any(todo.values()):
                 self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
                 continue
