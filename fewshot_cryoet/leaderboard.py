@@ -25,11 +25,14 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     for key, group in frame.groupby(keys, sort=False):
         accuracy, ci = mean_ci95(group["accuracy"])
         dice = group["dice"].dropna()
+        dice_crf = group["dice_crf"].dropna()
         rows.append({
             **dict(zip(keys, key)),
             "episodes": len(group), "accuracy": accuracy, "ci95": ci,
             "dice": float(dice.mean()) if len(dice) else math.nan,
             "dice_std": float(dice.std(ddof=1)) if len(dice) > 1 else math.nan,
+            "dice_crf": float(dice_crf.mean()) if len(dice_crf) else math.nan,
+            "dice_crf_std": float(dice_crf.std(ddof=1)) if len(dice_crf) > 1 else math.nan,
             "predict_ms": 1000 * float(group["predict_seconds"].mean()),
             "fit_seconds": float(group["fit_seconds"].dropna().mean()) if group["fit_seconds"].notna().any() else math.nan,
             "val_accuracy": float(group["val_accuracy"].dropna().mean()) if group["val_accuracy"].notna().any() else math.nan,
@@ -66,17 +69,18 @@ def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def dice_table(summary: pd.DataFrame) -> pd.DataFrame | None:
-    """"mean ± std" Dice per column; "—" for methods that do not segment. None if none does."""
-    if summary["dice"].isna().all():
+def dice_table(summary: pd.DataFrame, column: str = "dice") -> pd.DataFrame | None:
+    """"mean ± std" of Dice ``column`` (``dice`` raw, ``dice_crf`` refined) per leaderboard column;
+    "—" for methods that do not segment. None if none does."""
+    if summary[column].isna().all():
         return None
     ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
     columns = list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
     table = pd.DataFrame("—", index=list(dict.fromkeys(summary["label"])), columns=columns)
     for _, r in ordered.iterrows():
-        if not math.isnan(r["dice"]):
-            std = "" if math.isnan(r["dice_std"]) else f" ± {r['dice_std']:.3f}"
-            table.loc[r["label"], _column(r)] = f"{r['dice']:.3f}{std}"
+        if not math.isnan(r[column]):
+            std = "" if math.isnan(r[f"{column}_std"]) else f" ± {r[f'{column}_std']:.3f}"
+            table.loc[r["label"], _column(r)] = f"{r[column]:.3f}{std}"
     table.index.name = "method"
     return table
 
@@ -85,9 +89,18 @@ def per_class_dice(query_dice: pd.DataFrame) -> pd.DataFrame | None:
     """Dice per test class (mean ± std) for each segmenting method, SNR and N-way."""
     if query_dice.empty:
         return None
-    grouped = query_dice.groupby(["dataset", "label", "snr", "n_way", "k_shot", "class"])["dice"]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    out["cell"] = [f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}" for m, s in zip(out["mean"], out["std"])]
+    keys = ["dataset", "label", "snr", "n_way", "k_shot", "class"]
+    raw = query_dice.groupby(keys)["dice"].agg(["mean", "std", "count"])
+    refined = query_dice.groupby(keys)["dice_crf"].agg(["mean", "std"]).add_prefix("crf_")
+    out = raw.join(refined).reset_index()
+
+    def cell(m: float, s: float) -> str:
+        if math.isnan(m):
+            return "—"
+        return f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
+
+    out["cell"] = [f"{cell(m, s)} / {cell(cm, cs)}" for m, s, cm, cs in
+                   zip(out["mean"], out["std"], out["crf_mean"], out["crf_std"])]
     return out
 
 
@@ -140,10 +153,14 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                   "### Accuracy", "", accuracy_table(part).to_markdown(), ""]
         dice = dice_table(part)
         if dice is not None:
-            lines += ["### Segmentation Dice (mean ± std over queries)", "", dice.to_markdown(), ""]
+            lines += ["### Segmentation Dice, raw (probability > 0.5; mean ± std over episodes)", "",
+                      dice.to_markdown(), ""]
+        refined = dice_table(part, "dice_crf")
+        if refined is not None:
+            lines += ["### Segmentation Dice, 3D dense CRF-refined", "", refined.to_markdown(), ""]
     per_class = per_class_dice(query_dice)
     if per_class is not None:
-        lines += ["### Dice per test class", ""]
+        lines += ["### Dice per test class (raw / CRF-refined, mean ± std over queries)", ""]
         pivot = per_class.pivot_table(index=["label", "snr", "n_way"], columns="class", values="cell", aggfunc="first")
         lines += [pivot.to_markdown(), ""]
         per_class.to_csv(out / "dice_per_class.csv", index=False)

@@ -8,6 +8,7 @@ train again), then scored episode by episode, each result committed to the store
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Runner:
         self.log = log
         self.device = settings.torch_device
         self.models_dir = store.path.with_name(store.path.stem + ".models")
+        self._refiners: dict[int, CRFRefiner] = {}
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
               snr: float) -> dict[tuple[int, int], Cell]:
@@ -188,12 +190,14 @@ class Runner:
             task = self.progress.add_task(
                 f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                 total=len(episodes), completed=len(episodes) - len(missing))
+        refiner = self._refiners.setdefault(id(method), CRFRefiner(method.crf_params(), self.log)) \
+            if method.segments else None
         for number in missing:
             episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
             start = time.perf_counter()
             prediction = method.predict(episode)
             seconds = time.perf_counter() - start
-            result = score_episode(number, episode, prediction, seconds, method.segments)
+            result = score_episode(number, episode, prediction, seconds, method.segments, refiner)
             self.store.add(
                 cell, result, fit_seconds=report.seconds if method.trainable else None,
                 fit_episodes=report.episodes if method.trainable else None,
@@ -204,8 +208,35 @@ class Runner:
                 self.progress.advance(task)
 
 
-def score_episode(number: int, episode, prediction, seconds: float, segments: bool) -> EpisodeResult:
-    """Accuracy (and Dice per query when the method segments) of one prediction."""
+class CRFRefiner:
+    """CRF refinement of query probability maps, cached by (volume identity, probabilities), so a
+    query seen in many test episodes with the same prediction is refined once."""
+
+    def __init__(self, params, log=print) -> None:
+        self.params = params
+        self.log = log
+        self._cache: dict = {}
+        self.failures = 0
+
+    def __call__(self, probabilities: torch.Tensor, volume: torch.Tensor, identity) -> torch.Tensor | None:
+        from fewshot_cryoet.segmentation.crf import refine
+
+        p = probabilities.float().numpy()
+        key = (identity, hashlib.blake2b(p.tobytes(), digest_size=16).hexdigest())
+        if key not in self._cache:
+            try:
+                self._cache[key] = torch.from_numpy(refine(p, volume.float().numpy(), self.params))
+            except Exception as exc:  # a degenerate volume must not stop the grid
+                self.failures += 1
+                if self.failures == 1:
+                    self.log(f"CRF refinement failed ({exc}); such queries get no CRF Dice")
+                self._cache[key] = None
+        return self._cache[key]
+
+
+def score_episode(number: int, episode, prediction, seconds: float, segments: bool,
+                  refiner: CRFRefiner | None = None) -> EpisodeResult:
+    """Accuracy (and Dice per query, raw and CRF-refined, when the method segments)."""
     n_query = len(episode.query_labels)
     if tuple(prediction.scores.shape) != (n_query, episode.n_way):
         raise FscError(f"method returned scores of shape {tuple(prediction.scores.shape)}, "
@@ -215,9 +246,18 @@ def score_episode(number: int, episode, prediction, seconds: float, segments: bo
     accuracy = episode_accuracy(prediction.scores, episode.query_labels)
     result = EpisodeResult(number, accuracy, seconds)
     if segments and prediction.probabilities is not None and episode.query_masks is not None:
-        values = dice(prediction.probabilities > 0.5, episode.query_masks > 0)
+        truth = episode.query_masks > 0
+        values = dice(prediction.probabilities > 0.5, truth)
+        refined_values: list[float | None] = [None] * n_query
+        if refiner is not None:
+            ids = episode.query_ids or [None] * n_query
+            for q in range(n_query):
+                mask = refiner(prediction.probabilities[q, 0], episode.query[q, 0], ids[q])
+                if mask is not None:
+                    refined_values[q] = float(dice(mask[None], truth[q])[0])
         labels = episode.query_labels.tolist()
         result.dice = float(values.mean())
-        result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), None) for q in range(n_query)]
+        finite = [v for v in refined_values if v is not None]
+        result.dice_crf = sum(finite) / len(finite) if finite else None
+        result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), refined_values[q]) for q in range(n_query)]
     return result
-

@@ -134,6 +134,14 @@ class FewShotMethod(ABC):
         """Training-free methods need no fit."""
         return FitReport()
 
+    def crf_params(self):
+        """Dense-CRF settings for refining this method's segmentations (``crf_*`` hyper-parameters
+        when the method declares them, else the defaults)."""
+        from fewshot_cryoet.segmentation.crf import CRFParams
+
+        fields = CRFParams.__dataclass_fields__
+        return CRFParams(**{k[4:]: v for k, v in self.params.items() if k.startswith("crf_") and k[4:] in fields})
+
     @abstractmethod
     def predict(self, episode: Episode) -> Prediction:
         """Scores per query (and probabilities if the method segments)."""
@@ -236,7 +244,14 @@ class TorchMethod(FewShotMethod):
         return {"network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["network"])
+        try:
+            self.network.load_state_dict(state["network"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise FscError(
+                f"checkpoint does not fit this {self.name} network (another profile, width or box size?): "
+                f"{first[1].strip() if len(first) > 1 else first[0]}"
+            ) from None
         self._embeddings.clear()
 
     def validation_accuracy(self, episodes: list[Episode]) -> float:

@@ -7,9 +7,10 @@ from fewshot_cryoet.hookspecs import hookimpl
 
 @hookimpl
 def fsc_register_methods(registry) -> None:
+    from fewshot_cryoet.methods.cosnet import COSNet
     from fewshot_cryoet.methods.protonet import ProtoNet
     from fewshot_cryoet.methods.siamese import Siamese
     from fewshot_cryoet.methods.xcorr import CrossCorrelation
 
-    for method in (ProtoNet, Siamese, CrossCorrelation):
+    for method in (COSNet, ProtoNet, Siamese, CrossCorrelation):
         registry.add(method)

@@ -1,0 +1,198 @@
+"""COS-Net (Zhou et al. 2020): one-shot classification with attention-guided segmentation.
+
+Siamese streams with shared weights. Each stream: a volume encoder of three levels of 3D
+convolutions (max-pooling after the first two), optionally followed at every level by a DuSE block
+(channel SE + spatial SE); a volume decoder mirroring it with transposed convolutions, ending in a
+sigmoid probability volume (the segmentation); and a feature encoder (two fully connected layers,
+512-d in the paper profile) on the encoder output. Similarity of two volumes: L1 distance of their
+feature vectors → FC → sigmoid. N-way prediction: the similarity of a query to each class's
+supports, averaged over the K shots (mean similarity; with K = 1 it is the single support's).
+
+Training, as the paper: episodes give two support sets over the same sampled classes (here
+``train_shot`` = ``train_query`` = 1); every cross pair is labelled same/different, BCE with
+positive and negative pairs balanced (the published code drew only ~7% positives), plus Dice loss
+of both streams' decoder outputs against the ground-truth masks; Adam.
+
+Variants are the rows of the paper's Table 1: ``scnn`` (SCNN w/o decoder), ``scnn-decoder``,
+``duse`` and ``duse-decoder``. Profiles: ``paper`` = 64 channels, 512-d (the published sizes);
+``cpu`` = 16 channels, 128-d, so a full leaderboard is practical on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.methods.base import Prediction, TorchMethod
+
+PROFILES = {"paper": {"channels": 64, "embedding": 512}, "cpu": {"channels": 16, "embedding": 128}}
+VARIANT_TITLES = {
+    "scnn": "SCNN w/o decoder",
+    "scnn-decoder": "SCNN w decoder",
+    "duse": "DuSE-SCNN w/o decoder",
+    "duse-decoder": "DuSE-SCNN w decoder",
+}
+
+
+class DuSE(nn.Module):
+    """Dual squeeze-and-excitation: channel SE (GAP → FC C→C/2 → ReLU → FC → sigmoid, scaling
+    channels) and spatial SE (1×1×1 conv → sigmoid, scaling voxels), merged by addition (as the
+    paper says) or element-wise max (as its published code does)."""
+
+    def __init__(self, channels: int, merge: str = "add") -> None:
+        super().__init__()
+        if merge not in ("add", "max"):
+            raise FscError(f"DuSE merge must be 'add' or 'max', got {merge!r}")
+        self.merge = merge
+        self.squeeze = nn.Sequential(
+            nn.Linear(channels, max(1, channels // 2)), nn.ReLU(inplace=True),
+            nn.Linear(max(1, channels // 2), channels), nn.Sigmoid(),
+        )
+        self.spatial = nn.Conv3d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel = x * self.squeeze(x.mean(dim=(2, 3, 4)))[:, :, None, None, None]
+        spatial = x * torch.sigmoid(self.spatial(x))
+        return channel + spatial if self.merge == "add" else torch.maximum(channel, spatial)
+
+
+def _level(in_channels: int, out_channels: int, duse: bool, merge: str) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm3d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if duse:
+        layers.append(DuSE(out_channels, merge))
+    return nn.Sequential(*layers)
+
+
+class COSNetwork(nn.Module):
+    """One stream (shared by both Siamese branches) plus the similarity head."""
+
+    def __init__(self, box: int, channels: int, embedding: int, duse: bool, decoder: bool, merge: str) -> None:
+        super().__init__()
+        if box % 4:
+            raise FscError(f"COS-Net needs a box divisible by 4, got {box}")
+        c = channels
+        self.encoder = nn.ModuleList([_level(1, c, duse, merge), _level(c, c, duse, merge), _level(c, c, duse, merge)])
+        flat = c * (box // 4) ** 3
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(flat, embedding), nn.ReLU(inplace=True),
+                                      nn.Linear(embedding, embedding))
+        self.decoder = None
+        if decoder:
+            self.decoder = nn.Sequential(
+                nn.ConvTranspose3d(c, c, 2, stride=2), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
+                nn.ConvTranspose3d(c, c, 2, stride=2), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
+                nn.Conv3d(c, 1, 3, padding=1),
+            )
+        self.head = nn.Linear(embedding, 1)
+
+    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
+        x = volumes
+        for i, level in enumerate(self.encoder):
+            x = level(x)
+            if i < 2:
+                x = F.max_pool3d(x, 2)
+        return x
+
+    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.features(self.encode(volumes))
+
+    def stream(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(feature vectors, decoder logits or None) for a batch of volumes."""
+        encoded = self.encode(volumes)
+        logits = self.decoder(encoded) if self.decoder is not None else None
+        return self.features(encoded), logits
+
+    def similarity_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 − soft Dice per volume, averaged (computed on device, no host round trip)."""
+    p = torch.sigmoid(logits.float()).flatten(1)
+    t = masks.float().flatten(1)
+    return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+
+
+class COSNet(TorchMethod):
+    name: ClassVar[str] = "cosnet"
+    description: ClassVar[str] = "COS-Net: Siamese SCNN/DuSE-SCNN, optional decoder (segmentation), L1 → FC → sigmoid"
+    segments: ClassVar[bool] = True  # decoder variants; see the instance attribute
+    defaults: ClassVar[dict[str, Any]] = {
+        **TorchMethod.defaults,
+        "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
+        "train_way": 5, "train_shot": 1, "train_query": 1,
+        "profile": "cpu", "channels": None, "embedding": None, "box": 32,
+        "block": "scnn", "decoder": False, "duse_merge": "add", "dice_weight": 1.0,
+        "crf_iterations": 4, "crf_gaussian_weight": 3.0, "crf_gaussian_width": 1.0,
+        "crf_bilateral_weight": 5.0, "crf_bilateral_width": 2.0, "crf_intensity_width": 1.0,
+    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "duse-decoder": {"block": "duse", "decoder": True},
+        "duse": {"block": "duse", "decoder": False},
+        "scnn-decoder": {"block": "scnn", "decoder": True},
+        "scnn": {"block": "scnn", "decoder": False},
+    }
+
+    def __init__(self, params=None, variant=None, device="cpu") -> None:
+        super().__init__(params, variant, device)
+        self.segments = bool(self.params["decoder"])
+
+    @property
+    def label(self) -> str:
+        return f"COS-Net {VARIANT_TITLES.get(self.variant, self.variant)} ({self.params['profile']})"
+
+    def build_network(self) -> nn.Module:
+        p = self.params
+        if p["profile"] not in PROFILES:
+            raise FscError(f"cosnet profile must be one of {', '.join(PROFILES)}, got {p['profile']!r}")
+        if p["block"] not in ("scnn", "duse"):
+            raise FscError(f"cosnet block must be scnn or duse, got {p['block']!r}")
+        sizes = PROFILES[p["profile"]]
+        channels = int(p["channels"] or sizes["channels"])
+        embedding = int(p["embedding"] or sizes["embedding"])
+        return COSNetwork(int(p["box"]), channels, embedding, p["block"] == "duse", bool(p["decoder"]), p["duse_merge"])
+
+    def _check_box(self, episode: Episode) -> None:
+        if episode.query.shape[-1] != self.params["box"]:
+            raise FscError(
+                f"cosnet was built for {self.params['box']}³ boxes but the episode has "
+                f"{episode.query.shape[-1]}³; pass --param cosnet.box={episode.query.shape[-1]}"
+            )
+
+    def training_loss(self, episode: Episode) -> torch.Tensor:
+        self._check_box(episode)
+        net = self.network
+        first, first_logits = net.stream(episode.support)
+        second, second_logits = net.stream(episode.query)
+        logits = net.similarity_logits(second, first)
+        same = (episode.query_labels[:, None] == episode.support_labels[None, :]).float()
+        weights = same / same.sum().clamp_min(1) + (1 - same) / (1 - same).sum().clamp_min(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), same, weight=weights, reduction="sum") / 2
+        if net.decoder is not None:
+            if episode.support_masks is None or episode.query_masks is None:
+                raise FscError("cosnet with a decoder needs ground-truth masks; use a variant without decoder")
+            segmentation = (dice_loss(first_logits, episode.support_masks) + dice_loss(second_logits, episode.query_masks)) / 2
+            loss = loss + self.params["dice_weight"] * segmentation
+        return loss
+
+    def scores(self, episode: Episode) -> Prediction:
+        self._check_box(episode)
+        net = self.network
+        support = self.cached(episode.support, episode.support_ids, net.embed)
+        if net.decoder is not None:
+            query, logits = net.stream(episode.query)
+            probabilities = torch.sigmoid(logits)
+        else:
+            query, probabilities = self.cached(episode.query, episode.query_ids, net.embed), None
+        similarity = torch.sigmoid(net.similarity_logits(query, support).float())
+        labels = episode.support_labels
+        per_class = torch.stack([similarity[:, labels == c].mean(dim=1) for c in range(episode.n_way)], dim=1)
+        return Prediction(per_class, probabilities)

@@ -1,0 +1,148 @@
+"""COS-Net: the four published variants, DuSE, K-shot aggregation, CRF refinement, bad input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_cryoet import FscError
+from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
+from fewshot_cryoet.leaderboard import render
+from fewshot_cryoet.methods.base import Budget
+from fewshot_cryoet.methods.cosnet import COSNet, DuSE
+from fewshot_cryoet.methods.xcorr import CrossCorrelation
+from fewshot_cryoet.runner import BenchSettings, CRFRefiner, MethodSpec, Runner
+from fewshot_cryoet.segmentation.crf import CRFParams, refine
+from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.testing import check_method
+
+TINY = {"channels": 4, "embedding": 16, "box": 16}
+
+
+def test_all_four_variants_pass_the_conformance_kit():
+    passed = check_method(COSNet, TINY)
+    for variant in ("scnn", "scnn-decoder", "duse", "duse-decoder"):
+        assert f"{variant}: save and load keep the predictions" in passed
+    assert "duse-decoder: probabilities lie in [0, 1]" in passed and "duse: probabilities lie in [0, 1]" not in passed
+
+
+def test_variant_labels_match_the_paper_rows():
+    labels = {v: COSNet(TINY, v).label for v in COSNet.variants}
+    assert labels["scnn"] == "COS-Net SCNN w/o decoder (cpu)"
+    assert labels["duse-decoder"] == "COS-Net DuSE-SCNN w decoder (cpu)"
+    assert COSNet(TINY, "duse-decoder").segments and not COSNet(TINY, "duse").segments
+    paper = COSNet({"profile": "paper"}, "scnn", device="cpu")
+    first = paper.network.features[1]
+    assert first.in_features == 64 * 8**3 and first.out_features == 512  # 32768 → 512, the published sizes
+
+
+def test_duse_merges_channel_and_spatial_excitation():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4, 4, 4)
+    for merge in ("add", "max"):
+        block = DuSE(6, merge)
+        torch.nn.init.zeros_(block.spatial.weight)
+        torch.nn.init.zeros_(block.spatial.bias)  # spatial gate = sigmoid(0) = 0.5
+        channel = x * block.squeeze(x.mean(dim=(2, 3, 4)))[:, :, None, None, None]
+        expected = channel + 0.5 * x if merge == "add" else torch.maximum(channel, 0.5 * x)
+        assert torch.allclose(block(x), expected, atol=1e-6)
+    with pytest.raises(FscError, match="merge"):
+        DuSE(6, "mean")
+
+
+def test_k_shot_score_is_the_mean_similarity_over_shots(tiny_dataset):
+    method = COSNet(TINY, "duse")
+    episodes = sample_episodes(tiny_dataset, EpisodeSpec("test", 3, 2, 2), 1)
+    episode = load_episode(tiny_dataset, episodes, 0, 1.0)
+    scores = method.predict(episode).scores
+    net = method.network.eval()
+    with torch.no_grad():
+        similarity = torch.sigmoid(net.similarity_logits(net.embed(episode.query), net.embed(episode.support)))
+    expected = torch.stack([similarity[:, episode.support_labels == c].mean(1) for c in range(3)], dim=1)
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
+def test_training_reduces_the_loss_of_both_heads(tiny_dataset):
+    method = COSNet(TINY, "duse-decoder")
+    source = EpisodeSource(tiny_dataset, "train", 1.0)
+    episode = source.sample(2, 1, 1, np.random.default_rng(0))
+    optimizer = torch.optim.Adam(method.network.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        method.network.train()
+        loss = method.training_loss(episode)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_bad_input_errors(tiny_dataset, tmp_path):
+    method = COSNet(TINY, "scnn-decoder")
+    episodes = sample_episodes(tiny_dataset, EpisodeSpec("test", 2, 1, 1), 1)
+    no_masks = load_episode(tiny_dataset, episodes, 0, 1.0, with_masks=False)
+    with pytest.raises(FscError, match="needs ground-truth masks; use a variant without decoder"):
+        method.training_loss(no_masks)
+    with pytest.raises(FscError, match=r"built for 32³ boxes .* --param cosnet.box=16"):
+        COSNet({"channels": 4, "embedding": 16}, "scnn").predict(no_masks)
+    method.save(tmp_path / "m.pt", box=16)
+    wider = COSNet({"channels": 8, "embedding": 16, "box": 16}, "scnn-decoder")
+    with pytest.raises(FscError, match="another profile, width or box size"):
+        wider.load(tmp_path / "m.pt", box=16)
+    with pytest.raises(FscError, match="trained on 16³ boxes, the data are 32³"):
+        method.load(tmp_path / "m.pt", box=32)
+
+
+def _noisy_sphere(size: int, radius: int):
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:size, :size, :size]
+    truth = ((z - size // 2) ** 2 + (y - size // 2 + 1) ** 2 + (x - size // 2) ** 2) < radius**2
+    volume = truth * 1.0 + rng.normal(0, 0.7, truth.shape)
+    probabilities = np.clip(truth * 0.7 + 0.15 + rng.normal(0, 0.25, truth.shape), 0, 1)
+    return truth, volume, probabilities
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("size, radius", [(32, 8), (24, 6), (32, 4)])
+def test_crf_cleans_noisy_probability_maps_of_large_and_small_particles(size, radius):
+    truth, volume, probabilities = _noisy_sphere(size, radius)
+    refined = refine(probabilities, volume)
+    assert refined.dtype == bool and refined.shape == truth.shape
+    assert _dice(refined, truth) > max(0.8, _dice(probabilities > 0.5, truth) + 0.2)
+
+
+def test_crf_rejects_degenerate_input_and_the_runner_carries_on():
+    truth, volume, probabilities = _noisy_sphere(24, 6)
+    with pytest.raises(FscError, match="NaN"):
+        refine(np.full_like(probabilities, np.nan), volume)
+    with pytest.raises(FscError, match="matching 3D"):
+        refine(probabilities[0], volume)
+    messages = []
+    refiner = CRFRefiner(CRFParams(), log=messages.append)
+    assert refiner(torch.full((24, 24, 24), float("nan")), torch.zeros(24, 24, 24), ("x", 1)) is None
+    assert len(messages) == 1 and "CRF refinement failed" in messages[0]
+
+
+def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    settings = BenchSettings(ways=[2, 3], shots=[1], queries=2, episodes=4, budget=Budget(episodes=4), device="cpu")
+    specs = [MethodSpec(COSNet, "duse-decoder", TINY), MethodSpec(COSNet, "scnn", TINY),
+             MethodSpec(CrossCorrelation, params={"angular_step": 60})]
+    Runner(store, settings).run_snr(specs, tiny_dataset, "tiny", 1.0)
+    frame = store.frame()
+    decoder = frame[frame["variant"] == "duse-decoder"]
+    assert decoder["dice"].notna().all() and decoder["dice_crf"].notna().all()
+    assert frame[frame["variant"] == "scnn"]["dice"].isna().all()
+    render(frame, store.query_dice_frame(), tmp_path / "boards", "r.sqlite")
+    markdown = (tmp_path / "boards" / "leaderboard.md").read_text()
+    assert "Segmentation Dice, raw" in markdown and "CRF-refined" in markdown
+    assert "COS-Net DuSE-SCNN w decoder (cpu)" in markdown and "COS-Net SCNN w/o decoder (cpu)" in markdown
+    crf_section = markdown.split("CRF-refined")[1]
+    assert any(line.startswith("| COS-Net SCNN w/o decoder") and "—" in line for line in crf_section.splitlines())
