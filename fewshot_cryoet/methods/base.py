@@ -200,12 +200,27 @@ class TorchMethod(FewShotMethod):
         torch.manual_seed(0)  # identical initial weights for identical hyper-parameters
         self.network = self.build_network().to(self.device)
         self._embeddings: dict = {}
+        self._inference: torch.nn.Module | None = None
+
+    @property
+    def inference_network(self) -> torch.nn.Module:
+        """The network for prediction: batch norm folded, channels-last (see ``methods.fast``);
+        rebuilt whenever the weights change."""
+        from fewshot_cryoet.methods.fast import inference_copy
+
+        if self._inference is None:
+            self._inference = inference_copy(self.network)
+        return self._inference
+
+    def _weights_changed(self) -> None:
+        self._embeddings.clear()
+        self._inference = None
 
     def cached(self, volumes: torch.Tensor, ids: tuple | None, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``compute(volumes)`` row by row, reusing rows already computed for the same volume
         identities (test episodes share particles). Only used in eval mode, where ``compute`` is a
         pure function of the volume; the cache is cleared whenever the weights change."""
-        if ids is None or self.network.training:
+        if ids is None or torch.is_grad_enabled():
             return compute(volumes)
         missing = [i for i, key in enumerate(ids) if key not in self._embeddings]
         if missing:
@@ -224,11 +239,12 @@ class TorchMethod(FewShotMethod):
 
     @abstractmethod
     def scores(self, episode: Episode) -> Prediction:
-        """Prediction for an episode on the device, in eval mode, without gradients."""
+        """Prediction for an episode on the device, without gradients; use
+        :attr:`inference_network` (the optimised copy), not :attr:`network`."""
 
     def predict(self, episode: Episode) -> Prediction:
         self.network.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.inference_mode(), self._autocast():
             prediction = self.scores(episode.to(self.device))
         return Prediction(
             prediction.scores.float().cpu(),
@@ -252,7 +268,7 @@ class TorchMethod(FewShotMethod):
                 f"checkpoint does not fit this {self.name} network (another profile, width or box size?): "
                 f"{first[1].strip() if len(first) > 1 else first[0]}"
             ) from None
-        self._embeddings.clear()
+        self._weights_changed()
 
     def validation_accuracy(self, episodes: list[Episode]) -> float:
         correct = total = 0
@@ -277,7 +293,7 @@ class TorchMethod(FewShotMethod):
         best_state, best_accuracy = None, -1.0
         step = 0
         while step < max_episodes and time.perf_counter() < deadline:
-            self._embeddings.clear()
+            self._weights_changed()
             self.network.train()
             episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
             with self._autocast():
@@ -300,7 +316,7 @@ class TorchMethod(FewShotMethod):
                 context.progress(min(done, 1.0), f"loss {float(loss.detach()):.3f}")
         if best_state is not None:
             self.network.load_state_dict(best_state)
-        self._embeddings.clear()
+        self._weights_changed()
         report.episodes = step
         report.seconds = time.perf_counter() - start
         report.best_validation_accuracy = best_accuracy if best_state is not None else None

@@ -185,7 +185,7 @@ class COSNet(TorchMethod):
 
     def scores(self, episode: Episode) -> Prediction:
         self._check_box(episode)
-        net = self.network
+        net = self.inference_network
         support = self.cached(episode.support, episode.support_ids, net.embed)
         if net.decoder is not None:
             query, logits = net.stream(episode.query)

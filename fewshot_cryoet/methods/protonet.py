@@ -25,16 +25,16 @@ class ProtoNet(TorchMethod):
     def build_network(self) -> torch.nn.Module:
         return ConvEncoder3d(tuple(self.params["channels"]))
 
-    def _logits(self, episode: Episode) -> torch.Tensor:
-        support = self.cached(episode.support, episode.support_ids, self.network)
-        query = self.cached(episode.query, episode.query_ids, self.network)
+    def _logits(self, episode: Episode, network: torch.nn.Module) -> torch.Tensor:
+        support = self.cached(episode.support, episode.support_ids, network)
+        query = self.cached(episode.query, episode.query_ids, network)
         prototypes = torch.stack(
             [support[episode.support_labels == c].mean(dim=0) for c in range(episode.n_way)]
         )
         return -torch.cdist(query.float(), prototypes.float()) ** 2
 
     def training_loss(self, episode: Episode) -> torch.Tensor:
-        return F.cross_entropy(self._logits(episode), episode.query_labels)
+        return F.cross_entropy(self._logits(episode, self.network), episode.query_labels)
 
     def scores(self, episode: Episode) -> Prediction:
-        return Prediction(self._logits(episode))
+        return Prediction(self._logits(episode, self.inference_network))

@@ -40,14 +40,13 @@ class Siamese(TorchMethod):
     def build_network(self) -> nn.Module:
         return SiameseNetwork(tuple(self.params["channels"]), int(self.params["hidden"]))
 
-    def _pair_logits(self, episode: Episode) -> torch.Tensor:
-        encoder = self.network.encoder
-        support = self.cached(episode.support, episode.support_ids, encoder)
-        query = self.cached(episode.query, episode.query_ids, encoder)
-        return self.network.similarity_logits(query, support)  # (n_query, n_support)
+    def _pair_logits(self, episode: Episode, network: nn.Module) -> torch.Tensor:
+        support = self.cached(episode.support, episode.support_ids, network.encoder)
+        query = self.cached(episode.query, episode.query_ids, network.encoder)
+        return network.similarity_logits(query, support)  # (n_query, n_support)
 
     def training_loss(self, episode: Episode) -> torch.Tensor:
-        logits = self._pair_logits(episode)
+        logits = self._pair_logits(episode, self.network)
         same = (episode.query_labels[:, None] == episode.support_labels[None, :]).float()
         # Balance: weight each pair so positives and negatives contribute equally.
         positives = same.sum().clamp_min(1)
@@ -56,7 +55,7 @@ class Siamese(TorchMethod):
         return F.binary_cross_entropy_with_logits(logits, same, weight=weights, reduction="sum") / 2
 
     def scores(self, episode: Episode) -> Prediction:
-        probabilities = torch.sigmoid(self._pair_logits(episode).float())
+        probabilities = torch.sigmoid(self._pair_logits(episode, self.inference_network).float())
         per_class = torch.stack(
             [probabilities[:, episode.support_labels == c].mean(dim=1) for c in range(episode.n_way)], dim=1
         )
