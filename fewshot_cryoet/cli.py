@@ -186,12 +186,24 @@ def _print_summary(dataset) -> None:
 @click.option("--per-class", type=int, default=3, show_default=True)
 @click.option("--axis", type=click.Choice(["z", "y", "x"]), default="z", show_default=True,
               help="Slice normal: z (XY slice) or y (XZ slice, shows the missing wedge).")
-def show(dataset_path, out, snr, per_class, axis) -> None:
-    """Draw central slices of subtomograms and masks per class into a PNG."""
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="A segmenting method's checkpoint (e.g. from <store>.models/): draw its raw and "
+                   "CRF-refined masks per test class instead.")
+@click.option("--device", default="auto", show_default=True)
+def show(dataset_path, out, snr, per_class, axis, model, device) -> None:
+    """Draw central slices of subtomograms and masks per class (or a model's segmentations) into a PNG."""
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
-    from fewshot_cryoet.datasets.montage import draw_montage
+    from fewshot_cryoet.datasets.montage import draw_montage, draw_segmentations
 
-    path = draw_montage(SubtomogramDataset(dataset_path), out, snr, per_class, axis)
+    dataset = SubtomogramDataset(dataset_path)
+    if model is not None:
+        from fewshot_cryoet.methods.base import FewShotMethod
+        from fewshot_cryoet.runner import resolve_device
+
+        method = FewShotMethod.from_checkpoint(model, resolve_device(device))
+        path = draw_segmentations(dataset, method, out, snr)
+    else:
+        path = draw_montage(dataset, out, snr, per_class, axis)
     Console().print(f"wrote {path}")
 
 

@@ -146,3 +146,20 @@ def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_
     assert "COS-Net DuSE-SCNN w decoder (cpu)" in markdown and "COS-Net SCNN w/o decoder (cpu)" in markdown
     crf_section = markdown.split("CRF-refined")[1]
     assert any(line.startswith("| COS-Net SCNN w/o decoder") and "—" in line for line in crf_section.splitlines())
+
+
+def test_segmentation_figure_from_a_checkpoint(tiny_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from fewshot_cryoet.cli import main
+
+    method = COSNet(TINY, "duse-decoder")
+    method.save(tmp_path / "m.pt", box=16)
+    result = CliRunner().invoke(main, ["show", str(tiny_dataset.path), "--model", str(tmp_path / "m.pt"),
+                                       "--snr", "1", "--out", str(tmp_path / "seg.png"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "seg.png").read_bytes()[:4] == b"\x89PNG"
+    COSNet(TINY, "duse").save(tmp_path / "plain.pt", box=16)
+    refused = CliRunner().invoke(main, ["show", str(tiny_dataset.path), "--model", str(tmp_path / "plain.pt"),
+                                        "--out", str(tmp_path / "x.png")])
+    assert refused.exit_code == 2 and "does not segment" in refused.output

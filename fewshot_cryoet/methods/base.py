@@ -166,6 +166,23 @@ class FewShotMethod(ABC):
         torch.save(payload, tmp)
         tmp.replace(path)
 
+    @staticmethod
+    def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> FewShotMethod:
+        """Rebuild the method a checkpoint was saved from (any registered method) and load it."""
+        from fewshot_cryoet.plugins import get_plugins
+
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise FscError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        if not isinstance(payload, dict) or "method" not in payload:
+            raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
+        cls = get_plugins().methods.get(payload["method"])
+        params = {k: v for k, v in payload["params"].items() if k in cls.defaults}
+        method = cls(params, payload["variant"], device)
+        method.load(path, payload["box"])
+        return method
+
     def load(self, path: str | Path, box: int) -> None:
         """Load a checkpoint written by :meth:`save` for the same method, variant and box size."""
         try:
