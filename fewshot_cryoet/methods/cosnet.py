@@ -188,8 +188,15 @@ class COSNet(TorchMethod):
         net = self.inference_network
         support = self.cached(episode.support, episode.support_ids, net.embed)
         if net.decoder is not None:
-            query, logits = net.stream(episode.query)
-            probabilities = torch.sigmoid(logits)
+            # Features and probabilities of a query depend on the query alone: cache both.
+            def features_and_probabilities(volumes: torch.Tensor) -> torch.Tensor:
+                features, logits = net.stream(volumes)
+                return torch.cat([features.float(), torch.sigmoid(logits.float()).flatten(1)], dim=1)
+
+            rows = self.cached(episode.query, episode.query_ids, features_and_probabilities)
+            width = net.head.in_features
+            query = rows[:, :width]
+            probabilities = rows[:, width:].view(episode.query.shape)
         else:
             query, probabilities = self.cached(episode.query, episode.query_ids, net.embed), None
         similarity = torch.sigmoid(net.similarity_logits(query, support).float())
