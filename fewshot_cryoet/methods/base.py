@@ -233,18 +233,21 @@ class TorchMethod(FewShotMethod):
         self._embeddings.clear()
         self._inference = None
 
-    def cached(self, volumes: torch.Tensor, ids: tuple | None, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def cached(self, volumes: torch.Tensor, ids: tuple | None, compute: Callable[[torch.Tensor], torch.Tensor],
+               kind: str = "embedding") -> torch.Tensor:
         """``compute(volumes)`` row by row, reusing rows already computed for the same volume
-        identities (test episodes share particles). Only used in eval mode, where ``compute`` is a
-        pure function of the volume; the cache is cleared whenever the weights change."""
+        identities and ``kind`` of output (test episodes share particles). Only without
+        gradients, where ``compute`` is a pure function of the volume; the cache is cleared
+        whenever the weights change."""
         if ids is None or torch.is_grad_enabled():
             return compute(volumes)
-        missing = [i for i, key in enumerate(ids) if key not in self._embeddings]
+        keys = [(kind, i) for i in ids]
+        missing = [i for i, key in enumerate(keys) if key not in self._embeddings]
         if missing:
             fresh = compute(volumes[missing])
             for i, row in zip(missing, fresh):
-                self._embeddings[ids[i]] = row
-        return torch.stack([self._embeddings[key] for key in ids])
+                self._embeddings[keys[i]] = row
+        return torch.stack([self._embeddings[key] for key in keys])
 
     @abstractmethod
     def build_network(self) -> torch.nn.Module:

@@ -193,7 +193,7 @@ class COSNet(TorchMethod):
                 features, logits = net.stream(volumes)
                 return torch.cat([features.float(), torch.sigmoid(logits.float()).flatten(1)], dim=1)
 
-            rows = self.cached(episode.query, episode.query_ids, features_and_probabilities)
+            rows = self.cached(episode.query, episode.query_ids, features_and_probabilities, "stream")
             width = net.head.in_features
             query = rows[:, :width]
             probabilities = rows[:, width:].view(episode.query.shape)
