@@ -376,6 +376,8 @@ def bench(methods_text, param_texts, snr_texts, ways, shots, queries, dataset, t
     out.print(table)
     out.print(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}")
     results.close()
+    if runner.failures:
+        raise FscError(f"{len(runner.failures)} method run(s) failed, the rest completed: " + "; ".join(runner.failures))
 
 
 @main.command("methods")

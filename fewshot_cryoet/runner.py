@@ -95,6 +95,7 @@ class Runner:
         self.device = settings.torch_device
         self.models_dir = store.path.with_name(store.path.stem + ".models")
         self._refiners: dict[int, CRFRefiner] = {}
+        self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
               snr: float) -> dict[tuple[int, int], Cell]:
@@ -137,10 +138,14 @@ class Runner:
             if not any(todo.values()):
                 self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
                 continue
-            report = self.fit(method, dataset, snr, cells)
-            for key, missing in todo.items():
-                if missing:
-                    self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report)
+            try:
+                report = self.fit(method, dataset, snr, cells)
+                for key, missing in todo.items():
+                    if missing:
+                        self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report)
+            except FscError as exc:  # one method's bad input must not stop the rest of the grid
+                self.failures.append(f"{method.label} at SNR {snr_label(snr)}: {exc}")
+                self.log(f"[red]skipped[/] {self.failures[-1]}")
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
             cells: dict[tuple[int, int], Cell]) -> FitReport:

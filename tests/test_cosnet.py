@@ -163,3 +163,15 @@ def test_segmentation_figure_from_a_checkpoint(tiny_dataset, tmp_path):
     refused = CliRunner().invoke(main, ["show", str(tiny_dataset.path), "--model", str(tmp_path / "plain.pt"),
                                         "--out", str(tmp_path / "x.png")])
     assert refused.exit_code == 2 and "does not segment" in refused.output
+
+
+def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
+    """COS-Net built for the wrong box fails with a clear message; xcorr still runs."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    settings = BenchSettings(ways=[2], shots=[1], queries=2, episodes=3, budget=Budget(episodes=2), device="cpu")
+    messages = []
+    runner = Runner(store, settings, log=messages.append)
+    runner.run_snr([MethodSpec(COSNet, "scnn", {"channels": 4, "embedding": 16}),
+                    MethodSpec(CrossCorrelation, params={"angular_step": 60})], tiny_dataset, "tiny", 1.0)
+    assert len(runner.failures) == 1 and "--param cosnet.box=16" in runner.failures[0]
+    assert set(store.frame()["label"]) == {"xcorr"} and len(store.frame()) == 3
