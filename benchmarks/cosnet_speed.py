@@ -129,8 +129,7 @@ def main() -> None:
         loss.backward()
         optimizer_plain.step()
 
-    ours.network.train()
-    ours.network.to(memory_format=torch.channels_last_3d)
+    ours.network.train()  # channels-last already: TorchMethod builds networks that way
     optimizer_ours = torch.optim.Adam(ours.network.parameters(), lr=1e-4)
 
     def ours_step():

@@ -215,7 +215,8 @@ class TorchMethod(FewShotMethod):
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
         torch.manual_seed(0)  # identical initial weights for identical hyper-parameters
-        self.network = self.build_network().to(self.device)
+        # Channels-last 3D weights: oneDNN (CPU) and cuDNN run 3D convolutions faster in it.
+        self.network = self.build_network().to(self.device, memory_format=torch.channels_last_3d)
         self._embeddings: dict = {}
         self._inference: torch.nn.Module | None = None
 
