@@ -59,8 +59,9 @@ class DuSE(nn.Module):
         channel_gate = self.squeeze(x.mean(dim=(2, 3, 4)))[:, :, None, None, None]
         spatial_gate = torch.sigmoid(self.spatial(x))
         if self.merge == "add":
-            # x·c + x·s = x·(c + s): one pass over the volume fewer, same result.
-            return x * (channel_gate + spatial_gate)
+            # x·c, then += x·s in place: both products keep x's (channels-last) layout; forming
+            # c + s first would materialise a full tensor in the default layout (2× slower on CPU).
+            return (x * channel_gate).addcmul_(x, spatial_gate)
         return torch.maximum(x * channel_gate, x * spatial_gate)
 
 
