@@ -111,12 +111,17 @@ def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     snrs = sorted(summary["snr"].unique(), key=_snr_order)
+    labels = list(dict.fromkeys(summary["label"]))
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}  # same line, same colour
     fig, axes = plt.subplots(1, len(snrs), figsize=(4.2 * len(snrs), 3.4), squeeze=False, sharey=True)
     for ax, snr in zip(axes[0], snrs):
         part = summary[(summary["snr"] == snr) & (summary["k_shot"] == summary["k_shot"].min())]
-        for label, rows in part.groupby("label", sort=False):
-            rows = rows.sort_values("n_way")
-            ax.errorbar(rows["n_way"], rows["accuracy"], yerr=rows["ci95"].fillna(0), marker="o", capsize=3, label=label)
+        for label in labels:
+            rows = part[part["label"] == label].sort_values("n_way")
+            if rows.empty:
+                continue
+            ax.errorbar(rows["n_way"], rows["accuracy"], yerr=rows["ci95"].fillna(0), marker="o", capsize=3,
+                        label=label, color=colours[label])
         ways = sorted(part["n_way"].unique())
         ax.plot(ways, [1 / n for n in ways], "k:", label="chance")
         ax.set_title(f"SNR {'∞' if snr == 'inf' else snr}")
