@@ -120,9 +120,9 @@ def simulate(
         raise FscError(f"--split {split_text!r}: expected three fractions such as 0.4,0.2,0.4") from None
     explicit = {}
     if val_classes:
-        explicit["val"] = [c.strip() for c in val_classes.split(",") if c.strip()]
+        explicit["val"] = _split_list(val_classes, "--val-classes")
     if test_classes:
-        explicit["test"] = [c.strip() for c in test_classes.split(",") if c.strip()]
+        explicit["test"] = _split_list(test_classes, "--test-classes")
     check_output_folder(out, overwrite)  # fail before the slow part
     with make_progress() as progress:
         templates = _load_templates(template_paths, classes, synthetic_seed, voxel_size,
@@ -252,15 +252,13 @@ def _method_specs(methods_text: str, param_texts: tuple[str, ...]):
     """``protonet,siamese/variant`` plus ``--param name.key=value`` overrides → MethodSpecs."""
     import json as _json
 
-    from fewshot_cryoet.plugins import get_plugins
+    from fewshot_cryoet.plugins import get_plugins, require_methods
     from fewshot_cryoet.runner import MethodSpec
 
     plugins = get_plugins()
     entries = _split_list(methods_text, "--methods")
     names = [e.split("/", 1)[0] for e in entries]
-    unknown = [n for n in names if n not in plugins.methods]
-    if unknown:
-        raise FscError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(plugins.methods.names())}")
+    classes = require_methods(names)
     overrides: dict[str, dict] = {}
     for text in param_texts:
         match = re.fullmatch(r"([\w-]+)\.(\w+)=(.*)", text)
@@ -272,17 +270,16 @@ def _method_specs(methods_text: str, param_texts: tuple[str, ...]):
             value = match.group(3)
         overrides.setdefault(match.group(1), {})[match.group(2)] = value
     specs = []
-    for entry, name in zip(entries, names):
+    for entry, name, cls in zip(entries, names, classes):
         variant = entry.split("/", 1)[1] if "/" in entry else None
-        cls = plugins.methods.get(name)
-        cls(overrides.get(name), variant)  # validates variant and hyper-parameters before any work
-        specs.append(MethodSpec(cls, variant, overrides.get(name, {}), str(plugins.methods.origin(name))))
+        label = cls(overrides.get(name), variant).label  # validates variant and hyper-parameters now
+        specs.append(MethodSpec(cls, variant, overrides.get(name, {}), str(plugins.methods.origin(name)), label))
     return specs
 
 
 def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_classes: str | None):
     """(name, provider or None, fixed data set or None) for --dataset NAME|PATH / --templates."""
-    from fewshot_cryoet.datasets.dataset import MANIFEST, SubtomogramDataset
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.datasets.providers import templates_provider
     from fewshot_cryoet.plugins import get_plugins
 
@@ -300,9 +297,8 @@ def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_c
             provider = replace(provider, per_class=per_class)
         return name, provider, None
     path = Path(name)
-    if (path / MANIFEST).exists() or path.is_dir():
-        ds = SubtomogramDataset(path)
-        return path.name, None, ds
+    if path.is_dir():
+        return path.name, None, SubtomogramDataset(path)
     raise FscError(f"unknown data set {name!r}: not a folder and not one of: {', '.join(registry.names())}")
 
 
@@ -357,7 +353,7 @@ def bench(methods_text, param_texts, snr_texts, ways, shots, queries, dataset, t
             data = fixed if fixed is not None else provider.dataset(snr, progress)
             runner.run_snr(specs, data, name, snr)
     frame = results.frame()
-    labels = {spec.cls(spec.params, spec.variant).label for spec in specs}
+    labels = {spec.label for spec in specs}
     frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
                   & frame["seed"].eq(seed) & frame["dataset"].eq(name)]
     summary = summarise(frame)

@@ -104,17 +104,22 @@ class EpisodeSet:
                        data["class_names"], data["indices"])
 
 
+def split_classes(dataset: SubtomogramDataset, split: str) -> list[str]:
+    """The sorted class names of ``split``, or a one-line error naming the splits there are."""
+    if split not in dataset.splits:
+        raise FscError(f"{dataset.path}: no split {split!r} (it has {', '.join(dataset.splits)})")
+    return sorted(dataset.splits[split])
+
+
 def sample_episodes(dataset: SubtomogramDataset, spec: EpisodeSpec, count: int) -> EpisodeSet:
     """Draw ``count`` episodes of ``spec`` from ``dataset`` (deterministic, see module docs)."""
-    if spec.split not in dataset.splits:
-        raise FscError(f"{dataset.path}: no split {spec.split!r} (it has {', '.join(dataset.splits)})")
-    split_classes = sorted(dataset.splits[spec.split])
-    if spec.n_way > len(split_classes):
+    classes = split_classes(dataset, spec.split)
+    if spec.n_way > len(classes):
         raise FscError(
             f"{spec.n_way}-way episodes need {spec.n_way} classes but the {spec.split} split of "
-            f"{dataset.path} has {len(split_classes)} ({', '.join(split_classes)})"
+            f"{dataset.path} has {len(classes)} ({', '.join(classes)})"
         )
-    per_class = {name: np.sort(dataset.indices(class_name=name)) for name in split_classes}
+    per_class = {name: np.sort(dataset.indices(class_name=name)) for name in classes}
     needed = spec.k_shot + spec.q_query
     short = {name: len(idx) for name, idx in per_class.items() if len(idx) < needed}
     if short:
@@ -127,9 +132,9 @@ def sample_episodes(dataset: SubtomogramDataset, spec: EpisodeSpec, count: int) 
     indices = np.empty((count, spec.n_way, needed), dtype=np.int64)
     for e in range(count):
         rng = np.random.default_rng(np.random.SeedSequence([spec.seed, e]))
-        chosen = rng.choice(len(split_classes), size=spec.n_way, replace=False)
+        chosen = rng.choice(len(classes), size=spec.n_way, replace=False)
         for c, class_id in enumerate(chosen):
-            name = split_classes[class_id]
+            name = classes[class_id]
             names[e, c] = name
             indices[e, c] = rng.choice(per_class[name], size=needed, replace=False)
     return EpisodeSet(spec, names, indices)
@@ -173,15 +178,12 @@ def _ids(dataset: SubtomogramDataset, snr: float | str, indices: np.ndarray) -> 
     return tuple((*key, int(i)) for i in indices)
 
 
-
 class EpisodeSource:
     """Random episodes from one split at one SNR, for training: the split's volumes (and masks)
     are read into memory once, then every ``sample`` is a cheap in-memory gather."""
 
     def __init__(self, dataset: SubtomogramDataset, split: str, snr: float | str, with_masks: bool = True) -> None:
-        if split not in dataset.splits:
-            raise FscError(f"{dataset.path}: no split {split!r} (it has {', '.join(dataset.splits)})")
-        self.classes = sorted(dataset.splits[split])
+        self.classes = split_classes(dataset, split)
         self.voxel_size = dataset.voxel_size
         self.snr = parse_snr(snr)
         self.split = split

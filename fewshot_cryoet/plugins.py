@@ -107,10 +107,6 @@ def get_plugins() -> Plugins:
     return load_plugins()
 
 
-def get_method_class(name: str):
-    return get_plugins().methods.get(name)
-
-
 def require_methods(names: list[str]) -> list:
     """Resolve method names, failing with the list of available ones before any work starts."""
     registry = get_plugins().methods

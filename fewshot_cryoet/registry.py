@@ -35,18 +35,15 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._origins: dict[str, Origin] = {}
-        self._current = Origin("built-in")
 
-    def add(self, item: T, name: str | None = None) -> None:
+    def add(self, item: T, name: str | None = None, origin: Origin = Origin("built-in")) -> None:
         name = name or getattr(item, "name", None)
         if not name:
-            raise FscError(f"{self._current}: a {self.kind} needs a name")
+            raise FscError(f"{origin}: a {self.kind} needs a name")
         if name in self._items:
-            raise FscError(
-                f"{self.kind} {name!r} from {self._current} clashes with the one from {self._origins[name]}"
-            )
+            raise FscError(f"{self.kind} {name!r} from {origin} clashes with the one from {self._origins[name]}")
         self._items[name] = item
-        self._origins[name] = self._current
+        self._origins[name] = origin
 
     def get(self, name: str) -> T:
         if name not in self._items:
@@ -85,13 +82,8 @@ class _Scoped(Generic[T]):
                 f"{self.registry.kind} {name!r} is already registered by {self.registry.origin(name)}"
             )
             return
-        previous = self.registry._current
-        self.registry._current = self.origin
-        try:
-            self.registry.add(item, name)
-            self.added.append(name)
-        finally:
-            self.registry._current = previous
+        self.registry.add(item, name, self.origin)
+        self.added.append(name)
 
     def rollback(self) -> None:
         """Forget everything this plugin added (its hook failed half-way)."""

@@ -36,6 +36,7 @@ class MethodSpec:
     variant: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     origin: str = "built-in"
+    label: str = ""
 
 
 @dataclass
@@ -50,19 +51,20 @@ class BenchSettings:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise FscError(f"--device {self.device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise FscError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-        return device
+        return resolve_device(self.device)
 
 
 def resolve_device(name: str) -> torch.device:
-    return BenchSettings([2], [1], device=name).torch_device
+    """``auto`` (CUDA when present, else CPU) or an explicit torch device that must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FscError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FscError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
 
 
 def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> dict[tuple[int, int], EpisodeSet]:
