@@ -52,10 +52,15 @@ def _column(row) -> str:
     return f"SNR {snr} · {row['n_way']}-way{shot}"
 
 
+def _ordered(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rows sorted by SNR (∞ first), K and N, and the table's column names in that order."""
+    ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
+    return ordered, list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
+
+
 def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Markdown-ready table of "acc ± CI" with bold best cells and statistical ties."""
-    ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
-    columns = list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
+    ordered, columns = _ordered(summary)
     labels = list(dict.fromkeys(summary["label"]))
     table = pd.DataFrame("—", index=labels, columns=columns)
     for column in columns:
@@ -74,8 +79,7 @@ def dice_table(summary: pd.DataFrame, column: str = "dice") -> pd.DataFrame | No
     "—" for methods that do not segment. None if none does."""
     if summary[column].isna().all():
         return None
-    ordered = summary.assign(_snr=summary["snr"].map(_snr_order)).sort_values(["_snr", "k_shot", "n_way"])
-    columns = list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
+    ordered, columns = _ordered(summary)
     table = pd.DataFrame("—", index=list(dict.fromkeys(summary["label"])), columns=columns)
     for _, r in ordered.iterrows():
         if not math.isnan(r[column]):
