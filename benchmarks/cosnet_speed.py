@@ -133,7 +133,7 @@ def main() -> None:
     optimizer_ours = torch.optim.Adam(ours.network.parameters(), lr=1e-4)
 
     def ours_step():
-        with ours._autocast():
+        with ours.autocast(training=True):
             loss = ours.training_loss(episode)
         optimizer_ours.zero_grad()
         loss.backward()
@@ -150,7 +150,7 @@ def main() -> None:
     fast = ours.inference_network
     with torch.inference_mode():
         full_plain = rate(lambda: plain.stream(batch), 8, args.repeats)
-        with ours._autocast():
+        with ours.autocast(training=False):
             full_ours = rate(lambda: fast.stream(batch), 8, args.repeats)
             class_ours = rate(lambda: fast.embed(batch), 8, args.repeats)
     results.append(("inference, encoder + decoder + features", full_plain, full_ours))

@@ -277,6 +277,29 @@ def _method_specs(methods_text: str, param_texts: tuple[str, ...]):
     return specs
 
 
+def _apply_tuned(specs: list, tuned) -> list:
+    """Give the spec(s) of the tuned method/variant the tuned hyper-parameters (explicit --param
+    values still win) and a label that says they were tuned, and with how many trials."""
+    from dataclasses import replace
+
+    hits = [i for i, s in enumerate(specs)
+            if s.cls.name == tuned.method and (s.variant or next(iter(s.cls.variants))) == tuned.variant]
+    if not hits:
+        raise FscError(f"{tuned.source}: tunes {tuned.method}/{tuned.variant}, which --methods does not "
+                       f"include; add --methods {tuned.method}/{tuned.variant}")
+    specs = list(specs)
+    for i in hits:
+        spec = specs[i]
+        params = {**tuned.params, **spec.params}
+        try:
+            label = spec.cls(params, tuned.variant).label
+        except FscError as exc:
+            raise FscError(f"{tuned.source}: {exc}") from None
+        specs[i] = replace(spec, variant=tuned.variant, params=params,
+                           label=f"{label} · tuned ({tuned.trials} trials)")
+    return specs
+
+
 def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_classes: str | None):
     """(name, provider or None, fixed data set or None) for --dataset NAME|PATH / --templates."""
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
@@ -306,6 +329,10 @@ def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_c
 @click.option("--methods", "methods_text", default="protonet,siamese,xcorr", show_default=True,
               help="Comma-separated methods, optionally NAME/VARIANT.")
 @click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE", help="Hyper-parameter override; repeatable.")
+@click.option("--params", "params_sources", multiple=True, metavar="best:STUDY|FILE",
+              help="Tuned hyper-parameters: a study's best trial (in --tune-storage) or a file from fsc tune --export; repeatable.")
+@click.option("--tune-storage", default="sqlite:///fsc-tune.sqlite", show_default=True,
+              help="Optuna storage holding the studies named by --params best:STUDY.")
 @click.option("--snr", "snr_texts", multiple=True, default=("1000",), show_default=True, help="SNR level; repeatable.")
 @click.option("--ways", default="2,4,6,8", show_default=True, help="N-way settings.")
 @click.option("--shots", default="1", show_default=True, help="K-shot settings.")
@@ -320,7 +347,7 @@ def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_c
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--store", type=click.Path(path_type=Path), default=Path("fsc-results.sqlite"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --store.")
-def bench(methods_text, param_texts, snr_texts, ways, shots, queries, dataset, template_paths, test_classes,
+def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, ways, shots, queries, dataset, template_paths, test_classes,
           per_class, budget_text, episodes, seed, device, store, resume) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
@@ -330,6 +357,11 @@ def bench(methods_text, param_texts, snr_texts, ways, shots, queries, dataset, t
     from fewshot_cryoet.store import ResultsStore
 
     specs = _method_specs(methods_text, param_texts)
+    if params_sources:
+        from fewshot_cryoet.tuning import resolve_params
+
+        for source in params_sources:
+            specs = _apply_tuned(specs, resolve_params(source, tune_storage))
     settings = BenchSettings(
         ways=_split_list(ways, "--ways", int), shots=_split_list(shots, "--shots", int), queries=queries,
         episodes=episodes, budget=Budget.parse(budget_text), seed=seed, device=device,
@@ -427,6 +459,15 @@ def _add_plugin_commands() -> None:
             console.print(f"[yellow]fsc: warning:[/] plugin {impl.plugin_name} could not add commands: {exc}")
 
 
+def _add_builtin_commands() -> None:
+    from fewshot_cryoet.cli_models import predict, train
+    from fewshot_cryoet.cli_tune import tune
+
+    for command in (tune, train, predict):
+        main.add_command(command)
+
+
+_add_builtin_commands()
 _add_plugin_commands()
 
 

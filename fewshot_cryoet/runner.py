@@ -75,13 +75,14 @@ def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> d
     }
 
 
-def validation_episodes(dataset: SubtomogramDataset, settings: BenchSettings, snr: float, shot: int):
+def validation_episodes(dataset: SubtomogramDataset, settings: BenchSettings, snr: float, shot: int,
+                        with_masks: bool = False):
     classes = dataset.splits.get("val", [])
     if len(classes) < 2:
         return []
     spec = EpisodeSpec("val", min(5, len(classes)), shot, settings.queries, settings.seed + 1)
     episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
-    return [load_episode(dataset, episodes, i, snr) for i in range(len(episodes))]
+    return [load_episode(dataset, episodes, i, snr, with_masks=with_masks) for i in range(len(episodes))]
 
 
 class Runner:
@@ -103,7 +104,7 @@ class Runner:
               snr: float) -> dict[tuple[int, int], Cell]:
         return {
             (n, k): Cell(
-                method=method.name, variant=method.variant, label=method.label,
+                method=method.name, variant=method.variant, label=spec.label or method.label,
                 params_hash=method.params_hash(), params=json.dumps(method.params, sort_keys=True, default=str),
                 profile=str(method.params.get("profile", "")),
                 budget=str(self.settings.budget) if method.trainable else "",
@@ -163,12 +164,13 @@ class Runner:
             method.load(checkpoint, dataset.box)
             saved = json.loads(report_path.read_text())
             self.log(f"{method.label} at SNR {snr_label(snr)}: reusing the model trained earlier ({checkpoint.name})")
-            return FitReport(saved["episodes"], saved["seconds"], saved["best_validation_accuracy"])
+            return FitReport(saved["episodes"], saved["seconds"], saved["best_validation_accuracy"],
+                             saved.get("best_validation_dice"))
         shot = self.settings.shots[0]
         train = EpisodeSource(dataset, "train", snr, with_masks=method.segments)
         if train.n_classes < 2:
             raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
-        validation = validation_episodes(dataset, self.settings, snr, shot)
+        validation = validation_episodes(dataset, self.settings, snr, shot, with_masks=method.segments)
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
@@ -184,10 +186,15 @@ class Runner:
         method.save(checkpoint, dataset.box)
         report_path.write_text(json.dumps({
             "episodes": report.episodes, "seconds": report.seconds,
-            "best_validation_accuracy": report.best_validation_accuracy, "history": report.history,
+            "best_validation_accuracy": report.best_validation_accuracy,
+            "best_validation_dice": report.best_validation_dice, "history": report.history,
+            "skipped_steps": report.skipped_steps,
         }))
+        dice_text = "" if report.best_validation_dice is None else f", Dice {report.best_validation_dice:.3f}"
+        if report.skipped_steps:
+            dice_text += f"; {report.skipped_steps} steps skipped for non-finite gradients"
         self.log(f"{method.label} at SNR {snr_label(snr)}: trained {report.episodes} episodes in "
-                 f"{report.seconds:.0f} s, best validation accuracy {report.best_validation_accuracy}")
+                 f"{report.seconds:.0f} s, selected validation accuracy {report.best_validation_accuracy}{dice_text}")
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,

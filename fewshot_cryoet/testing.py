@@ -29,13 +29,21 @@ class ConformanceError(AssertionError):
     """A method broke the contract; the message names the method, variant and check."""
 
 
-def tiny_dataset(folder: str | Path):
-    """Six synthetic classes × 6 subtomograms, 16³ at 20 Å, noise-free and SNR 1 (Fourier route)."""
+def tiny_dataset(folder: str | Path, validation_classes: int = 1):
+    """Six synthetic classes × 6 subtomograms, 16³ at 20 Å, noise-free and SNR 1 (Fourier route).
+    Splits: 3 test, 1 validation, 2 training classes; or, with ``validation_classes=2`` (enough
+    for validation episodes, as tuning needs), 2 test, 2 validation, 2 training classes."""
     config = SimulationConfig(box=16, voxel_size=20.0, route="fourier")
     templates = synthetic_templates(6, voxel_size=20.0)
-    return simulate_dataset(templates, Path(folder) / "tiny", [float("inf"), 1.0], per_class=6, config=config,
-                            seed=0, explicit_splits={"val": [templates[4].name], "test": [templates[0].name,
-                            templates[1].name, templates[2].name]})
+    names = [t.name for t in templates]
+    if validation_classes == 1:
+        folder, splits = Path(folder) / "tiny", {"val": [names[4]], "test": names[:3]}
+    elif validation_classes == 2:
+        folder, splits = Path(folder) / "tiny-val2", {"val": names[2:4], "test": names[:2]}
+    else:
+        raise ValueError("validation_classes must be 1 or 2")
+    return simulate_dataset(templates, folder, [float("inf"), 1.0], per_class=6, config=config, seed=0,
+                            explicit_splits=splits)
 
 
 def check_method(method_cls: type[FewShotMethod], params: dict | None = None) -> list[str]:

@@ -74,7 +74,7 @@ class Budget:
 @dataclass
 class FitContext:
     """What a method may use while fitting. ``validation`` episodes come from validation classes
-    only; ``report(step, accuracy)`` lets a tuner prune bad trials early."""
+    only; ``report(step, score)`` (the selection score: accuracy, or (accuracy + Dice) / 2 for segmenting methods) lets a tuner prune bad trials early."""
 
     train: EpisodeSource
     validation: list[Episode]
@@ -90,7 +90,9 @@ class FitReport:
     episodes: int = 0
     seconds: float = 0.0
     best_validation_accuracy: float | None = None
-    history: list[tuple[int, float]] = field(default_factory=list)
+    best_validation_dice: float | None = None
+    skipped_steps: int = 0  # training steps skipped for non-finite gradients
+    history: list[tuple[int, float, float | None]] = field(default_factory=list)  # (episode, accuracy, Dice)
 
 
 class FewShotMethod(ABC):
@@ -100,6 +102,9 @@ class FewShotMethod(ABC):
     description: ClassVar[str] = ""
     segments: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    #: What ``Prediction.scores`` are: ``logits`` (softmax gives class probabilities) or
+    #: ``similarity`` (in [0, 1] per class; normalised to sum to 1 for probabilities).
+    score_kind: ClassVar[str] = "logits"
     defaults: ClassVar[dict[str, Any]] = {}
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
@@ -129,6 +134,12 @@ class FewShotMethod(ABC):
     def params_hash(self) -> str:
         text = json.dumps(self.params, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def search_space(cls, trial, params: dict[str, Any]) -> dict[str, Any]:
+        """Hyper-parameters for one tuning trial, suggested from ``trial`` (an ``optuna.Trial``)
+        given the variant's ``params``; ``fsc tune`` uses it. Empty means nothing to tune."""
+        return {}
 
     def fit(self, context: FitContext) -> FitReport:
         """Training-free methods need no fit."""
@@ -201,15 +212,29 @@ class FewShotMethod(ABC):
         self.load_state(payload["state"])
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (emulated bf16 would be slower than fp32)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: Skipped (non-finite) training steps after which ``precision=auto`` trains on in fp32.
+NONFINITE_STEPS_BEFORE_FP32 = 3
+
+
 class TorchMethod(FewShotMethod):
     """A neural method trained episodically: subclasses give the network, the loss on an
     episode and the scores; this class owns the loop (optimizer from timm, budget, validation
-    every ``val_every`` episodes, best-on-validation weights kept, bf16 autocast on CUDA)."""
+    every ``val_every`` episodes, best-on-validation weights kept, bf16 autocast where it pays:
+    see :meth:`autocast`)."""
 
     trainable: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
         "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
         "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
+        "precision": "auto",
     }
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
@@ -219,6 +244,7 @@ class TorchMethod(FewShotMethod):
         self.network = self.build_network().to(self.device, memory_format=torch.channels_last_3d)
         self._embeddings: dict = {}
         self._inference: torch.nn.Module | None = None
+        self._bf16_failed = False  # set when bf16 training gave non-finite gradients repeatedly
 
     @property
     def inference_network(self) -> torch.nn.Module:
@@ -265,17 +291,42 @@ class TorchMethod(FewShotMethod):
 
     def predict(self, episode: Episode) -> Prediction:
         self.network.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast(training=False):
             prediction = self.scores(episode.to(self.device))
         return Prediction(
             prediction.scores.float().cpu(),
             None if prediction.probabilities is None else prediction.probabilities.float().cpu(),
         )
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+    @classmethod
+    def search_space(cls, trial, params: dict[str, Any]) -> dict[str, Any]:
+        """Learning rate within 30× of the default either way (log scale), and weight decay."""
+        lr = float(params["lr"])
+        return {
+            "lr": trial.suggest_float("lr", lr / 30, lr * 30, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        }
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.network.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+    def autocast(self, training: bool):
+        """bf16 autocast context, chosen by the ``precision`` parameter: ``fp32`` never,
+        ``bf16`` always, ``auto`` on CUDA and for CPU training where the processor has native bf16
+        (AVX512-BF16/AMX: 3D convolutions train about 2× faster). CPU inference stays fp32 under
+        ``auto``: the folded inference copy is already fast and small networks lose in bf16.
+        Training steps with non-finite gradients are skipped; after a few, ``auto`` falls back to
+        fp32 for the rest of the fit (seen with 4-channel networks on oneDNN's bf16 kernels)."""
+        precision = self.params.get("precision", "auto")
+        if precision not in ("auto", "bf16", "fp32"):
+            raise FscError(f"{self.name}: precision must be auto, bf16 or fp32, got {precision!r}")
+        if precision == "auto":
+            enabled = not (training and self._bf16_failed) and (
+                self.device.type == "cuda" or (training and self.device.type == "cpu" and _cpu_has_bf16()))
+        else:
+            enabled = precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def state(self) -> dict[str, Any]:
         return {"network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
@@ -291,13 +342,21 @@ class TorchMethod(FewShotMethod):
             ) from None
         self._weights_changed()
 
-    def validation_accuracy(self, episodes: list[Episode]) -> float:
+    def validation_score(self, episodes: list[Episode]) -> tuple[float, float | None]:
+        """(accuracy, mean raw Dice or None) over validation episodes. Dice counts only when the
+        method segments and the episodes carry masks."""
+        from fewshot_cryoet.metrics import dice
+
         correct = total = 0
+        dice_values: list[torch.Tensor] = []
         for episode in episodes:
-            predicted = self.predict(episode).scores.argmax(dim=1)
-            correct += int((predicted == episode.query_labels).sum())
+            prediction = self.predict(episode)
+            correct += int((prediction.scores.argmax(dim=1) == episode.query_labels).sum())
             total += len(episode.query_labels)
-        return correct / max(total, 1)
+            if prediction.probabilities is not None and episode.query_masks is not None:
+                dice_values.append(dice(prediction.probabilities > 0.5, episode.query_masks.cpu()))
+        mean_dice = float(torch.cat(dice_values).mean()) if dice_values else None
+        return correct / max(total, 1), mean_dice
 
     def fit(self, context: FitContext) -> FitReport:
         from timm.optim import create_optimizer_v2
@@ -311,26 +370,35 @@ class TorchMethod(FewShotMethod):
         deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
         max_episodes = budget.episodes if budget.episodes is not None else math.inf
         report = FitReport()
-        best_state, best_accuracy = None, -1.0
+        best_state, best_score = None, -1.0
         step = 0
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
             self.network.train()
             episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
-            with self._autocast():
+            with self.autocast(training=True):
                 loss = self.training_loss(episode)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if self._gradients_finite():
+                optimizer.step()
+            else:  # skip the step, as a loss scaler would; bf16 that keeps failing → fp32
+                report.skipped_steps += 1
+                if report.skipped_steps >= NONFINITE_STEPS_BEFORE_FP32 and not self._bf16_failed:
+                    self._bf16_failed = True
             step += 1
             last = step >= max_episodes or time.perf_counter() >= deadline
             if context.validation and (step % p["val_every"] == 0 or last):
-                accuracy = self.validation_accuracy(context.validation)
-                report.history.append((step, accuracy))
+                accuracy, val_dice = self.validation_score(context.validation)
+                report.history.append((step, accuracy, val_dice))
+                # Segmenting methods are selected on (accuracy + Dice) / 2: accuracy alone
+                # plateaus within ~200 episodes and would keep a barely trained decoder.
+                score = accuracy if val_dice is None else (accuracy + val_dice) / 2
                 if context.report is not None:
-                    context.report(step, accuracy)
-                if accuracy > best_accuracy:
-                    best_accuracy, best_state = accuracy, copy.deepcopy(self.network.state_dict())
+                    context.report(step, score)
+                if score > best_score:
+                    best_score, best_state = score, copy.deepcopy(self.network.state_dict())
+                    report.best_validation_accuracy, report.best_validation_dice = accuracy, val_dice
             if context.progress is not None:
                 done = max(step / max_episodes if max_episodes < math.inf else 0,
                            (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
@@ -340,5 +408,4 @@ class TorchMethod(FewShotMethod):
         self._weights_changed()
         report.episodes = step
         report.seconds = time.perf_counter() - start
-        report.best_validation_accuracy = best_accuracy if best_state is not None else None
         return report

@@ -129,6 +129,7 @@ class COSNet(TorchMethod):
     name: ClassVar[str] = "cosnet"
     description: ClassVar[str] = "COS-Net: Siamese SCNN/DuSE-SCNN, optional decoder (segmentation), L1 → FC → sigmoid"
     segments: ClassVar[bool] = True  # decoder variants; see the instance attribute
+    score_kind: ClassVar[str] = "similarity"
     defaults: ClassVar[dict[str, Any]] = {
         **TorchMethod.defaults,
         "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
@@ -148,6 +149,23 @@ class COSNet(TorchMethod):
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
         self.segments = bool(self.params["decoder"])
+
+    @classmethod
+    def search_space(cls, trial, params: dict[str, Any]) -> dict[str, Any]:
+        """Learning rate; width of the cpu profile (channels, embedding); with a decoder, the
+        Dice/BCE weighting and the CRF's weights and widths (they change only the refined Dice)."""
+        space: dict[str, Any] = {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)}
+        if params["profile"] == "cpu":
+            space["channels"] = trial.suggest_categorical("channels", [8, 16, 24, 32])
+            space["embedding"] = trial.suggest_categorical("embedding", [64, 128, 256])
+        if params["decoder"]:
+            space["dice_weight"] = trial.suggest_float("dice_weight", 0.25, 4.0, log=True)
+            space["crf_gaussian_weight"] = trial.suggest_float("crf_gaussian_weight", 0.5, 20.0, log=True)
+            space["crf_gaussian_width"] = trial.suggest_float("crf_gaussian_width", 0.5, 3.0)
+            space["crf_bilateral_weight"] = trial.suggest_float("crf_bilateral_weight", 0.5, 20.0, log=True)
+            space["crf_bilateral_width"] = trial.suggest_float("crf_bilateral_width", 1.0, 5.0)
+            space["crf_intensity_width"] = trial.suggest_float("crf_intensity_width", 0.25, 4.0, log=True)
+        return space
 
     @property
     def label(self) -> str:

@@ -31,7 +31,9 @@ class ProtoNet(TorchMethod):
         prototypes = torch.stack(
             [support[episode.support_labels == c].mean(dim=0) for c in range(episode.n_way)]
         )
-        return -torch.cdist(query.float(), prototypes.float()) ** 2
+        # Squared distances from differences, not cdist(...)²: the gradient of cdist is NaN where
+        # a query coincides with a prototype (e.g. all-zero features of a small network).
+        return -((query.float()[:, None, :] - prototypes.float()[None, :, :]) ** 2).sum(dim=-1)
 
     def training_loss(self, episode: Episode) -> torch.Tensor:
         return F.cross_entropy(self._logits(episode, self.network), episode.query_labels)

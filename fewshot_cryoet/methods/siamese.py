@@ -35,6 +35,7 @@ class SiameseNetwork(nn.Module):
 class Siamese(TorchMethod):
     name: ClassVar[str] = "siamese"
     description: ClassVar[str] = "Siamese network: shared 3D encoder, L1 distance, FC, sigmoid; balanced pairs"
+    score_kind: ClassVar[str] = "similarity"
     defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64), "hidden": 64}
 
     def build_network(self) -> nn.Module:

@@ -34,6 +34,7 @@ class CrossCorrelation(FewShotMethod):
     name: ClassVar[str] = "xcorr"
     description: ClassVar[str] = "Template matching: NCC over an SO(3) grid (30° step) and ±2-voxel shifts, no training"
     trainable: ClassVar[bool] = False
+    score_kind: ClassVar[str] = "similarity"
     defaults: ClassVar[dict[str, Any]] = {
         "angular_step": 30.0, "max_shift": 2, "bin": 2, "refine_top": 8, "cache_size": 256,
     }
@@ -44,6 +45,16 @@ class CrossCorrelation(FewShotMethod):
         self._rotated: OrderedDict = OrderedDict()
         self._grid: torch.Tensor | None = None
         self._grid_size = 0
+
+    @classmethod
+    def search_space(cls, trial, params: dict[str, Any]) -> dict[str, Any]:
+        """Rotation step (cost grows as step⁻³), shift range, binning and refinement width."""
+        return {
+            "angular_step": trial.suggest_categorical("angular_step", [20.0, 25.0, 30.0, 40.0]),
+            "max_shift": trial.suggest_int("max_shift", 1, 3),
+            "bin": trial.suggest_categorical("bin", [1, 2]),
+            "refine_top": trial.suggest_categorical("refine_top", [4, 8, 16]),
+        }
 
     # -- preprocessing -------------------------------------------------------------------------
     def _binned(self, volumes: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Self-describing model folders written by ``fsc train`` and read by ``fsc predict``.
+
+A model folder holds ``model.json`` (method, variant, hyper-parameters, box and voxel size, how
+volumes were normalised, the training data set's name, hash and SNR, the budget and what training
+achieved, the package version) and ``weights.pt`` (the method's checkpoint, as the runner writes
+them). The folder is written under a temporary name and renamed into place, so an interrupted
+``fsc train`` never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot_cryoet.errors import FscError
+
+MODEL_FORMAT = 1
+#: How training volumes were normalised; ``fsc predict`` applies the same to user volumes.
+NORMALISATION = "per-volume zero mean and unit variance over the whole box; particle density positive"
+
+
+@dataclass
+class ModelCard:
+    method: str
+    variant: str
+    params: dict[str, Any]
+    box: int
+    voxel_size: float
+    normalisation: str
+    dataset: str
+    dataset_hash: str
+    snr: str
+    budget: str
+    package_version: str
+    format: int = MODEL_FORMAT
+    train_classes: list[str] = field(default_factory=list)
+    fit: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+
+def save_model(method, card: ModelCard, out: Path, overwrite: bool = False) -> Path:
+    """Write ``out/model.json`` and ``out/weights.pt`` atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FscError(f"{out}: already exists; pass --overwrite or choose another --out")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise FscError(f"{out}: cannot create model folder ({exc.strerror}); choose a writable --out") from None
+    card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S")
+    if method.trainable:
+        method.save(tmp / "weights.pt", card.box)
+    (tmp / "model.json").write_text(json.dumps(asdict(card), indent=2, sort_keys=True, default=str) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu"):
+    """(method ready to predict, its card); refuses folders from a newer format or another
+    package's files with a one-line error naming the folder."""
+    import fewshot_cryoet
+    from fewshot_cryoet.plugins import require_methods
+
+    folder = Path(folder)
+    card_path = folder / "model.json"
+    if not card_path.exists():
+        raise FscError(f"{folder}: not a model folder (no model.json); create one with fsc train")
+    try:
+        data = json.loads(card_path.read_text())
+        card = ModelCard(**data)
+    except (ValueError, TypeError) as exc:
+        raise FscError(f"{card_path}: unreadable model description ({exc})") from None
+    if card.format > MODEL_FORMAT:
+        raise FscError(f"{folder}: model format {card.format} was written by a newer fewshot-cryoet "
+                       f"({card.package_version}); this is {fewshot_cryoet.__version__} (format {MODEL_FORMAT}): upgrade")
+    if card.normalisation != NORMALISATION:
+        raise FscError(f"{folder}: model expects volumes normalised as {card.normalisation!r}, which this "
+                       f"version cannot reproduce")
+    cls = require_methods([card.method])[0]
+    unknown = sorted(set(card.params) - set(cls.defaults))
+    if unknown:
+        raise FscError(f"{card_path}: hyper-parameters {', '.join(unknown)} are unknown to {card.method} "
+                       f"in this version ({fewshot_cryoet.__version__}); was the model made by another version?")
+    method = cls(card.params, card.variant, device)
+    if method.trainable:
+        weights = folder / "weights.pt"
+        if not weights.exists():
+            raise FscError(f"{folder}: weights.pt is missing; the folder is incomplete")
+        method.load(weights, card.box)
+    return method, card

@@ -1,0 +1,402 @@
+"""``fsc predict``: classify and segment a user's subtomograms against a few picked examples.
+
+Inputs are the files cryo-ET users have: MRC subtomograms listed by folder, CSV or RELION STAR.
+Every listed file is checked before any work starts (all missing files are reported at once).
+Each volume is read with its header's voxel size, resampled to the model's voxel size, padded or
+cropped around its centre to the model's box, and normalised as in training. Queries stream in
+batches against the fixed support set (whose embeddings the method caches), so memory stays
+bounded for any number of queries.
+
+Outputs, written into a hidden folder that is renamed into place at the end (an interrupted run
+never leaves a truncated table): ``predictions.csv`` and ``predictions.star`` (the input columns,
+the predicted class, a score and a probability per class, and the confidence = the predicted
+class's probability), one CRF-refined segmentation MRC per query mapped back onto the query's own
+grid (plus the raw probability map with ``save_probabilities``), and ``summary.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volume
+from fewshot_cryoet.errors import FscError
+
+PATH_COLUMNS = ("rlnImageName", "rlnSubtomogramName", "path", "file", "filename", "image")
+CLASS_COLUMNS = ("class", "label", "fscClass", "rlnClassName", "rlnClassNumber")
+SUMMARY_EXAMPLES = 4
+
+
+# -- input tables ----------------------------------------------------------------------------------
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".star":
+            import starfile
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = starfile.read(path, always_dict=True)
+            tables = [t for t in data.values() if isinstance(t, pd.DataFrame)]
+            with_paths = [t for t in tables if any(c in t.columns for c in PATH_COLUMNS)]
+            if not with_paths:
+                raise FscError(f"{path}: no STAR table with an image column ({', '.join(PATH_COLUMNS[:2])})")
+            return with_paths[0].reset_index(drop=True)
+        return pd.read_csv(path)
+    except FscError:
+        raise
+    except Exception as exc:
+        raise FscError(f"{path}: cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _column(table: pd.DataFrame, candidates: tuple[str, ...], path: Path, what: str) -> str:
+    for name in candidates:
+        if name in table.columns:
+            return name
+    raise FscError(f"{path}: no {what} column; expected one of {', '.join(candidates)}")
+
+
+def _resolve(base: Path, value) -> Path:
+    text = str(value).split("@")[-1]  # RELION's "N@stack.mrcs" names a slice of a stack: take the file
+    p = Path(text)
+    return p if p.is_absolute() else base / p
+
+
+def _mrc_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MRC_SUFFIXES)
+
+
+@dataclass
+class SupportSet:
+    paths: list[Path]
+    classes: list[str]  # class of each path
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(dict.fromkeys(self.classes))
+
+
+def read_support(source: Path) -> SupportSet:
+    """A folder with one sub-folder per class holding MRC files, or a CSV/STAR table with a path
+    column and a class column (1 to K examples per class)."""
+    source = Path(source)
+    if source.is_dir():
+        folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise FscError(f"{source}: expected one sub-folder per class holding MRC files, found none")
+        paths, classes = [], []
+        for folder in folders:
+            files = _mrc_files(folder)
+            if not files:
+                raise FscError(f"{folder}: class {folder.name!r} has no support example (no MRC file)")
+            paths += files
+            classes += [folder.name] * len(files)
+        return SupportSet(paths, classes)
+    if not source.exists():
+        raise FscError(f"{source}: support not found")
+    table = _read_table(source)
+    path_column = _column(table, PATH_COLUMNS, source, "path")
+    class_column = _column(table, CLASS_COLUMNS, source, "class")
+    empty = table[class_column].isna() | (table[class_column].astype(str).str.strip() == "")
+    if empty.any():
+        raise FscError(f"{source}: rows {', '.join(str(i + 2) for i in np.flatnonzero(empty)[:10])} have no class")
+    paths = [_resolve(source.parent, v) for v in table[path_column]]
+    classes = [str(v) for v in table[class_column]]
+    if len(set(classes)) < 2:
+        raise FscError(f"{source}: support needs at least 2 classes, found {len(set(classes))}")
+    return SupportSet(paths, classes)
+
+
+def read_queries(sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """(table whose columns are carried to the output, query paths): MRC files, folders of them,
+    or one CSV/STAR table (RELION's ``rlnImageName`` column for paths)."""
+    tables, paths = [], []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files = _mrc_files(source)
+            if not files:
+                raise FscError(f"{source}: folder holds no MRC files")
+            tables.append(pd.DataFrame({"rlnImageName": [str(f) for f in files]}))
+            paths += files
+        elif source.suffix.lower() in (".csv", ".star"):
+            if not source.exists():
+                raise FscError(f"{source}: query table not found")
+            table = _read_table(source)
+            column = _column(table, PATH_COLUMNS, source, "path")
+            tables.append(table)
+            paths += [_resolve(source.parent, v) for v in table[column]]
+        else:
+            tables.append(pd.DataFrame({"rlnImageName": [str(source)]}))
+            paths.append(source)
+    if not paths:
+        raise FscError("no queries given")
+    return pd.concat(tables, ignore_index=True), paths
+
+
+def check_files_exist(paths: list[Path]) -> None:
+    """All missing files at once, before any work."""
+    missing = [str(p) for p in dict.fromkeys(paths) if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise FscError(f"{len(missing)} listed file(s) not found: {shown}")
+
+
+# -- volume preparation ------------------------------------------------------------------------------
+@dataclass
+class Geometry:
+    """How a file's volume was mapped onto the model grid, to map a segmentation back."""
+
+    shape: tuple[int, int, int]
+    voxel_size: float
+    resampled_shape: tuple[int, int, int]
+
+
+@dataclass
+class Preparer:
+    """Reads a file and maps it onto the model grid: resample to ``voxel_size``, pad/crop to
+    ``box`` around the centre, normalise (zero mean, unit variance), optionally invert contrast."""
+
+    box: int
+    voxel_size: float
+    voxel_override: float | None = None
+    invert: bool = False
+    warn: Callable[[str], None] = print
+    _warned: set = field(default_factory=set)
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, Geometry]:
+        volume, voxel = self._read(path)
+        shape = volume.shape
+        if abs(voxel - self.voxel_size) > 1e-3 * self.voxel_size:
+            volume = _resample(volume, voxel / self.voxel_size)
+            self._warn_once("resample", f"resampling volumes from {voxel:g} Å to the model's {self.voxel_size:g} Å voxels")
+        resampled = volume.shape
+        if resampled != (self.box,) * 3:
+            self._warn_once("box", f"{path.name} and others: box {'×'.join(map(str, resampled))} padded/cropped "
+                                   f"around the centre to the model's {self.box}³")
+            volume = fit_box(volume, (self.box,) * 3)
+        volume = volume - volume.mean()
+        std = volume.std()
+        if not std > 0:
+            raise FscError(f"{path}: the volume is constant after resampling; nothing to classify")
+        volume = volume / std
+        if self.invert:
+            volume = -volume
+        return volume.astype(np.float32), Geometry(shape, voxel, resampled)
+
+    def _read(self, path: Path) -> tuple[np.ndarray, float]:
+        try:
+            return read_volume(path, self.voxel_override)
+        except FscError as exc:
+            if "header voxel size" in str(exc):
+                raise FscError(f"{path}: header voxel size is 0; give the real one with --voxel-size") from None
+            raise
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warn(message)
+
+
+def _resample(volume: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    return zoom(volume, factor, order=order, mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def fit_box(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Pad (with the volume's mean) or crop each axis around the centre to ``shape``."""
+    out = volume
+    for axis, target in enumerate(shape):
+        size = out.shape[axis]
+        if size > target:
+            start = (size - target) // 2
+            out = np.take(out, range(start, start + target), axis=axis)
+        elif size < target:
+            before = (target - size) // 2
+            pad = [(0, 0)] * 3
+            pad[axis] = (before, target - size - before)
+            out = np.pad(out, pad, constant_values=float(volume.mean()))
+    return out
+
+
+def to_file_grid(mask: np.ndarray, geometry: Geometry, order: int = 0) -> np.ndarray:
+    """Map a model-grid volume back onto the query file's own grid (undo pad/crop and resampling)."""
+    out = fit_box(mask.astype(np.float32), geometry.resampled_shape)
+    if geometry.resampled_shape != geometry.shape:
+        factor = [s / r for s, r in zip(geometry.shape, geometry.resampled_shape)]
+        out = fit_box(_resample(out, factor, order=order), geometry.shape)
+    return out
+
+
+# -- prediction --------------------------------------------------------------------------------------
+def class_probabilities(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-class probabilities from a method's scores: softmax of logits, or similarities in
+    [0, 1] normalised to sum to 1."""
+    if kind == "similarity":
+        positive = scores.clamp_min(0)
+        total = positive.sum(dim=1, keepdim=True)
+        uniform = torch.full_like(scores, 1 / scores.shape[1])
+        return torch.where(total > 0, positive / total.clamp_min(1e-12), uniform)
+    return torch.softmax(scores, dim=1)
+
+
+@dataclass
+class PredictOptions:
+    batch_size: int = 32
+    save_probabilities: bool = False
+    crf: bool = True
+
+
+def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_paths: list[Path],
+                   prepare: Preparer, out: Path, options: PredictOptions, progress=None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Run the whole prediction into ``out`` (atomically); returns ``out``."""
+    class_names = support.class_names
+    prepared_support = [prepare(p) for p in support.paths]
+    support_boxes = {g.shape: p for p, (_, g) in zip(support.paths, prepared_support)}
+    if len(support_boxes) > 1:
+        (a, pa), (b, pb) = list(support_boxes.items())[:2]
+        raise FscError(f"{pb}: box {'×'.join(map(str, b))} differs from {pa.name}'s {'×'.join(map(str, a))}; "
+                       "extract all support examples with one box size")
+    support_box, first_support = next(iter(support_boxes.items()))
+    prepared = PreparedSupport(
+        class_names, torch.from_numpy(np.stack([v for v, _ in prepared_support]))[:, None],
+        torch.tensor([class_names.index(c) for c in support.classes]),
+        tuple(("support", i) for i in range(len(support.paths))), support_box, first_support,
+    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _predict_into(tmp, method, prepared, queries, query_paths, prepare, options, progress, log)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written survives an error or Ctrl-C
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+@dataclass
+class PreparedSupport:
+    class_names: list[str]
+    volumes: torch.Tensor
+    labels: torch.Tensor
+    ids: tuple  # stable identities: the method caches support embeddings across query batches
+    box: tuple[int, int, int]  # the support files' own box
+    first_path: Path
+
+
+def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataFrame, query_paths: list[Path],
+                  prepare: Preparer, options: PredictOptions, progress, log) -> None:
+    from fewshot_cryoet.episodes import Episode
+    from fewshot_cryoet.segmentation.crf import refine
+
+    class_names = support.class_names
+
+    (tmp / "segmentations").mkdir(parents=True)
+    if options.save_probabilities:
+        (tmp / "probabilities").mkdir()
+    crf_params = method.crf_params()
+    rows: list[dict] = []
+    examples: dict[str, list] = {c: [] for c in class_names}
+    crf_failures = 0
+    task = progress.add_task("predict", total=len(query_paths)) if progress is not None else None
+    for start in range(0, len(query_paths), options.batch_size):
+        batch_paths = query_paths[start:start + options.batch_size]
+        prepared = [prepare(p) for p in batch_paths]
+        for path, (_, geometry) in zip(batch_paths, prepared):
+            if geometry.shape != support.box:
+                raise FscError(f"{path}: box {'×'.join(map(str, geometry.shape))} differs from the support's "
+                               f"{'×'.join(map(str, support.box))} ({support.first_path.name}); extract support and "
+                               "queries with the same box")
+        volumes = torch.from_numpy(np.stack([v for v, _ in prepared]))[:, None]
+        episode = Episode(support.volumes, support.labels, volumes, torch.zeros(len(volumes), dtype=torch.long),
+                          tuple(class_names), prepare.voxel_size, math.nan, support_ids=support.ids)
+        prediction = method.predict(episode)
+        scores = prediction.scores.float()
+        if not torch.isfinite(scores).all():
+            raise FscError(f"{method.name} returned NaN scores for a query in {batch_paths[0].parent}")
+        probabilities = class_probabilities(scores, getattr(method, "score_kind", "logits"))
+        for i, (path, (volume, geometry)) in enumerate(zip(batch_paths, prepared)):
+            index = start + i
+            predicted = int(probabilities[i].argmax())
+            row = {"predicted_class": class_names[predicted], "confidence": float(probabilities[i, predicted])}
+            row.update({f"score_{c}": float(scores[i, j]) for j, c in enumerate(class_names)})
+            row.update({f"probability_{c}": float(probabilities[i, j]) for j, c in enumerate(class_names)})
+            mask = None
+            if prediction.probabilities is not None:
+                raw = prediction.probabilities[i, 0].float().numpy()
+                name = f"{index:06d}_{path.stem}.mrc"
+                mask = raw > 0.5
+                if options.crf:
+                    try:
+                        mask = refine(raw, volume, crf_params)
+                    except FscError as exc:
+                        crf_failures += 1
+                        if crf_failures == 1:
+                            log(f"CRF refinement failed for {path.name} ({exc}); its raw mask is saved instead")
+                write_volume(tmp / "segmentations" / name, to_file_grid(mask, geometry), geometry.voxel_size)
+                if options.save_probabilities:
+                    write_volume(tmp / "probabilities" / name, to_file_grid(raw, geometry, order=1), geometry.voxel_size)
+                row["segmentation"] = f"segmentations/{name}"
+                row["foreground_voxels"] = int(mask.sum())
+            rows.append(row)
+            chosen = examples[class_names[predicted]]
+            if len(chosen) < SUMMARY_EXAMPLES:
+                chosen.append((path.name, volume[volume.shape[0] // 2].copy(),
+                               None if mask is None else mask[mask.shape[0] // 2].copy(), row["confidence"]))
+        if task is not None:
+            progress.advance(task, len(batch_paths))
+    table = pd.concat([queries.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    _write_tables(table, tmp)
+    draw_summary(examples, tmp / "summary.png")
+
+
+def _write_tables(table: pd.DataFrame, folder: Path) -> None:
+    import starfile
+
+    table.to_csv(folder / "predictions.csv", index=False)
+    star = table.rename(columns=lambda c: c if c.startswith("rln") else f"fsc{_camel(c)}")
+    starfile.write({"particles": star}, folder / "predictions.star", overwrite=True)
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in str(name).replace("-", "_").split("_"))
+
+
+def draw_summary(examples: dict[str, list], out: Path) -> Path:
+    """A montage: one row per predicted class, its first examples (central XY slice, mask outline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fewshot_cryoet.datasets.montage import _save
+
+    classes = list(examples)
+    columns = max(1, max((len(v) for v in examples.values()), default=1))
+    fig, axes = plt.subplots(len(classes), columns, figsize=(1.8 * columns, 1.9 * len(classes)), squeeze=False)
+    for r, class_name in enumerate(classes):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(examples[class_name]):
+                ax.axis("off")
+                continue
+            name, slice_, mask, confidence = examples[class_name][c]
+            ax.imshow(slice_, cmap="gray")
+            if mask is not None and mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors="tab:orange", linewidths=0.8)
+            ax.set_title(f"{name[:16]}\n{confidence:.2f}", fontsize=6)
+        axes[r, 0].set_ylabel(f"{class_name}\n({len(examples[class_name])} shown)", fontsize=7)
+    fig.suptitle("fsc predict: examples per predicted class (mask outline in orange)", fontsize=8)
+    return _save(fig, out)
