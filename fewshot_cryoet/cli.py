@@ -300,6 +300,17 @@ def _apply_tuned(specs: list, tuned) -> list:
     return specs
 
 
+def _dataset_at(provider, fixed, snr: float, progress):
+    """The data set at one SNR level: a fixed folder (which must hold that level) or a provider's
+    (simulated into the cache on first use)."""
+    from fewshot_cryoet.datasets.dataset import snr_label
+
+    data = fixed if fixed is not None else provider.dataset(snr, progress)
+    if snr_label(snr) not in data.snr_labels:
+        raise FscError(f"{data.path}: has no SNR {snr_label(snr)} (it has {', '.join(data.snr_labels)})")
+    return data
+
+
 def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_classes: str | None):
     """(name, provider or None, fixed data set or None) for --dataset NAME|PATH / --templates."""
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset

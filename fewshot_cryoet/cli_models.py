@@ -32,7 +32,7 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
           per_class, snr_text, budget_text, queries, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
     import fewshot_cryoet
-    from fewshot_cryoet.cli import _apply_tuned, _method_specs, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _apply_tuned, _dataset_at, _method_specs, _resolve_dataset, make_progress
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
     from fewshot_cryoet.episodes import EpisodeSource
     from fewshot_cryoet.methods.base import Budget, FitContext
@@ -56,9 +56,7 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
     name, provider, fixed = _resolve_dataset(dataset, template_paths, per_class, test_classes)
     console = Console()
     with make_progress() as progress:
-        data = fixed if fixed is not None else provider.dataset(snr, progress)
-        if snr_label(snr) not in data.snr_labels:
-            raise FscError(f"{data.path}: has no SNR {snr_label(snr)} (it has {', '.join(data.snr_labels)})")
+        data = _dataset_at(provider, fixed, snr, progress)
         method = spec.cls(spec.params, spec.variant, torch_device)
         train_source = EpisodeSource(data, "train", snr, with_masks=method.segments)
         if train_source.n_classes < 2:

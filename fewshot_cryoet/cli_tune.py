@@ -68,7 +68,7 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
           test_classes, per_class, budget_text, trials, timeout_text, storage_url, study_name, sampler, pruner,
           objective, seed, device, export_path) -> None:
     from fewshot_cryoet import tuning
-    from fewshot_cryoet.cli import _method_specs, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _dataset_at, _method_specs, _resolve_dataset, make_progress
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import resolve_device
@@ -89,9 +89,7 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
     name, provider, fixed = _resolve_dataset(dataset, template_paths, per_class, test_classes)
     out = Console()
     with make_progress() as progress:
-        data = fixed if fixed is not None else provider.dataset(snr, progress)
-        if snr_label(snr) not in data.snr_labels:
-            raise FscError(f"{data.path}: has no SNR {snr_label(snr)} (it has {', '.join(data.snr_labels)})")
+        data = _dataset_at(provider, fixed, snr, progress)
         settings = tuning.TuneSettings(
             method=cls.name, variant=variant, fixed_params=spec.params, dataset=name,
             dataset_hash=data.content_hash, snr=snr_label(snr), ways=ways, shots=shots, queries=queries,
@@ -99,6 +97,8 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
         )
         study_name = study_name or tuning.default_study_name(cls.name, variant, settings.snr, ways, shots, objective)
         study = tuning.open_study(storage, study_name, settings, sampler, pruner, distributions)
+        if sampler != "grid" and tuning.enqueue_defaults(study, cls, variant_params, distributions):
+            out.print("trial 0 runs the untuned defaults, for comparison")
         done = len(tuning.finished_trials(study))
         out.print(f"study [bold]{study_name}[/] in {tuning.safe_url(storage_url)}: {done} finished trial(s), "
                   f"tuning {len(distributions)} hyper-parameter(s) of {cls.name}/{variant} up to {trials} trials; "

@@ -253,6 +253,29 @@ def open_study(storage, name: str, settings: TuneSettings, sampler_name: str, pr
     return study
 
 
+def enqueue_defaults(study: optuna.Study, cls: type[FewShotMethod], variant_params: dict[str, Any],
+                     distributions: dict[str, Any]) -> bool:
+    """Make the first trial of a new study the untuned configuration, so the study shows what
+    tuning gained; only when every tuned value of it lies inside the search space."""
+    if study.get_trials(deepcopy=False):
+        return False
+    from optuna.distributions import CategoricalDistribution
+
+    effective = cls.effective_params(variant_params)
+    values = {}
+    for name, dist in distributions.items():
+        value = effective.get(name)
+        if isinstance(dist, CategoricalDistribution):
+            inside = value in dist.choices
+        else:
+            inside = isinstance(value, (int, float)) and dist.low <= value <= dist.high
+        if not inside:
+            return False
+        values[name] = value
+    study.enqueue_trial(values, user_attrs={"untuned": True})
+    return True
+
+
 def _check_identity(study: optuna.Study, name: str, settings: TuneSettings) -> None:
     identity = settings.identity()
     stored = study.user_attrs.get("fsc")

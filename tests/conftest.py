@@ -43,3 +43,12 @@ def tiny_dataset(tmp_path_factory):
     from fewshot_cryoet.testing import tiny_dataset as make
 
     return make(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_val2_dataset(tmp_path_factory):
+    """The same six classes split 2 test / 2 validation / 2 train: enough validation classes for
+    validation episodes (model selection, tuning)."""
+    from fewshot_cryoet.testing import tiny_dataset as make
+
+    return make(tmp_path_factory.mktemp("tiny-val2"), validation_classes=2)

@@ -175,3 +175,22 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
                     MethodSpec(CrossCorrelation, params={"angular_step": 60})], tiny_dataset, "tiny", 1.0)
     assert len(runner.failures) == 1 and "--param cosnet.box=16" in runner.failures[0]
     assert set(store.frame()["label"]) == {"xcorr"} and len(store.frame()) == 3
+
+
+def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
+    from fewshot_cryoet.methods.base import Budget, FitContext
+    from fewshot_cryoet.runner import BenchSettings, validation_episodes
+
+    settings = BenchSettings(ways=[2], shots=[1], queries=2)
+    validation = validation_episodes(tiny_val2_dataset, settings, 1.0, 1, with_masks=True)
+    source = EpisodeSource(tiny_val2_dataset, "train", 1.0)
+    decoder = COSNet({**TINY, "val_every": 5}, "duse-decoder")
+    report = decoder.fit(FitContext(source, validation, Budget(episodes=10), torch.device("cpu")))
+    assert [step for step, _, _ in report.history] == [5, 10]
+    assert all(0 <= dice <= 1 for _, _, dice in report.history)
+    scores = [(accuracy + dice) / 2 for _, accuracy, dice in report.history]
+    best = report.history[int(np.argmax(scores))]
+    assert (report.best_validation_accuracy, report.best_validation_dice) == (best[1], best[2])
+    plain = COSNet({**TINY, "val_every": 5}, "duse")
+    report = plain.fit(FitContext(source, validation, Budget(episodes=5), torch.device("cpu")))
+    assert report.best_validation_dice is None and report.history[0][2] is None

@@ -85,3 +85,27 @@ def test_xcorr_finds_a_rotated_copy():
     scores = CrossCorrelation().predict(episode).scores
     assert scores.argmax(dim=1).tolist() == [0, 1, 2]
     assert scores.diagonal().min() > 0.9
+
+
+def test_precision_is_validated_and_nonfinite_steps_are_skipped(tiny_dataset):
+    from fewshot_cryoet.episodes import EpisodeSource
+    from fewshot_cryoet.methods.base import FitContext
+
+    with pytest.raises(FscError, match="precision must be auto, bf16 or fp32"):
+        ProtoNet({"precision": "fp16"}).autocast(training=True)
+
+    class Exploding(ProtoNet):
+        name = "exploding"
+
+        def training_loss(self, episode):
+            return super().training_loss(episode) * float("nan")
+
+    method = Exploding({"channels": [4, 4, 4, 4]})
+    before = {k: v.clone() for k, v in method.network.state_dict().items()}
+    source = EpisodeSource(tiny_dataset, "train", 1.0)
+    report = method.fit(FitContext(source, [], Budget(episodes=5), torch.device("cpu")))
+    assert report.episodes == 5 and report.skipped_steps == 5
+    after = method.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+    assert method._bf16_failed  # after 3 non-finite steps, auto precision trains in fp32
+    assert not method.autocast(training=True)._enabled

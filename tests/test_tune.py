@@ -28,10 +28,8 @@ TINY = [*TINY_SETTINGS, "--budget", "10ep"]
 
 
 @pytest.fixture(scope="module")
-def val2_dataset(tmp_path_factory):
-    from fewshot_cryoet.testing import tiny_dataset
-
-    return tiny_dataset(tmp_path_factory.mktemp("tune"), validation_classes=2)
+def val2_dataset(tiny_val2_dataset):
+    return tiny_val2_dataset
 
 
 def _fsc(*args):
@@ -93,6 +91,8 @@ def test_resume_export_show_and_bench_with_tuned_params(val2_dataset, tmp_path):
     assert "2 finished trial(s)" in again.output  # resumed, not restarted
     study = optuna.load_study(study_name="s", storage=storage)
     assert len(tuning.finished_trials(study)) == 3
+    untuned = study.trials[0]  # the first trial of a new study runs the defaults, for comparison
+    assert untuned.user_attrs["untuned"] and untuned.params == {"lr": 1e-3, "weight_decay": 1e-4}
     shown = _fsc("tune", "--show", "s", "--storage", storage)
     assert shown.exit_code == 0 and "3 complete" in shown.output and "best trials of s" in shown.output
     params_file = tmp_path / "best.json"

@@ -141,6 +141,12 @@ class FewShotMethod(ABC):
         given the variant's ``params``; ``fsc tune`` uses it. Empty means nothing to tune."""
         return {}
 
+    @classmethod
+    def effective_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with every "use the default" placeholder (None) replaced by the value the
+        method really uses, so a tuner can start from the untuned configuration."""
+        return dict(params)
+
     def fit(self, context: FitContext) -> FitReport:
         """Training-free methods need no fit."""
         return FitReport()

@@ -167,6 +167,12 @@ class COSNet(TorchMethod):
             space["crf_intensity_width"] = trial.suggest_float("crf_intensity_width", 0.25, 4.0, log=True)
         return space
 
+    @classmethod
+    def effective_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        sizes = PROFILES.get(params["profile"], {})
+        return {**params, "channels": params["channels"] or sizes.get("channels"),
+                "embedding": params["embedding"] or sizes.get("embedding")}
+
     @property
     def label(self) -> str:
         return f"COS-Net {VARIANT_TITLES.get(self.variant, self.variant)} ({self.params['profile']})"
