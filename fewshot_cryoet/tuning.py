@@ -151,7 +151,8 @@ def _rdb_storage(url: str, sqlite: bool, attempts: int = 5):
                     engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
                 )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
-            refused = isinstance(exc, sqlalchemy.exc.OperationalError) and "locked" not in str(exc)
+            transient = any(word in str(exc).lower() for word in ("locked", "already exists", "duplicate"))
+            refused = isinstance(exc, sqlalchemy.exc.OperationalError) and not transient
             if refused or attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)
