@@ -55,7 +55,8 @@ def main() -> None:
              "with our simulator, whose SNR is measured exactly. Same network sizes in the `paper` profile; "
              "the `cpu` profile is smaller. A cell is **better** when ours is above the paper's number by "
              "more than our 95% CI, **worse** when below by more than it, else **tie**.", ""]
-    cosnet = summary[summary["label"].str.startswith("COS-Net")]
+    # Untuned rows only: the paper's numbers are untuned too (tuned rows are labelled "· tuned").
+    cosnet = summary[summary["label"].str.startswith("COS-Net") & ~summary["label"].str.contains("· tuned", regex=False)]
     verdicts = {"better": 0, "tie": 0, "worse": 0, "missing": 0}
     for snr in ("inf", "1000", "0.5"):
         lines += [f"## Accuracy, SNR {'∞' if snr == 'inf' else snr}, 1-shot", "",
@@ -96,8 +97,7 @@ def main() -> None:
             continue
         raw = f"{rows['dice'].mean():.3f} ± {rows['dice_std'].mean():.3f} (2–8-way)"
         crf = "—" if rows["dice_crf"].isna().all() else f"{rows['dice_crf'].mean():.3f} ± {rows['dice_crf_std'].mean():.3f}"
-        queries = per_query[(per_query["snr"] == snr)
-                            & per_query["label"].str.contains("DuSE-SCNN w decoder", regex=False)]
+        queries = per_query[(per_query["snr"] == snr) & per_query["label"].isin(rows["label"])]
         by_class = queries.groupby("class")[["dice", "dice_crf"]].mean()
         ranges = [f"{by_class[c].min():.2f}–{by_class[c].max():.2f}" for c in ("dice", "dice_crf")]
         lines.append(f"| {'∞' if snr == 'inf' else snr} | {lo:.2f}–{hi:.2f} | {raw} | {crf} | {' | '.join(ranges)} |")

@@ -14,6 +14,7 @@ mask files). Also runs xcorr (training-free) on the same support and queries.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -63,10 +64,10 @@ def main_() -> None:
     _, provider, _ = _resolve_dataset(None, (str(args.templates),), 100, None)
     dataset = provider.dataset(parse_snr(args.snr))
     model = work / "model"
-    train_seconds = 0.0
     if not (model / "model.json").exists():
-        train_seconds = fsc("train", "--method", "cosnet/duse-decoder", "--dataset", dataset.path, "--snr", args.snr,
+        fsc("train", "--method", "cosnet/duse-decoder", "--dataset", dataset.path, "--snr", args.snr,
                             "--budget", args.budget, "--out", model)
+    card = json.loads((model / "model.json").read_text())
     export = work / "export"
     if not (export / "particles.star").exists():
         fsc("export", dataset.path, "--out", export, "--snr", args.snr)
@@ -96,7 +97,8 @@ def main_() -> None:
         f"test classes (never trained on): {', '.join(dataset.splits['test'])}",
         f"- support: the first particle of each test class ({len(first)} files, CSV); queries: the other "
         f"{len(queries)} test particles (STAR)",
-        f"- training: {train_seconds:.0f} s wall (0 = model folder reused)" if train_seconds else "- training: model folder reused",
+        f"- training (fsc train, budget {args.budget}): {card['fit']['episodes']} episodes in {card['fit']['seconds']:.0f} s, "
+        f"validation accuracy {card['fit']['validation_accuracy']}, validation Dice {card['fit']['validation_dice']:.3f}",
         f"- date: {time.strftime('%Y-%m-%d')}",
         "",
         "| method | queries | accuracy | Dice (CRF-refined masks vs truth) | predict wall time (s) |",

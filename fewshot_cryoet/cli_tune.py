@@ -143,11 +143,10 @@ def _show(study, storage_url: str, top: int = 10) -> None:
         out.print("no completed trial yet")
         return
     complete.sort(key=lambda t: (-sum(t.values), t.number))
-    names = sorted({k for t in complete for k in t.params})
     table = Table(title=f"best trials of {study.study_name}")
-    table.add_column("trial", justify="right")
-    for column in ("objective", "accuracy", "CRF Dice", "train episodes", "seconds", *names):
-        table.add_column(column, justify="right")
+    for column in ("trial", "objective", "accuracy", "CRF Dice", "train episodes"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("parameters", overflow="fold")
 
     def fmt(value) -> str:
         if value is None:
@@ -155,9 +154,11 @@ def _show(study, storage_url: str, top: int = 10) -> None:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     for t in complete[:top]:
-        table.add_row(str(t.number), ", ".join(f"{v:.4f}" for v in t.values), fmt(t.user_attrs.get("accuracy")),
-                      fmt(t.user_attrs.get("dice_crf")), fmt(t.user_attrs.get("fit_episodes")),
-                      fmt(t.user_attrs.get("seconds")), *(fmt(t.params.get(n)) for n in names))
+        untuned = " (defaults)" if t.user_attrs.get("untuned") else ""
+        table.add_row(f"{t.number}{untuned}", ", ".join(f"{v:.4f}" for v in t.values),
+                      fmt(t.user_attrs.get("accuracy")), fmt(t.user_attrs.get("dice_crf")),
+                      fmt(t.user_attrs.get("fit_episodes")),
+                      " ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items())))
     out.print(table)
 
 
