@@ -10,7 +10,6 @@ ANCHORS.md) are reference data below. Ours come from the store, for the rows lab
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise

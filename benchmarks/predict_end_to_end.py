@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import starfile
+import torch
 from click.testing import CliRunner
 
 from fewshot_cryoet.cli import _resolve_dataset, main
 from fewshot_cryoet.datasets.dataset import parse_snr
 from fewshot_cryoet.datasets.mrc_io import read_volume
+from fewshot_cryoet.metrics import dice
 
 
 def fsc(*args) -> float:
@@ -43,9 +45,9 @@ def score(results: Path, queries: pd.DataFrame, export: Path) -> dict:
     if "segmentation" in predictions.columns:
         dices = []
         for seg, truth in zip(predictions["segmentation"], queries["fscMaskName"]):
-            p = read_volume(results / seg)[0] > 0.5
-            t = read_volume(export / truth)[0] > 0.5
-            dices.append(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
+            p = torch.from_numpy(read_volume(results / seg)[0] > 0.5)
+            t = torch.from_numpy(read_volume(export / truth)[0] > 0.5)
+            dices.append(float(dice(p[None], t[None])[0]))
         per_class = pd.Series(dices).groupby(queries["fscClass"].to_numpy()).mean()
         out.update(dice=float(np.mean(dices)), dice_std=float(np.std(dices)), dice_per_class=per_class.to_dict())
     return out
@@ -98,7 +100,8 @@ def main_() -> None:
         f"- support: the first particle of each test class ({len(first)} files, CSV); queries: the other "
         f"{len(queries)} test particles (STAR)",
         f"- training (fsc train, budget {args.budget}): {card['fit']['episodes']} episodes in {card['fit']['seconds']:.0f} s, "
-        f"validation accuracy {card['fit']['validation_accuracy']}, validation Dice {card['fit']['validation_dice']:.3f}",
+        f"validation accuracy {card['fit']['best_validation_accuracy']}, "
+        f"validation Dice {card['fit']['best_validation_dice']:.3f}",
         f"- date: {time.strftime('%Y-%m-%d')}",
         "",
         "| method | queries | accuracy | Dice (CRF-refined masks vs truth) | predict wall time (s) |",

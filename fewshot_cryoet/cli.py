@@ -271,10 +271,17 @@ def _method_specs(methods_text: str, param_texts: tuple[str, ...]):
         overrides.setdefault(match.group(1), {})[match.group(2)] = value
     specs = []
     for entry, name, cls in zip(entries, names, classes):
-        variant = entry.split("/", 1)[1] if "/" in entry else None
-        label = cls(overrides.get(name), variant).label  # validates variant and hyper-parameters now
-        specs.append(MethodSpec(cls, variant, overrides.get(name, {}), str(plugins.methods.origin(name)), label))
+        method = cls(overrides.get(name), entry.split("/", 1)[1] if "/" in entry else None)  # validates now
+        specs.append(MethodSpec(cls, method.variant, overrides.get(name, {}), str(plugins.methods.origin(name)),
+                                method.label))
     return specs
+
+
+def _method_spec(method_text: str, variant: str | None, param_texts: tuple[str, ...]):
+    """The one MethodSpec of a --method NAME[/VARIANT] option, with --variant overriding."""
+    if variant:
+        method_text = f"{method_text.split('/', 1)[0]}/{variant}"
+    return _method_specs(method_text, param_texts)[0]
 
 
 def _apply_tuned(specs: list, tuned) -> list:
@@ -283,7 +290,7 @@ def _apply_tuned(specs: list, tuned) -> list:
     from dataclasses import replace
 
     hits = [i for i, s in enumerate(specs)
-            if s.cls.name == tuned.method and (s.variant or next(iter(s.cls.variants))) == tuned.variant]
+            if s.cls.name == tuned.method and s.variant == tuned.variant]
     if not hits:
         raise FscError(f"{tuned.source}: tunes {tuned.method}/{tuned.variant}, which --methods does not "
                        f"include; add --methods {tuned.method}/{tuned.variant}")
@@ -362,7 +369,7 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
           per_class, budget_text, episodes, seed, device, store, resume) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
-    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise
+    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, summarise
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import BenchSettings, Runner
     from fewshot_cryoet.store import ResultsStore
@@ -393,26 +400,20 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
     with make_progress() as progress:
         runner = Runner(results, settings, progress, resume, log=progress.console.print)
         for snr in snrs:
-            data = fixed if fixed is not None else provider.dataset(snr, progress)
-            runner.run_snr(specs, data, name, snr)
+            runner.run_snr(specs, _dataset_at(provider, fixed, snr, progress), name, snr)
     frame = results.frame()
     labels = {spec.label for spec in specs}
     frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
                   & frame["seed"].eq(seed) & frame["dataset"].eq(name)]
-    summary = summarise(frame)
-    table = Table(title=f"{name}: accuracy ± 95% CI over {episodes} test episodes ({settings.queries} queries/class)")
-    table.add_column("method")
-    columns = sorted({(r.snr, r.k_shot, r.n_way) for r in summary.itertuples()},
-                     key=lambda c: (-float(c[0]) if c[0] != "inf" else -1e18, c[1], c[2]))
-    for snr, k, n in columns:
-        table.add_column(f"SNR {snr}\n{n}-way {k}-shot", justify="right")
-    for label in dict.fromkeys(summary["label"]):
-        cells = []
-        for snr, k, n in columns:
-            hit = summary[(summary["label"] == label) & (summary["snr"] == snr) & (summary["k_shot"] == k) & (summary["n_way"] == n)]
-            cells.append("—" if hit.empty else f"{hit['accuracy'].iloc[0]:.3f} ± {hit['ci95'].iloc[0]:.3f}")
-        table.add_row(label, *cells)
-    out.print(table)
+    if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties), drawn with rich
+        accuracy = accuracy_table(summarise(frame))
+        table = Table(title=f"{name}: accuracy ± 95% CI over {episodes} test episodes ({settings.queries} queries/class)")
+        table.add_column("method")
+        for column in accuracy.columns:
+            table.add_column(column, justify="right")
+        for label, row in accuracy.iterrows():
+            table.add_row(label, *(re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell) for cell in row))
+        out.print(table)
     out.print(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}")
     results.close()
     if runner.failures:

@@ -31,17 +31,16 @@ from fewshot_cryoet.errors import FscError
 def train(method_text, variant, param_texts, params_source, tune_storage, dataset, template_paths, test_classes,
           per_class, snr_text, budget_text, queries, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
+    from dataclasses import asdict
+
     import fewshot_cryoet
-    from fewshot_cryoet.cli import _apply_tuned, _dataset_at, _method_specs, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _apply_tuned, _dataset_at, _method_spec, _resolve_dataset, make_progress
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
-    from fewshot_cryoet.episodes import EpisodeSource
     from fewshot_cryoet.methods.base import Budget, FitContext
     from fewshot_cryoet.model_dir import NORMALISATION, ModelCard, save_model
-    from fewshot_cryoet.runner import BenchSettings, resolve_device, validation_episodes
+    from fewshot_cryoet.runner import BenchSettings, fit_data, resolve_device
 
-    if variant:
-        method_text = f"{method_text.split('/')[0]}/{variant}"
-    spec = _method_specs(method_text, param_texts)[0]
+    spec = _method_spec(method_text, variant, param_texts)
     if params_source:
         from fewshot_cryoet.tuning import resolve_params
 
@@ -58,11 +57,8 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
     with make_progress() as progress:
         data = _dataset_at(provider, fixed, snr, progress)
         method = spec.cls(spec.params, spec.variant, torch_device)
-        train_source = EpisodeSource(data, "train", snr, with_masks=method.segments)
-        if train_source.n_classes < 2:
-            raise FscError(f"{data.path}: training needs ≥ 2 train classes, the split has {train_source.n_classes}")
         settings = BenchSettings(ways=[5], shots=[1], queries=queries, seed=seed)
-        validation = validation_episodes(data, settings, snr, 1, with_masks=method.segments)
+        train_source, validation = fit_data(data, settings, snr, method.segments)
         task = progress.add_task(f"train {method.label}", total=1.0)
         context = FitContext(train_source, validation, budget, torch_device, seed,
                              lambda fraction, message: progress.update(task, completed=fraction))
@@ -73,14 +69,10 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
         voxel_size=data.voxel_size, normalisation=NORMALISATION, dataset=name, dataset_hash=data.content_hash,
         snr=snr_label(snr), budget=str(budget), package_version=fewshot_cryoet.__version__,
         train_classes=list(train_source.classes),
-        fit={"episodes": report.episodes, "seconds": round(report.seconds, 1),
-             "validation_accuracy": report.best_validation_accuracy, "validation_dice": report.best_validation_dice,
-             "skipped_steps": report.skipped_steps, "label": spec.label or method.label},
+        fit={**asdict(report), "label": spec.label or method.label},
     )
     save_model(method, card, out, overwrite)
-    dice = "" if report.best_validation_dice is None else f", Dice {report.best_validation_dice:.3f}"
-    console.print(f"trained {method.label}: {report.episodes} episodes in {report.seconds:.0f} s, validation "
-                  f"accuracy {report.best_validation_accuracy}{dice}; model in {out}", highlight=False)
+    console.print(f"{method.label}: {report.describe()}; model in {out}", highlight=False)
 
 
 @click.command()
@@ -102,11 +94,11 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
 def predict(model_dir, method_text, param_texts, support, query_sources, out, voxel_size, invert, batch_size,
             save_probabilities, no_crf, device, overwrite) -> None:
     """Classify (and segment) subtomograms against 1 to K picked examples per class."""
-    from fewshot_cryoet.cli import _method_specs, make_progress
+    from fewshot_cryoet.cli import _method_spec, make_progress
     from fewshot_cryoet.datasets.mrc_io import read_volume
     from fewshot_cryoet.model_dir import load_model
     from fewshot_cryoet.predict import (
-        Preparer, PredictOptions, check_files_exist, predict_folder, read_queries, read_support,
+        VOXEL_SIZE_OPTION, Preparer, PredictOptions, check_files_exist, predict_folder, read_queries, read_support,
     )
     from fewshot_cryoet.runner import resolve_device
 
@@ -125,12 +117,12 @@ def predict(model_dir, method_text, param_texts, support, query_sources, out, vo
         method, card = load_model(model_dir, torch_device)
         box, model_voxel = card.box, card.voxel_size
     else:
-        spec = _method_specs(method_text, param_texts)[0]
+        spec = _method_spec(method_text, None, param_texts)
         if spec.cls.trainable:
             raise FscError(f"{spec.cls.name} must be trained first: fsc train --method {spec.cls.name} --out MODEL, "
                            "then fsc predict --model MODEL")
         method = spec.cls(spec.params, spec.variant, torch_device)
-        first, model_voxel = read_volume(support_set.paths[0], voxel_size)
+        first, model_voxel = read_volume(support_set.paths[0], voxel_size, VOXEL_SIZE_OPTION)
         box = first.shape[0]
     prepare = Preparer(box, model_voxel, voxel_size, invert, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     options = PredictOptions(batch_size, save_probabilities, crf=not no_crf)

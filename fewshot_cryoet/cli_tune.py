@@ -68,22 +68,20 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
           test_classes, per_class, budget_text, trials, timeout_text, storage_url, study_name, sampler, pruner,
           objective, seed, device, export_path) -> None:
     from fewshot_cryoet import tuning
-    from fewshot_cryoet.cli import _dataset_at, _method_specs, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _dataset_at, _method_spec, _resolve_dataset, make_progress
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import resolve_device
 
-    if "/" in method:
-        method, variant = method.split("/", 1)
-    spec = _method_specs(method + (f"/{variant}" if variant else ""), param_texts)[0]
-    cls, variant = spec.cls, spec.variant or next(iter(spec.cls.variants))
+    spec = _method_spec(method, variant, param_texts)
+    cls, variant = spec.cls, spec.variant
     if trials < 1 or val_episodes < 1:
         raise FscError("--trials and --val-episodes must be ≥ 1")
     budget = Budget.parse(budget_text)
     timeout_s = tuning.parse_timeout(timeout_text)
     snr = parse_snr(snr_text)
     torch_device = resolve_device(device)
-    variant_params = {**cls.defaults, **cls.variants[variant], **spec.params}
+    variant_params = cls.resolve(spec.params, variant)[1]
     distributions = tuning.probe_search_space(cls, variant_params)  # refuses an empty space early
     storage = tuning.open_storage(storage_url)  # refuses an unreachable server before simulating
     name, provider, fixed = _resolve_dataset(dataset, template_paths, per_class, test_classes)
@@ -108,14 +106,12 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
 
         def on_trial(trial) -> None:
             progress.update(task, completed=min(len(tuning.finished_trials(study)), trials))
-            if trial.values:
-                text = "objective " + ", ".join(f"{v:.4f}" for v in trial.values)
-            else:
-                text = trial.state.name.lower()
             if trial.state.name == "PRUNED":
                 text = f"pruned at training episode {trial.last_step}"
             elif trial.state.name == "FAIL":
                 text = f"failed: {trial.user_attrs.get('error', 'see the log above')}"
+            else:
+                text = "objective " + ", ".join(f"{v:.4f}" for v in trial.values)
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
             progress.console.print(f"trial {trial.number}: {text} ({params})", highlight=False)
 

@@ -28,11 +28,13 @@ import pandas as pd
 import torch
 
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volume
+from fewshot_cryoet.datasets.templates import resample
 from fewshot_cryoet.errors import FscError
 
 PATH_COLUMNS = ("rlnImageName", "rlnSubtomogramName", "path", "file", "filename", "image")
 CLASS_COLUMNS = ("class", "label", "fscClass", "rlnClassName", "rlnClassNumber")
 SUMMARY_EXAMPLES = 4
+VOXEL_SIZE_OPTION = "--voxel-size"  # named in the error for files whose header voxel size is 0
 
 
 # -- input tables ----------------------------------------------------------------------------------
@@ -160,8 +162,9 @@ class Geometry:
 
 @dataclass
 class Preparer:
-    """Reads a file and maps it onto the model grid: resample to ``voxel_size``, pad/crop to
-    ``box`` around the centre, normalise (zero mean, unit variance), optionally invert contrast."""
+    """Reads a file and maps it onto the model grid: resample to ``voxel_size`` (with the templates'
+    resampler: cubic, low-passed first when downsampling), pad/crop to ``box`` around the centre,
+    normalise (zero mean, unit variance), optionally invert contrast."""
 
     box: int
     voxel_size: float
@@ -171,14 +174,14 @@ class Preparer:
     _warned: set = field(default_factory=set)
 
     def __call__(self, path: Path) -> tuple[np.ndarray, Geometry]:
-        volume, voxel = self._read(path)
+        volume, voxel = read_volume(path, self.voxel_override, VOXEL_SIZE_OPTION)
         shape = volume.shape
         if abs(voxel - self.voxel_size) > 1e-3 * self.voxel_size:
-            volume = _resample(volume, voxel / self.voxel_size)
+            volume = resample(volume, voxel, self.voxel_size)
             self._warn_once("resample", f"resampling volumes from {voxel:g} Å to the model's {self.voxel_size:g} Å voxels")
         resampled = volume.shape
         if resampled != (self.box,) * 3:
-            self._warn_once("box", f"{path.name} and others: box {'×'.join(map(str, resampled))} padded/cropped "
+            self._warn_once("box", f"{path.name} and others: box {_box_text(resampled)} padded/cropped "
                                    f"around the centre to the model's {self.box}³")
             volume = fit_box(volume, (self.box,) * 3)
         volume = volume - volume.mean()
@@ -190,21 +193,18 @@ class Preparer:
             volume = -volume
         return volume.astype(np.float32), Geometry(shape, voxel, resampled)
 
-    def _read(self, path: Path) -> tuple[np.ndarray, float]:
-        try:
-            return read_volume(path, self.voxel_override)
-        except FscError as exc:
-            if "header voxel size" in str(exc):
-                raise FscError(f"{path}: header voxel size is 0; give the real one with --voxel-size") from None
-            raise
-
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             self.warn(message)
 
 
-def _resample(volume: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
+def _box_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def _zoom_back(volume: np.ndarray, factor: list[float], order: int) -> np.ndarray:
+    """Per-axis zoom for mapping model-grid outputs back (order 0 keeps masks binary)."""
     from scipy.ndimage import zoom
 
     return zoom(volume, factor, order=order, mode="nearest", grid_mode=True).astype(np.float32)
@@ -231,7 +231,7 @@ def to_file_grid(mask: np.ndarray, geometry: Geometry, order: int = 0) -> np.nda
     out = fit_box(mask.astype(np.float32), geometry.resampled_shape)
     if geometry.resampled_shape != geometry.shape:
         factor = [s / r for s, r in zip(geometry.shape, geometry.resampled_shape)]
-        out = fit_box(_resample(out, factor, order=order), geometry.shape)
+        out = fit_box(_zoom_back(out, factor, order), geometry.shape)
     return out
 
 
@@ -263,7 +263,7 @@ def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_pat
     support_boxes = {g.shape: p for p, (_, g) in zip(support.paths, prepared_support)}
     if len(support_boxes) > 1:
         (a, pa), (b, pb) = list(support_boxes.items())[:2]
-        raise FscError(f"{pb}: box {'×'.join(map(str, b))} differs from {pa.name}'s {'×'.join(map(str, a))}; "
+        raise FscError(f"{pb}: box {_box_text(b)} differs from {pa.name}'s {_box_text(a)}; "
                        "extract all support examples with one box size")
     support_box, first_support = next(iter(support_boxes.items()))
     prepared = PreparedSupport(
@@ -314,8 +314,8 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
         prepared = [prepare(p) for p in batch_paths]
         for path, (_, geometry) in zip(batch_paths, prepared):
             if geometry.shape != support.box:
-                raise FscError(f"{path}: box {'×'.join(map(str, geometry.shape))} differs from the support's "
-                               f"{'×'.join(map(str, support.box))} ({support.first_path.name}); extract support and "
+                raise FscError(f"{path}: box {_box_text(geometry.shape)} differs from the support's "
+                               f"{_box_text(support.box)} ({support.first_path.name}); extract support and "
                                "queries with the same box")
         volumes = torch.from_numpy(np.stack([v for v, _ in prepared]))[:, None]
         episode = Episode(support.volumes, support.labels, volumes, torch.zeros(len(volumes), dtype=torch.long),
@@ -324,7 +324,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
         scores = prediction.scores.float()
         if not torch.isfinite(scores).all():
             raise FscError(f"{method.name} returned NaN scores for a query in {batch_paths[0].parent}")
-        probabilities = class_probabilities(scores, getattr(method, "score_kind", "logits"))
+        probabilities = class_probabilities(scores, method.score_kind)
         for i, (path, (volume, geometry)) in enumerate(zip(batch_paths, prepared)):
             index = start + i
             predicted = int(probabilities[i].argmax())
@@ -379,7 +379,7 @@ def draw_summary(examples: dict[str, list], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fewshot_cryoet.datasets.montage import _save
+    from fewshot_cryoet.datasets.montage import save_figure
 
     classes = list(examples)
     columns = max(1, max((len(v) for v in examples.values()), default=1))
@@ -399,4 +399,4 @@ def draw_summary(examples: dict[str, list], out: Path) -> Path:
             ax.set_title(f"{name[:16]}\n{confidence:.2f}", fontsize=6)
         axes[r, 0].set_ylabel(f"{class_name}\n({len(examples[class_name])} shown)", fontsize=7)
     fig.suptitle("fsc predict: examples per predicted class (mask outline in orange)", fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)

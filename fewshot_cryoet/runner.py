@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -83,6 +83,16 @@ def validation_episodes(dataset: SubtomogramDataset, settings: BenchSettings, sn
     spec = EpisodeSpec("val", min(5, len(classes)), shot, settings.queries, settings.seed + 1)
     episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
     return [load_episode(dataset, episodes, i, snr, with_masks=with_masks) for i in range(len(episodes))]
+
+
+def fit_data(dataset: SubtomogramDataset, settings: BenchSettings, snr: float,
+             segments: bool) -> tuple[EpisodeSource, list]:
+    """What every fit gets (fsc bench, fsc train, each fsc tune trial): episodes from the training
+    classes, and the validation-class episodes used for model selection."""
+    train = EpisodeSource(dataset, "train", snr, with_masks=segments)
+    if train.n_classes < 2:
+        raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
+    return train, validation_episodes(dataset, settings, snr, settings.shots[0], with_masks=segments)
 
 
 class Runner:
@@ -162,15 +172,9 @@ class Runner:
         report_path = checkpoint.with_suffix(".json")
         if checkpoint.exists() and report_path.exists():
             method.load(checkpoint, dataset.box)
-            saved = json.loads(report_path.read_text())
             self.log(f"{method.label} at SNR {snr_label(snr)}: reusing the model trained earlier ({checkpoint.name})")
-            return FitReport(saved["episodes"], saved["seconds"], saved["best_validation_accuracy"],
-                             saved.get("best_validation_dice"))
-        shot = self.settings.shots[0]
-        train = EpisodeSource(dataset, "train", snr, with_masks=method.segments)
-        if train.n_classes < 2:
-            raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
-        validation = validation_episodes(dataset, self.settings, snr, shot, with_masks=method.segments)
+            return FitReport.from_dict(json.loads(report_path.read_text()))
+        train, validation = fit_data(dataset, self.settings, snr, method.segments)
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
@@ -184,17 +188,8 @@ class Runner:
         if task is not None:
             self.progress.update(task, completed=1.0)
         method.save(checkpoint, dataset.box)
-        report_path.write_text(json.dumps({
-            "episodes": report.episodes, "seconds": report.seconds,
-            "best_validation_accuracy": report.best_validation_accuracy,
-            "best_validation_dice": report.best_validation_dice, "history": report.history,
-            "skipped_steps": report.skipped_steps,
-        }))
-        dice_text = "" if report.best_validation_dice is None else f", Dice {report.best_validation_dice:.3f}"
-        if report.skipped_steps:
-            dice_text += f"; {report.skipped_steps} steps skipped for non-finite gradients"
-        self.log(f"{method.label} at SNR {snr_label(snr)}: trained {report.episodes} episodes in "
-                 f"{report.seconds:.0f} s, selected validation accuracy {report.best_validation_accuracy}{dice_text}")
+        report_path.write_text(json.dumps(asdict(report)))
+        self.log(f"{method.label} at SNR {snr_label(snr)}: {report.describe()}")
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,

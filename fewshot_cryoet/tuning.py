@@ -364,18 +364,20 @@ class TuningObjective:
     def __init__(self, cls: type[FewShotMethod], settings: TuneSettings, dataset: SubtomogramDataset,
                  budget: Budget, device, log: Callable[[str], None] = print,
                  progress: Callable[[float, str], None] | None = None) -> None:
-        from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-        from fewshot_cryoet.runner import BenchSettings, validation_episodes
+        from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
+        from fewshot_cryoet.runner import BenchSettings, fit_data
 
         self.cls, self.settings, self.dataset, self.budget, self.device = cls, settings, dataset, budget, device
         self.log, self.progress = log, progress
-        segments_possible = cls.segments  # class-level: "some variant segments"
+        self.variant_params = cls.resolve(settings.fixed_params, settings.variant)[1]
         # The data every trial uses, read once: training classes, the selection episodes (as in
-        # fsc bench) and the fixed objective episodes, all from train/val classes only.
-        self.train = EpisodeSource(dataset, "train", settings.snr, with_masks=segments_possible) if cls.trainable else None
-        bench = BenchSettings(ways=[settings.ways], shots=[settings.shots], queries=settings.queries, seed=settings.seed)
-        self.selection = validation_episodes(dataset, bench, settings.snr, settings.shots, with_masks=segments_possible) \
-            if cls.trainable else []
+        # fsc bench) and the fixed objective episodes, all from train/val classes only. Masks are
+        # read when the class segments in some variant (COS-Net decides per instance).
+        self.train, self.selection = None, []
+        if cls.trainable:
+            bench = BenchSettings(ways=[settings.ways], shots=[settings.shots], queries=settings.queries,
+                                  seed=settings.seed)
+            self.train, self.selection = fit_data(dataset, bench, settings.snr, cls.segments)
         spec = EpisodeSpec("val", settings.ways, settings.shots, settings.queries, settings.seed + 2)
         self.episode_set = sample_episodes(dataset, spec, settings.val_episodes)
         self.episodes = [load_episode(dataset, self.episode_set, i, settings.snr) for i in range(len(self.episode_set))]
@@ -393,10 +395,8 @@ class TuningObjective:
         from fewshot_cryoet.methods.base import FitContext
         from fewshot_cryoet.runner import CRFRefiner, score_episode
 
-        base = {**self.settings.fixed_params}
-        variant_params = {**self.cls.defaults, **self.cls.variants[self.settings.variant], **base}
-        suggested = self.cls.search_space(trial, variant_params)
-        params = {**base, **suggested}
+        suggested = self.cls.search_space(trial, self.variant_params)
+        params = {**self.settings.fixed_params, **suggested}
         trial.set_user_attr("params", suggested)
         method = self.cls(params, self.settings.variant, self.device)
         start = time.perf_counter()

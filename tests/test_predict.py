@@ -18,6 +18,7 @@ from scipy.ndimage import zoom
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.mrc_io import read_volume, write_volume
 from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.metrics import dice
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 
 TINY_COSNET = ["--param", "cosnet.channels=4", "--param", "cosnet.embedding=16", "--param", "cosnet.box=16"]
@@ -102,9 +103,9 @@ def test_predict_unseen_classes_from_star_and_csv(model, exported, tiny_dataset,
     truth_names = queries["fscMaskName"]
     dices = []
     for seg, truth in zip(predictions["segmentation"], truth_names):
-        p = read_volume(out / seg)[0] > 0.5
-        t = read_volume(exported / truth)[0] > 0.5
-        dices.append(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
+        p = torch.from_numpy(read_volume(out / seg)[0] > 0.5)
+        t = torch.from_numpy(read_volume(exported / truth)[0] > 0.5)
+        dices.append(float(dice(p[None], t[None])[0]))
     assert 0 <= np.mean(dices) <= 1
     refused = _fsc("predict", "--model", model, "--support", support_csv, "--queries", queries_star, "--out", out)
     assert refused.exit_code == 2 and "--overwrite" in refused.output

@@ -12,13 +12,13 @@ from fewshot_cryoet.errors import FscError
 SLICE_NAMES = {"z": "XY", "y": "XZ", "x": "YZ"}
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
     """Write a figure as PNG and close it; an unwritable path is a one-line error."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=dpi)
     except OSError as exc:
         raise FscError(f"{out}: cannot write picture ({exc.strerror}); choose a writable --out") from None
     finally:
@@ -77,7 +77,7 @@ def draw_montage(
         "(volume with mask outline | mask)",
         fontsize=8,
     )
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def draw_segmentations(
@@ -132,4 +132,4 @@ def draw_segmentations(
             ax.set_title(title, fontsize=7)
         grid[row, 0].set_ylabel(name, fontsize=7)
     fig.suptitle(f"{method.label}: {split} classes at SNR {label}", fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -19,10 +19,12 @@ from fewshot_cryoet.errors import FscError
 MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs", ".ccp4")
 
 
-def read_volume(path: str | Path, voxel_size: float | None = None) -> tuple[np.ndarray, float]:
+def read_volume(path: str | Path, voxel_size: float | None = None,
+                override_option: str = "--template-voxel-size") -> tuple[np.ndarray, float]:
     """Return ``(volume, voxel_size_angstrom)`` from an MRC file.
 
-    ``voxel_size`` overrides the header (needed for files whose header says 0).
+    ``voxel_size`` overrides the header (needed for files whose header says 0); the error for such
+    a file names ``override_option``, the caller's command-line option for it.
     """
     path = Path(path)
     try:
@@ -55,7 +57,7 @@ def read_volume(path: str | Path, voxel_size: float | None = None) -> tuple[np.n
         if not header_voxel > 0:
             raise FscError(
                 f"{path}: header voxel size is {header_voxel:g} Å; "
-                "give the real one with --template-voxel-size"
+                f"give the real one with {override_option}"
             )
         voxel_size = header_voxel
     elif not voxel_size > 0:

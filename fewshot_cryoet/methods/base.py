@@ -92,6 +92,20 @@ class FitReport:
     best_validation_accuracy: float | None = None
     best_validation_dice: float | None = None
     skipped_steps: int = 0  # training steps skipped for non-finite gradients
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitReport:
+        """Rebuild from ``dataclasses.asdict`` output (fields a file lacks keep their defaults)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def describe(self) -> str:
+        text = (f"trained {self.episodes} episodes in {self.seconds:.0f} s, selected validation accuracy "
+                f"{self.best_validation_accuracy}")
+        if self.best_validation_dice is not None:
+            text += f", Dice {self.best_validation_dice:.3f}"
+        if self.skipped_steps:
+            text += f"; {self.skipped_steps} steps skipped for non-finite gradients"
+        return text
     history: list[tuple[int, float, float | None]] = field(default_factory=list)  # (episode, accuracy, Dice)
 
 
@@ -110,21 +124,26 @@ class FewShotMethod(ABC):
 
     def __init__(self, params: dict[str, Any] | None = None, variant: str | None = None,
                  device: str | torch.device = "cpu") -> None:
-        variant = variant or next(iter(self.variants))
-        if variant not in self.variants:
+        self.variant, self.params = self.resolve(params, variant)
+        self.device = torch.device(device)
+
+    @classmethod
+    def resolve(cls, params: dict[str, Any] | None = None, variant: str | None = None) -> tuple[str, dict[str, Any]]:
+        """(variant, full hyper-parameters): the defaults, then the variant's (the first variant
+        when none is given), then ``params``; an unknown variant or key is refused."""
+        variant = variant or next(iter(cls.variants))
+        if variant not in cls.variants:
             raise FscError(
-                f"method {self.name!r} has no variant {variant!r}; variants: {', '.join(self.variants)}"
+                f"method {cls.name!r} has no variant {variant!r}; variants: {', '.join(cls.variants)}"
             )
         params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
+        unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
             raise FscError(
-                f"method {self.name!r} does not accept {', '.join(unknown)}; "
-                f"hyper-parameters: {', '.join(sorted(self.defaults)) or 'none'}"
+                f"method {cls.name!r} does not accept {', '.join(unknown)}; "
+                f"hyper-parameters: {', '.join(sorted(cls.defaults)) or 'none'}"
             )
-        self.variant = variant
-        self.params = {**self.defaults, **self.variants[variant], **params}
-        self.device = torch.device(device)
+        return variant, {**cls.defaults, **cls.variants[variant], **params}
 
     @property
     def label(self) -> str:
@@ -390,7 +409,7 @@ class TorchMethod(FewShotMethod):
                 optimizer.step()
             else:  # skip the step, as a loss scaler would; bf16 that keeps failing → fp32
                 report.skipped_steps += 1
-                if report.skipped_steps >= NONFINITE_STEPS_BEFORE_FP32 and not self._bf16_failed:
+                if report.skipped_steps >= NONFINITE_STEPS_BEFORE_FP32:
                     self._bf16_failed = True
             step += 1
             last = step >= max_episodes or time.perf_counter() >= deadline

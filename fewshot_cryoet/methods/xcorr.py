@@ -21,7 +21,6 @@ import math
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
