@@ -356,6 +356,42 @@ def resolve_params(text: str, storage_url: str) -> TunedParams:
     return load_params_file(Path(text))
 
 
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+class SafeInterrupt:
+    """Ctrl-C during a study, honoured at a safe point: the first press sets a flag that the
+    objective checks between training steps and between validation episodes, so the interrupt never
+    lands inside one of Optuna's storage writes (an interrupted SQLite write could leave a lock
+    that the heartbeat thread then waits on); a second press interrupts at once. Either way the
+    running trial is marked failed and the command exits with status 130."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> SafeInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 # -- the objective ---------------------------------------------------------------------------------
 class TuningObjective:
     """One trial: suggest, train on training classes (pruning on the reported selection score),
@@ -369,6 +405,7 @@ class TuningObjective:
 
         self.cls, self.settings, self.dataset, self.budget, self.device = cls, settings, dataset, budget, device
         self.log, self.progress = log, progress
+        self.interrupt = SafeInterrupt()  # run_study activates it; unactivated, check() never raises
         self.variant_params = cls.resolve(settings.fixed_params, settings.variant)[1]
         # The data every trial uses, read once: training classes, the selection episodes (as in
         # fsc bench) and the fixed objective episodes, all from train/val classes only. Masks are
@@ -409,13 +446,19 @@ class TuningObjective:
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"selection score {score:.3f} at training episode {step}")
 
+            def progress(fraction: float, message: str) -> None:  # called after every training step
+                self.interrupt.check()
+                if self.progress is not None:
+                    self.progress(fraction, message)
+
             context = FitContext(self.train, self.selection, self.budget, self.device,
-                                 self.settings.seed, self.progress, report)
+                                 self.settings.seed, progress, report)
             fit = method.fit(context)
             trial.set_user_attr("fit_episodes", fit.episodes)
         refiner = CRFRefiner(method.crf_params(), self.log) if method.segments else None
         accuracies, dices = [], []
         for number, episode in enumerate(self.episodes):
+            self.interrupt.check()
             prediction = method.predict(episode)
             result = score_episode(number, episode, prediction, 0.0, method.segments, refiner)
             accuracies.append(result.accuracy)
@@ -450,8 +493,10 @@ def run_study(study: optuna.Study, objective: TuningObjective, trials: int, time
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
     if on_trial is not None:
         callbacks.append(lambda _study, trial: on_trial(trial))
-    study.optimize(objective, n_trials=None, timeout=timeout_s, callbacks=callbacks, catch=(FscError,),
-                   gc_after_trial=True)
+    with objective.interrupt:
+        study.optimize(objective, n_trials=None, timeout=timeout_s, callbacks=callbacks, catch=(FscError,),
+                       gc_after_trial=True)
+        objective.interrupt.check()  # a press that came between trials still ends the run
 
 
 def sampler_seed(seed: int, study: optuna.Study | None) -> int:
