@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 import fewshot_cryoet
 from fewshot_cryoet.errors import FscError
@@ -48,18 +49,57 @@ def _parse_range(text: str, option: str, cast=float) -> tuple:
     return low, high
 
 
+def print_error(message: object) -> None:
+    """One error line on stderr: credentials masked, the text printed literally (a path such as
+    ``tomo[raw].mrc`` is not rich markup)."""
+    from fewshot_cryoet.redact import mask_secrets
+
+    console.print(Text.assemble(("fsc: error: ", "bold red"), mask_secrets(str(message))), highlight=False,
+                  soft_wrap=True)
+
+
+def print_warning(message: object) -> None:
+    from fewshot_cryoet.redact import mask_secrets
+
+    console.print(Text.assemble(("fsc: warning: ", "yellow"), mask_secrets(str(message))), highlight=False,
+                  soft_wrap=True)
+
+
+def say(message: object, console_: Console | None = None) -> None:
+    """A plain line (paths, labels, numbers) printed literally, credentials masked."""
+    from fewshot_cryoet.redact import mask_secrets
+
+    (console_ or Console()).print(mask_secrets(str(message)), markup=False, highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every partial output is cleaned up the same way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 class FscGroup(click.Group):
-    """Click group that reports FscError as one line and exit status 2."""
+    """Click group that reports FscError as one line and exit status 2, Ctrl-C as status 130 and
+    SIGTERM as status 143, both after partial output was removed."""
 
     def invoke(self, ctx: click.Context):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except FscError as exc:
-            console.print(f"[bold red]fsc: error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             sys.exit(2)
-        except KeyboardInterrupt:
-            console.print("[bold red]fsc: interrupted[/]; partial output was removed")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            console.print(Text.assemble(("fsc: terminated" if terminated else "fsc: interrupted", "bold red"),
+                                        "; partial output was removed"))
+            sys.exit(143 if terminated else 130)
 
 
 @click.group(cls=FscGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,13 +112,13 @@ def main() -> None:
 @click.option("--templates", "template_paths", multiple=True, metavar="DIR|FILE",
               help="Density maps (MRC) or atomic models (PDB/mmCIF), or folders of them; repeatable. "
                    "Default: built-in synthetic macromolecules.")
-@click.option("--classes", type=int, default=22, show_default=True, help="Number of synthetic classes (without --templates).")
-@click.option("--synthetic-seed", type=int, default=0, show_default=True, help="Seed of the first synthetic class.")
+@click.option("--classes", type=click.IntRange(min=1), default=22, show_default=True, help="Number of synthetic classes (without --templates).")
+@click.option("--synthetic-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first synthetic class.")
 @click.option("--template-voxel-size", type=float, default=None, help="Override the voxel size (Å) in map headers.")
 @click.option("--resolution", type=float, default=None, help="Resolution (Å) for atomic models and synthetic classes [2 × voxel size].")
 @click.option("--snr", "snr_texts", multiple=True, default=("1000",), show_default=True,
               help="SNR level (var signal / var noise; 'inf' for noise-free); repeatable, levels share the same particles.")
-@click.option("--per-class", type=int, default=200, show_default=True, help="Subtomograms per class.")
+@click.option("--per-class", type=click.IntRange(min=1), default=200, show_default=True, help="Subtomograms per class.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output data set folder.")
 @click.option("--route", type=click.Choice(["tilt-series", "fourier"]), default="tilt-series", show_default=True,
               help="Imaging: tilt series + weighted back-projection, or the fast Fourier-space model.")
@@ -94,8 +134,8 @@ def main() -> None:
 @click.option("--split", "split_text", default="0.4,0.2,0.4", show_default=True, help="Class fractions train,val,test.")
 @click.option("--val-classes", default=None, help="Comma-separated validation classes (overrides --split).")
 @click.option("--test-classes", default=None, help="Comma-separated test classes (overrides --split).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Simulation processes (1 = this process, all cores).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Simulation processes (1 = this process, all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing data set at --out.")
 def simulate(
     template_paths, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, per_class, out,
@@ -175,15 +215,15 @@ def _print_summary(dataset) -> None:
         text = "noise-free" if math.isinf(measured.iloc[0]) else (
             f"measured {measured.mean():.4g} (box), {masked.median():.4g} median inside masks"
         )
-        out.print(f"SNR {label}: {text}")
-    out.print(f"content hash {dataset.content_hash}")
+        say(f"SNR {label}: {text}", out)
+    say(f"content hash {dataset.content_hash}", out)
 
 
 @main.command()
 @click.argument("dataset_path", metavar="DATASET", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("montage.png"), show_default=True)
 @click.option("--snr", default=None, help="SNR level to show [the noisiest].")
-@click.option("--per-class", type=int, default=3, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--axis", type=click.Choice(["z", "y", "x"]), default="z", show_default=True,
               help="Slice normal: z (XY slice) or y (XZ slice, shows the missing wedge).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
@@ -204,7 +244,7 @@ def show(dataset_path, out, snr, per_class, axis, model, device) -> None:
         path = draw_segmentations(dataset, method, out, snr)
     else:
         path = draw_montage(dataset, out, snr, per_class, axis)
-    Console().print(f"wrote {path}")
+    say(f"wrote {path}")
 
 
 @main.command()
@@ -220,7 +260,7 @@ def export(dataset_path, out, snr, overwrite) -> None:
     dataset = SubtomogramDataset(dataset_path)
     with make_progress() as progress:
         star = export_dataset(dataset, out, snr or dataset.snr_labels[-1], overwrite, progress)
-    Console().print(f"wrote {star}")
+    say(f"wrote {star}")
 
 
 @main.command()
@@ -231,8 +271,7 @@ def info(dataset_path, verify) -> None:
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
 
     dataset = SubtomogramDataset(dataset_path)
-    if verify:
-        dataset.verify()
+    dataset.verify() if verify else dataset.check()
     _print_summary(dataset)
     if verify:
         Console().print("[green]verified[/]: files match the manifest's content hash")
@@ -313,6 +352,7 @@ def _dataset_at(provider, fixed, snr: float, progress):
     from fewshot_cryoet.datasets.dataset import snr_label
 
     data = fixed if fixed is not None else provider.dataset(snr, progress)
+    data.check()  # cheap: an edited manifest, truncated arrays or damaged labels stop here
     if snr_label(snr) not in data.snr_labels:
         raise FscError(f"{data.path}: has no SNR {snr_label(snr)} (it has {', '.join(data.snr_labels)})")
     return data
@@ -354,14 +394,14 @@ def _resolve_dataset(dataset: str | None, template_paths, per_class: int, test_c
 @click.option("--snr", "snr_texts", multiple=True, default=("1000",), show_default=True, help="SNR level; repeatable.")
 @click.option("--ways", default="2,4,6,8", show_default=True, help="N-way settings.")
 @click.option("--shots", default="1", show_default=True, help="K-shot settings.")
-@click.option("--queries", type=int, default=5, show_default=True, help="Query subtomograms per class per episode.")
+@click.option("--queries", type=click.IntRange(min=1), default=5, show_default=True, help="Query subtomograms per class per episode.")
 @click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic].")
 @click.option("--templates", "template_paths", multiple=True, metavar="DIR|FILE", help="Simulate from these templates instead.")
 @click.option("--test-classes", default=None, help="With --templates: comma-separated test classes.")
-@click.option("--per-class", type=int, default=100, show_default=True, help="Subtomograms per class when simulating.")
+@click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True, help="Subtomograms per class when simulating.")
 @click.option("--budget", "budget_text", default="1m", show_default=True, help="Training budget per method and SNR: 10m, 500ep, 500ep,10m.")
-@click.option("--episodes", type=int, default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--episodes", type=click.IntRange(min=1), default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--store", type=click.Path(path_type=Path), default=Path("fsc-results.sqlite"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --store.")
@@ -398,7 +438,7 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
     if episodes < LEADERBOARD_EPISODES:
         out.print(f"[yellow]quick run:[/] {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})")
     with make_progress() as progress:
-        runner = Runner(results, settings, progress, resume, log=progress.console.print)
+        runner = Runner(results, settings, progress, resume, log=lambda m: say(m, progress.console))
         for snr in snrs:
             runner.run_snr(specs, _dataset_at(provider, fixed, snr, progress), name, snr)
     frame = results.frame()
@@ -414,7 +454,7 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
         for label, row in accuracy.iterrows():
             table.add_row(label, *(re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell) for cell in row))
         out.print(table)
-    out.print(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}")
+    say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
     results.close()
     if runner.failures:
         raise FscError(f"{len(runner.failures)} method run(s) failed, the rest completed: " + "; ".join(runner.failures))
@@ -453,7 +493,7 @@ def leaderboard(store, out) -> None:
     written = render(frame, results.query_dice_frame(), out, store.name)
     results.close()
     for path in written:
-        Console().print(f"wrote {path}")
+        say(f"wrote {path}")
 
 
 def _add_plugin_commands() -> None:
@@ -463,12 +503,12 @@ def _add_plugin_commands() -> None:
 
     plugins = get_plugins()
     for failure in plugins.failures:
-        console.print(f"[yellow]fsc: warning:[/] {failure}", highlight=False)
+        print_warning(failure)
     for impl in plugins.manager.hook.fsc_add_cli_commands.get_hookimpls():
         try:
             impl.function(cli=main)
-        except Exception as exc:
-            console.print(f"[yellow]fsc: warning:[/] plugin {impl.plugin_name} could not add commands: {exc}")
+        except (Exception, SystemExit) as exc:
+            print_warning(f"plugin {impl.plugin_name} could not add commands: {exc}")
 
 
 def _add_builtin_commands() -> None:

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.outputs import check_output_folder
 
 
 @click.command()
@@ -20,11 +21,11 @@ from fewshot_cryoet.errors import FscError
 @click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic].")
 @click.option("--templates", "template_paths", multiple=True, metavar="DIR|FILE", help="Simulate from these templates.")
 @click.option("--test-classes", default=None, help="With --templates: classes held out of training.")
-@click.option("--per-class", type=int, default=100, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--snr", "snr_text", default="1000", show_default=True, help="SNR level to train at.")
 @click.option("--budget", "budget_text", default="30m", show_default=True, help="Training budget: 30m, 2000ep, ...")
-@click.option("--queries", type=int, default=5, show_default=True, help="Queries per class of validation episodes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=5, show_default=True, help="Queries per class of validation episodes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
@@ -34,7 +35,7 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
     from dataclasses import asdict
 
     import fewshot_cryoet
-    from fewshot_cryoet.cli import _apply_tuned, _dataset_at, _method_spec, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _apply_tuned, _dataset_at, _method_spec, _resolve_dataset, make_progress, say
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
     from fewshot_cryoet.methods.base import Budget, FitContext
     from fewshot_cryoet.model_dir import NORMALISATION, ModelCard, save_model
@@ -47,8 +48,7 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
         spec = _apply_tuned([spec], resolve_params(params_source, tune_storage))[0]
     if not spec.cls.trainable:
         raise FscError(f"{spec.cls.name} needs no training; use it directly: fsc predict --method {spec.cls.name}")
-    if out.exists() and not overwrite:
-        raise FscError(f"{out}: already exists; pass --overwrite or choose another --out")
+    check_output_folder(out, overwrite, "model")  # before hours of training, not after
     budget = Budget.parse(budget_text)
     snr = parse_snr(snr_text)
     torch_device = resolve_device(device)
@@ -72,7 +72,7 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
         fit={**asdict(report), "label": spec.label or method.label},
     )
     save_model(method, card, out, overwrite)
-    console.print(f"{method.label}: {report.describe()}; model in {out}", highlight=False)
+    say(f"{method.label}: {report.describe()}; model in {out}", console)
 
 
 @click.command()
@@ -86,19 +86,22 @@ def train(method_text, variant, param_texts, params_source, tune_storage, datase
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Results folder to create.")
 @click.option("--voxel-size", type=float, default=None, help="Voxel size (Å) for files whose header says 0.")
 @click.option("--invert", is_flag=True, help="Invert contrast (for data with dark particles on a bright background).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Queries per batch (bounds memory).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Queries per batch (bounds memory).")
 @click.option("--save-probabilities", is_flag=True, help="Also write the raw probability map of each query.")
 @click.option("--no-crf", is_flag=True, help="Save raw (probability > 0.5) masks instead of CRF-refined ones.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="A query that cannot be read or scored: skip it (listed in skipped.csv with the reason) or stop.")
+@click.option("--overwrite", is_flag=True, help="Replace a predictions folder written earlier by fsc predict.")
 def predict(model_dir, method_text, param_texts, support, query_sources, out, voxel_size, invert, batch_size,
-            save_probabilities, no_crf, device, overwrite) -> None:
+            save_probabilities, no_crf, device, on_error, overwrite) -> None:
     """Classify (and segment) subtomograms against 1 to K picked examples per class."""
-    from fewshot_cryoet.cli import _method_spec, make_progress
+    from fewshot_cryoet.cli import _method_spec, make_progress, print_warning, say
     from fewshot_cryoet.datasets.mrc_io import read_volume
     from fewshot_cryoet.model_dir import load_model
     from fewshot_cryoet.predict import (
-        VOXEL_SIZE_OPTION, Preparer, PredictOptions, check_files_exist, predict_folder, read_queries, read_support,
+        VOXEL_SIZE_OPTION, Preparer, PredictOptions, check_files_exist, duplicate_queries, predict_folder,
+        read_queries, read_support,
     )
     from fewshot_cryoet.runner import resolve_device
 
@@ -106,11 +109,14 @@ def predict(model_dir, method_text, param_texts, support, query_sources, out, vo
         raise FscError("give either --model FOLDER (from fsc train) or --method NAME (a training-free method)")
     if batch_size < 1:
         raise FscError("--batch-size must be ≥ 1")
-    if out.exists() and not overwrite:
-        raise FscError(f"{out}: already exists; pass --overwrite or choose another --out")
+    check_output_folder(out, overwrite, "predictions")
     support_set = read_support(support)
     query_table, query_paths = read_queries(list(query_sources))
     check_files_exist(support_set.paths + query_paths)  # every missing file, before any work
+    repeated = duplicate_queries(query_paths)
+    if repeated:
+        print_warning(f"{repeated} query entr{'y repeats' if repeated == 1 else 'ies repeat'} an earlier one; "
+                      "each is predicted again")
     torch_device = resolve_device(device)
     console = Console(stderr=True)
     if model_dir is not None:
@@ -124,10 +130,13 @@ def predict(model_dir, method_text, param_texts, support, query_sources, out, vo
         method = spec.cls(spec.params, spec.variant, torch_device)
         first, model_voxel = read_volume(support_set.paths[0], voxel_size, VOXEL_SIZE_OPTION)
         box = first.shape[0]
-    prepare = Preparer(box, model_voxel, voxel_size, invert, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-    options = PredictOptions(batch_size, save_probabilities, crf=not no_crf)
+    prepare = Preparer(box, model_voxel, voxel_size, invert, warn=print_warning)
+    options = PredictOptions(batch_size, save_probabilities, crf=not no_crf, on_error=on_error)
     with make_progress() as progress:
-        predict_folder(method, support_set, query_table, query_paths, prepare, out, options, progress,
-                       log=progress.console.print)
-    Console().print(f"predicted {len(query_paths)} subtomograms against {len(support_set.class_names)} classes "
-                    f"({len(support_set.paths)} support examples); results in {out}")
+        summary = predict_folder(method, support_set, query_table, query_paths, prepare, out, options, progress,
+                                 log=lambda m: say(m, progress.console), overwrite=overwrite)
+    say(f"predicted {summary.predicted} subtomograms against {len(support_set.class_names)} classes "
+        f"({len(support_set.paths)} support examples); results in {out}")
+    if summary.skipped:
+        print_warning(f"{len(summary.skipped)} quer{'y' if len(summary.skipped) == 1 else 'ies'} skipped (reasons in "
+                      f"{out / 'skipped.csv'}); the first: {summary.skipped[0][2]}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fewshot_cryoet.errors import FscError
@@ -18,17 +19,17 @@ from fewshot_cryoet.tuning import DEFAULT_STORAGE, OBJECTIVES, PRUNERS, SAMPLERS
 @click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Fixed hyper-parameter (not tuned); repeatable.")
 @click.option("--snr", "snr_text", default="1000", show_default=True, help="SNR level of the data.")
-@click.option("--ways", type=int, default=4, show_default=True, help="N of the validation episodes scored.")
-@click.option("--shots", type=int, default=1, show_default=True)
-@click.option("--queries", type=int, default=5, show_default=True)
-@click.option("--val-episodes", type=int, default=100, show_default=True,
+@click.option("--ways", type=click.IntRange(min=2), default=4, show_default=True, help="N of the validation episodes scored.")
+@click.option("--shots", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--val-episodes", type=click.IntRange(min=1), default=100, show_default=True,
               help="Fixed validation-class episodes scored per trial.")
 @click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic].")
 @click.option("--templates", "template_paths", multiple=True, metavar="DIR|FILE", help="Simulate from these templates instead.")
 @click.option("--test-classes", default=None, help="With --templates: comma-separated test classes (never read here).")
-@click.option("--per-class", type=int, default=100, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--budget", "budget_text", default="1m", show_default=True, help="Training budget per trial.")
-@click.option("--trials", type=int, default=20, show_default=True,
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold (a rerun continues up to this number).")
 @click.option("--timeout", "timeout_text", default=None, help="Stop this worker after e.g. 2h, 30m.")
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
@@ -38,7 +39,7 @@ from fewshot_cryoet.tuning import DEFAULT_STORAGE, OBJECTIVES, PRUNERS, SAMPLERS
 @click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True)
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="accuracy", show_default=True,
               help="accuracy; accuracy+dice = (accuracy + CRF Dice)/2; accuracy,dice = two objectives.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--show", "show_study", default=None, metavar="STUDY", help="Print a study's best trials and stop.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
@@ -68,13 +69,15 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
           test_classes, per_class, budget_text, trials, timeout_text, storage_url, study_name, sampler, pruner,
           objective, seed, device, export_path) -> None:
     from fewshot_cryoet import tuning
-    from fewshot_cryoet.cli import _dataset_at, _method_spec, _resolve_dataset, make_progress
+    from fewshot_cryoet.cli import _dataset_at, _method_spec, _resolve_dataset, make_progress, say
     from fewshot_cryoet.datasets.dataset import parse_snr, snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import resolve_device
 
     spec = _method_spec(method, variant, param_texts)
     cls, variant = spec.cls, spec.variant
+    if export_path is not None:
+        _check_export_path(export_path)
     if trials < 1 or val_episodes < 1:
         raise FscError("--trials and --val-episodes must be ≥ 1")
     budget = Budget.parse(budget_text)
@@ -98,10 +101,11 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
         if sampler != "grid" and tuning.enqueue_defaults(study, cls, variant_params, distributions):
             out.print("trial 0 runs the untuned defaults, for comparison")
         done = len(tuning.finished_trials(study))
-        out.print(f"study [bold]{study_name}[/] in {tuning.safe_url(storage_url)}: {done} finished trial(s), "
+        out.print(f"study [bold]{escape(study_name)}[/] in {escape(tuning.safe_url(storage_url))}: {done} finished trial(s), "
                   f"tuning {len(distributions)} hyper-parameter(s) of {cls.name}/{variant} up to {trials} trials; "
                   f"objective: {tuning.OBJECTIVES[objective]}")
-        objective_fn = tuning.TuningObjective(cls, settings, data, budget, torch_device, log=progress.console.print)
+        objective_fn = tuning.TuningObjective(cls, settings, data, budget, torch_device,
+                                              log=lambda m: say(m, progress.console))
         task = progress.add_task(f"tune {cls.name}/{variant}", total=trials, completed=min(done, trials))
 
         def on_trial(trial) -> None:
@@ -113,7 +117,7 @@ def _tune(method, variant, param_texts, snr_text, ways, shots, queries, val_epis
             else:
                 text = "objective " + ", ".join(f"{v:.4f}" for v in trial.values)
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-            progress.console.print(f"trial {trial.number}: {text} ({params})", highlight=False)
+            say(f"trial {trial.number}: {text} ({params})", progress.console)
 
         tuning.run_study(study, objective_fn, trials, timeout_s, on_trial)
     _show(study, storage_url)
@@ -130,7 +134,7 @@ def _show(study, storage_url: str, top: int = 10) -> None:
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     out = Console()
-    out.print(f"study [bold]{study.study_name}[/] ({tuning.safe_url(storage_url)}): {settings['method']}/"
+    out.print(f"study [bold]{escape(study.study_name)}[/] ({escape(tuning.safe_url(storage_url))}): {settings['method']}/"
               f"{settings['variant']}, SNR {settings['snr']}, {settings['ways']}-way {settings['shots']}-shot, "
               f"budget {settings['budget'] or 'none'} per trial, objective {settings['objective']}; trials: "
               + ", ".join(f"{n} {state}" for state, n in counts.items() if n), highlight=False)
@@ -158,12 +162,23 @@ def _show(study, storage_url: str, top: int = 10) -> None:
     out.print(table)
 
 
+def _check_export_path(path: Path) -> None:
+    """Refuse an --export target we cannot write, before a study runs."""
+    from fewshot_cryoet.outputs import check_writable_parent
+
+    if path.is_dir():
+        raise FscError(f"--export {path}: is a folder; give a file name such as best.json")
+    check_writable_parent(path, "--export")
+
+
 def _export(study, storage_url: str, path: Path) -> None:
     from fewshot_cryoet import tuning
+    from fewshot_cryoet.cli import say
 
     params = tuning.tuned_params(study, f"{tuning.safe_url(storage_url)}#{study.study_name}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(params.to_json() + "\n")
-    tmp.replace(path)
-    Console().print(f"wrote {path}: best trial of {params.study} ({params.trials} finished trials); use it with "
-                    f"fsc bench --methods {params.method}/{params.variant} --params {path}")
+    from fewshot_cryoet.outputs import write_text
+
+    _check_export_path(path)
+    write_text(path, params.to_json() + "\n")
+    say(f"wrote {path}: best trial of {params.study} ({params.trials} finished trials); use it with "
+        f"fsc bench --methods {params.method}/{params.variant} --params {path}")

@@ -9,6 +9,7 @@ to a 600-episode set, and lets an interrupted evaluation resume at any episode. 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,16 +93,23 @@ class EpisodeSet:
         return len(self.indices)
 
     def save(self, path: str | Path) -> None:
+        """An ``.npz`` of plain arrays (class names as Unicode, the spec as JSON): loadable without
+        pickle."""
         s = self.spec
-        np.savez(path, class_names=self.class_names, indices=self.indices,
-                 spec=np.array([s.split, s.n_way, s.k_shot, s.q_query, s.seed], dtype=object))
+        spec = json.dumps({"split": s.split, "n_way": s.n_way, "k_shot": s.k_shot, "q_query": s.q_query, "seed": s.seed})
+        np.savez(path, class_names=self.class_names.astype(str), indices=self.indices, spec=np.array(spec))
 
     @classmethod
     def load(cls, path: str | Path) -> EpisodeSet:
-        with np.load(path, allow_pickle=True) as data:
-            split, n, k, q, seed = data["spec"].tolist()
-            return cls(EpisodeSpec(str(split), int(n), int(k), int(q), int(seed)),
-                       data["class_names"], data["indices"])
+        """Read :meth:`save` output; never unpickles (files holding Python objects are refused)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                spec = json.loads(str(data["spec"]))
+                return cls(EpisodeSpec(str(spec["split"]), int(spec["n_way"]), int(spec["k_shot"]),
+                                       int(spec["q_query"]), int(spec["seed"])),
+                           data["class_names"].astype(object), data["indices"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise FscError(f"{path}: not an episode file written by this fewshot-cryoet ({str(exc).splitlines()[0]})") from None
 
 
 def split_classes(dataset: SubtomogramDataset, split: str) -> list[str]:

@@ -10,7 +10,6 @@ them). The folder is written under a temporary name and renamed into place, so a
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,24 +44,16 @@ class ModelCard:
 
 
 def save_model(method, card: ModelCard, out: Path, overwrite: bool = False) -> Path:
-    """Write ``out/model.json`` and ``out/weights.pt`` atomically."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FscError(f"{out}: already exists; pass --overwrite or choose another --out")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise FscError(f"{out}: cannot create model folder ({exc.strerror}); choose a writable --out") from None
+    """Write ``out/model.json`` and ``out/weights.pt`` atomically (see ``outputs.AtomicFolder``:
+    only a model folder we wrote is ever replaced)."""
+    from fewshot_cryoet.outputs import AtomicFolder, write_json
+
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S")
-    if method.trainable:
-        method.save(tmp / "weights.pt", card.box)
-    (tmp / "model.json").write_text(json.dumps(asdict(card), indent=2, sort_keys=True, default=str) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with AtomicFolder(Path(out), "model", overwrite) as folder:
+        if method.trainable:
+            method.save(folder.tmp / "weights.pt", card.box)
+        write_json(folder.tmp / "model.json", asdict(card))
+        return folder.commit()
 
 
 def load_model(folder: Path, device: str | torch.device = "cpu"):

@@ -70,7 +70,7 @@ def load_plugins() -> Plugins:
         try:
             module = ep.load()
             manager.register(module, ep.name)
-        except Exception as exc:  # a broken plugin must not take the suite down
+        except (Exception, SystemExit) as exc:  # a broken plugin (even one calling sys.exit) must not take the suite down
             plugins.failures.append(PluginFailure(ep.name, origin, _one_line(exc)))
             continue
         plugins.origins[ep.name] = origin
@@ -88,7 +88,7 @@ def _call_each(plugins: Plugins, hook_name: str, registry: Registry) -> None:
         scoped = registry.scoped(origin)
         try:
             impl.function(registry=scoped)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             scoped.rollback()
             plugins.failures.append(PluginFailure(impl.plugin_name, origin, _one_line(exc)))
             continue

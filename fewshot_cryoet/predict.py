@@ -16,8 +16,11 @@ grid (plus the raw probability map with ``save_probabilities``), and ``summary.p
 
 from __future__ import annotations
 
+import errno
 import math
-import shutil
+import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,14 +68,29 @@ def _column(table: pd.DataFrame, candidates: tuple[str, ...], path: Path, what: 
     raise FscError(f"{path}: no {what} column; expected one of {', '.join(candidates)}")
 
 
-def _resolve(base: Path, value) -> Path:
-    text = str(value).split("@")[-1]  # RELION's "N@stack.mrcs" names a slice of a stack: take the file
+def _resolve(base: Path, value, table: Path, row: int) -> Path:
+    """A table's path entry, relative to the table's folder. RELION's ``N@stack.mrcs`` names one 2D
+    image of a particle stack, not a subtomogram: refused with the row."""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+@.+", text):
+        raise FscError(f"{table}: row {row + 2} names image {text.split('@')[0]} of the stack {text.split('@', 1)[1]}; "
+                       "fsc needs one 3D subtomogram per MRC file (extract subtomograms, e.g. RELION's "
+                       "pseudo-subtomograms are not supported)")
     p = Path(text)
     return p if p.is_absolute() else base / p
 
 
+def _readable_folder(folder: Path) -> None:
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise FscError(f"{folder}: cannot read the folder (permission denied); check its permissions")
+
+
 def _mrc_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MRC_SUFFIXES)
+    _readable_folder(folder)
+    try:
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MRC_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise FscError(f"{folder}: cannot list the folder ({exc.strerror or exc}); check it") from None
 
 
 @dataclass
@@ -90,6 +108,7 @@ def read_support(source: Path) -> SupportSet:
     column and a class column (1 to K examples per class)."""
     source = Path(source)
     if source.is_dir():
+        _readable_folder(source)
         folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
             raise FscError(f"{source}: expected one sub-folder per class holding MRC files, found none")
@@ -100,7 +119,7 @@ def read_support(source: Path) -> SupportSet:
                 raise FscError(f"{folder}: class {folder.name!r} has no support example (no MRC file)")
             paths += files
             classes += [folder.name] * len(files)
-        return SupportSet(paths, classes)
+        return _unique_support(SupportSet(paths, classes), source)
     if not source.exists():
         raise FscError(f"{source}: support not found")
     table = _read_table(source)
@@ -109,11 +128,29 @@ def read_support(source: Path) -> SupportSet:
     empty = table[class_column].isna() | (table[class_column].astype(str).str.strip() == "")
     if empty.any():
         raise FscError(f"{source}: rows {', '.join(str(i + 2) for i in np.flatnonzero(empty)[:10])} have no class")
-    paths = [_resolve(source.parent, v) for v in table[path_column]]
+    paths = [_resolve(source.parent, v, source, i) for i, v in enumerate(table[path_column])]
     classes = [str(v) for v in table[class_column]]
     if len(set(classes)) < 2:
         raise FscError(f"{source}: support needs at least 2 classes, found {len(set(classes))}")
-    return SupportSet(paths, classes)
+    return _unique_support(SupportSet(paths, classes), source)
+
+
+def _unique_support(support: SupportSet, source: Path) -> SupportSet:
+    """Refuse a support file listed twice: in two classes it contradicts itself, in one it
+    silently counts as two examples."""
+    seen: dict[Path, str] = {}
+    for path, class_name in zip(support.paths, support.classes):
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            where = f"classes {seen[key]!r} and {class_name!r}" if seen[key] != class_name else f"class {class_name!r} twice"
+            raise FscError(f"{source}: support example {path} is listed in {where}; list each example once")
+        seen[key] = class_name
+    return support
+
+
+def duplicate_queries(paths: list[Path]) -> int:
+    """How many query entries repeat an earlier one (they are predicted again; worth a warning)."""
+    return len(paths) - len({Path(os.path.abspath(p)) for p in paths})
 
 
 def read_queries(sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
@@ -133,7 +170,7 @@ def read_queries(sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
             table = _read_table(source)
             column = _column(table, PATH_COLUMNS, source, "path")
             tables.append(table)
-            paths += [_resolve(source.parent, v) for v in table[column]]
+            paths += [_resolve(source.parent, v, source, i) for i, v in enumerate(table[column])]
         else:
             tables.append(pd.DataFrame({"rlnImageName": [str(source)]}))
             paths.append(source)
@@ -142,12 +179,29 @@ def read_queries(sources: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
     return pd.concat(tables, ignore_index=True), paths
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or None."""
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return "is a folder"
+    except FileNotFoundError:
+        return "not found"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def check_files_exist(paths: list[Path]) -> None:
-    """All missing files at once, before any work."""
-    missing = [str(p) for p in dict.fromkeys(paths) if not p.is_file()]
-    if missing:
-        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise FscError(f"{len(missing)} listed file(s) not found: {shown}")
+    """Every unreadable file at once (missing, a folder, a symbolic-link loop), before any work."""
+    problems = [(str(p), why) for p in dict.fromkeys(paths) if (why := _file_problem(p))]
+    if problems:
+        shown = ", ".join(f"{p} ({why})" for p, why in problems[:20])
+        more = f" and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise FscError(f"{len(problems)} listed file(s) cannot be read: {shown}{more}")
 
 
 # -- volume preparation ------------------------------------------------------------------------------
@@ -247,17 +301,37 @@ def class_probabilities(scores: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.softmax(scores, dim=1)
 
 
+#: Output columns; input columns of the same name are renamed ``input_<name>``.
+OUTPUT_COLUMNS = ("predicted_class", "confidence", "segmentation", "foreground_voxels")
+ON_ERROR = ("skip", "stop")
+
+
 @dataclass
 class PredictOptions:
     batch_size: int = 32
     save_probabilities: bool = False
     crf: bool = True
+    #: ``skip``: a query that cannot be read or scored is listed in ``skipped.csv`` with the reason
+    #: and the rest are predicted; ``stop``: the first such query stops the run (nothing written).
+    on_error: str = "skip"
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    predicted: int
+    skipped: list[tuple[int, Path, str]]  # (row, file, reason)
 
 
 def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_paths: list[Path],
                    prepare: Preparer, out: Path, options: PredictOptions, progress=None,
-                   log: Callable[[str], None] = print) -> Path:
-    """Run the whole prediction into ``out`` (atomically); returns ``out``."""
+                   log: Callable[[str], None] = print, overwrite: bool = False) -> PredictSummary:
+    """Run the whole prediction into ``out`` (atomically; only a predictions folder we wrote is
+    ever replaced)."""
+    from fewshot_cryoet.outputs import AtomicFolder
+
+    if options.on_error not in ON_ERROR:
+        raise FscError(f"--on-error {options.on_error!r}: use one of {', '.join(ON_ERROR)}")
     class_names = support.class_names
     prepared_support = [prepare(p) for p in support.paths]
     support_boxes = {g.shape: p for p, (_, g) in zip(support.paths, prepared_support)}
@@ -271,17 +345,10 @@ def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_pat
         torch.tensor([class_names.index(c) for c in support.classes]),
         tuple(("support", i) for i in range(len(support.paths))), support_box, first_support,
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _predict_into(tmp, method, prepared, queries, query_paths, prepare, options, progress, log)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written survives an error or Ctrl-C
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with AtomicFolder(Path(out), "predictions", overwrite) as folder:
+        skipped = _predict_into(folder.tmp, method, prepared, queries, query_paths, prepare, options, progress, log)
+        folder.commit()
+    return PredictSummary(Path(out), len(query_paths) - len(skipped), skipped)
 
 
 @dataclass
@@ -295,38 +362,54 @@ class PreparedSupport:
 
 
 def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataFrame, query_paths: list[Path],
-                  prepare: Preparer, options: PredictOptions, progress, log) -> None:
+                  prepare: Preparer, options: PredictOptions, progress, log) -> list[tuple[int, Path, str]]:
+    """Predict every query into ``tmp``; returns the skipped queries (row, file, reason)."""
     from fewshot_cryoet.episodes import Episode
     from fewshot_cryoet.segmentation.crf import refine
 
     class_names = support.class_names
-
     (tmp / "segmentations").mkdir(parents=True)
     if options.save_probabilities:
         (tmp / "probabilities").mkdir()
     crf_params = method.crf_params()
-    rows: list[dict] = []
+    rows: dict[int, dict] = {}
+    skipped: list[tuple[int, Path, str]] = []
     examples: dict[str, list] = {c: [] for c in class_names}
     crf_failures = 0
     task = progress.add_task("predict", total=len(query_paths)) if progress is not None else None
+
+    def bad(index: int, path: Path, reason: str) -> None:
+        if options.on_error == "stop":
+            raise FscError(reason)
+        skipped.append((index, path, reason))
+
     for start in range(0, len(query_paths), options.batch_size):
-        batch_paths = query_paths[start:start + options.batch_size]
-        prepared = [prepare(p) for p in batch_paths]
-        for path, (_, geometry) in zip(batch_paths, prepared):
+        batch = []  # (row index, path, volume, geometry) of the readable queries in this batch
+        for index in range(start, min(start + options.batch_size, len(query_paths))):
+            path = query_paths[index]
+            try:
+                volume, geometry = prepare(path)
+            except FscError as exc:
+                bad(index, path, str(exc))
+                continue
             if geometry.shape != support.box:
-                raise FscError(f"{path}: box {_box_text(geometry.shape)} differs from the support's "
-                               f"{_box_text(support.box)} ({support.first_path.name}); extract support and "
-                               "queries with the same box")
-        volumes = torch.from_numpy(np.stack([v for v, _ in prepared]))[:, None]
-        episode = Episode(support.volumes, support.labels, volumes, torch.zeros(len(volumes), dtype=torch.long),
-                          tuple(class_names), prepare.voxel_size, math.nan, support_ids=support.ids)
-        prediction = method.predict(episode)
-        scores = prediction.scores.float()
-        if not torch.isfinite(scores).all():
-            raise FscError(f"{method.name} returned NaN scores for a query in {batch_paths[0].parent}")
-        probabilities = class_probabilities(scores, method.score_kind)
-        for i, (path, (volume, geometry)) in enumerate(zip(batch_paths, prepared)):
-            index = start + i
+                bad(index, path, f"{path}: box {_box_text(geometry.shape)} differs from the support's "
+                                 f"{_box_text(support.box)} ({support.first_path.name}); extract support and "
+                                 "queries with the same box")
+                continue
+            batch.append((index, path, volume, geometry))
+        if batch:
+            volumes = torch.from_numpy(np.stack([b[2] for b in batch]))[:, None]
+            episode = Episode(support.volumes, support.labels, volumes, torch.zeros(len(volumes), dtype=torch.long),
+                              tuple(class_names), prepare.voxel_size, math.nan, support_ids=support.ids)
+            prediction = method.predict(episode)
+            scores = prediction.scores.float()
+            finite = torch.isfinite(scores).all(dim=1)
+            probabilities = class_probabilities(torch.nan_to_num(scores), method.score_kind)
+        for i, (index, path, volume, geometry) in enumerate(batch):
+            if not finite[i]:
+                bad(index, path, f"{path}: {method.name} returned NaN or infinite scores for this query")
+                continue
             predicted = int(probabilities[i].argmax())
             row = {"predicted_class": class_names[predicted], "confidence": float(probabilities[i, predicted])}
             row.update({f"score_{c}": float(scores[i, j]) for j, c in enumerate(class_names)})
@@ -348,24 +431,51 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
                     write_volume(tmp / "probabilities" / name, to_file_grid(raw, geometry, order=1), geometry.voxel_size)
                 row["segmentation"] = f"segmentations/{name}"
                 row["foreground_voxels"] = int(mask.sum())
-            rows.append(row)
+            rows[index] = row
             chosen = examples[class_names[predicted]]
             if len(chosen) < SUMMARY_EXAMPLES:
                 chosen.append((path.name, volume[volume.shape[0] // 2].copy(),
                                None if mask is None else mask[mask.shape[0] // 2].copy(), row["confidence"]))
         if task is not None:
-            progress.advance(task, len(batch_paths))
-    table = pd.concat([queries.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+            progress.advance(task, min(options.batch_size, len(query_paths) - start))
+    if not rows:
+        raise FscError(f"no query could be predicted ({len(skipped)} skipped); the first: {skipped[0][2]}")
+    inputs = queries.reset_index(drop=True)
+    ours = set(OUTPUT_COLUMNS) | {c for row in rows.values() for c in row}
+    inputs = inputs.rename(columns={c: f"input_{c}" for c in inputs.columns if c in ours})
+    done = sorted(rows)
+    table = pd.concat([inputs.iloc[done].reset_index(drop=True), pd.DataFrame([rows[i] for i in done])], axis=1)
     _write_tables(table, tmp)
+    if skipped:
+        failed = inputs.iloc[[i for i, _, _ in skipped]].reset_index(drop=True)
+        failed["reason"] = [reason for _, _, reason in skipped]
+        failed.to_csv(tmp / "skipped.csv", index=False)
     draw_summary(examples, tmp / "summary.png")
+    return skipped
 
 
 def _write_tables(table: pd.DataFrame, folder: Path) -> None:
     import starfile
 
     table.to_csv(folder / "predictions.csv", index=False)
-    star = table.rename(columns=lambda c: c if c.startswith("rln") else f"fsc{_camel(c)}")
+    star = table.rename(columns=dict(zip(table.columns, star_labels(table.columns))))
     starfile.write({"particles": star}, folder / "predictions.star", overwrite=True)
+
+
+def star_labels(columns) -> list[str]:
+    """Valid, unique STAR labels for table columns: RELION's own (``rln...``) kept, others become
+    ``fsc<CamelCase>`` with every character outside letters, digits and ``_`` replaced (class
+    names such as ``big ribosome`` go into ``score_<class>`` columns)."""
+    labels: list[str] = []
+    for column in columns:
+        text = str(column)
+        label = text if text.startswith("rln") else f"fsc{_camel(text)}"
+        label = re.sub(r"[^A-Za-z0-9_]", "_", label)
+        unique, n = label, 2
+        while unique in labels:
+            unique, n = f"{label}_{n}", n + 1
+        labels.append(unique)
+    return labels
 
 
 def _camel(name: str) -> str:

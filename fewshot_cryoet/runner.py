@@ -22,10 +22,14 @@ from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
 from fewshot_cryoet.metrics import dice, episode_accuracy
-from fewshot_cryoet.store import Cell, EpisodeResult, ResultsStore
+from fewshot_cryoet.checkpoints import file_hash
+from fewshot_cryoet.outputs import write_json
+from fewshot_cryoet.store import STALE_SECONDS, Cell, EpisodeResult, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
 VALIDATION_EPISODES = 40
+#: How often a process waiting for another's training checks the store (seconds).
+CLAIM_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Runner:
     def run_snr(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float) -> None:
         """Fit and evaluate every method at one SNR level of ``dataset``."""
         settings = self.settings
+        dataset.check()  # an edited manifest or damaged files are refused before any training
         test_sets = test_episode_sets(dataset, settings)  # validates N and K+Q before training
         methods = [(spec, spec.cls(spec.params, spec.variant, self.device)) for spec in specs]
         all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr) for spec, m in methods}
@@ -152,28 +157,70 @@ class Runner:
                 self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
                 continue
             try:
-                report = self.fit(method, dataset, snr, cells)
+                report, checkpoint = self.fit(method, dataset, snr, cells)
                 for key, missing in todo.items():
                     if missing:
-                        self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report)
+                        self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report,
+                                      checkpoint)
             except FscError as exc:  # one method's bad input must not stop the rest of the grid
                 self.failures.append(f"{method.label} at SNR {snr_label(snr)}: {exc}")
-                self.log(f"[red]skipped[/] {self.failures[-1]}")
+                self.log(f"skipped {self.failures[-1]}")
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
-            cells: dict[tuple[int, int], Cell]) -> FitReport:
+            cells: dict[tuple[int, int], Cell]) -> tuple[FitReport, str | None]:
+        """(fit report, checkpoint hash): trains the method once per store, whatever the number
+        of processes running the same grid. The first process claims the fit in the store and
+        trains it (a heartbeat keeps the claim); the others wait for its checkpoint and reuse it,
+        saying so. A crashed trainer's claim goes stale and is taken over."""
         if not method.trainable:
-            return FitReport()
+            return FitReport(), None
         any_cell = next(iter(cells.values()))
         identity = f"{any_cell.method}-{any_cell.variant}-{any_cell.params_hash}-{any_cell.budget}-" \
                    f"{any_cell.dataset_hash}-{any_cell.snr}-{any_cell.seed}"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FscError(f"{self.models_dir}: cannot create the checkpoint folder ({exc.strerror}); "
+                           "choose another --store") from None
         checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
         report_path = checkpoint.with_suffix(".json")
-        if checkpoint.exists() and report_path.exists():
-            method.load(checkpoint, dataset.box)
-            self.log(f"{method.label} at SNR {snr_label(snr)}: reusing the model trained earlier ({checkpoint.name})")
-            return FitReport.from_dict(json.loads(report_path.read_text()))
+        where = f"{method.label} at SNR {snr_label(snr)}"
+        if checkpoint.exists() and report_path.exists() and self.store.claim_fit(identity).state == "mine":
+            # trained by a version without claims: adopt it
+            self.store.adopt_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
+        waited = False
+        while True:
+            claim = self.store.claim_fit(identity)
+            if claim.state == "done":
+                if not checkpoint.exists() or file_hash(checkpoint) != claim.checkpoint_hash:
+                    raise FscError(f"{checkpoint}: missing or changed since it was trained (hash "
+                                   f"{claim.checkpoint_hash} in {self.store.path}); move {self.store.path} and its "
+                                   ".models folder away to train again")
+                method.load(checkpoint, dataset.box)
+                self.log(f"{where}: reusing the model trained {'just now by ' + claim.owner if waited else 'earlier'} "
+                         f"({checkpoint.name})")
+                return FitReport.from_dict(claim.report or {}), claim.checkpoint_hash
+            if claim.state == "busy":
+                if not waited:
+                    self.log(f"{where}: another process ({claim.owner}) is training this model; waiting for it "
+                             f"(its claim lapses {STALE_SECONDS:.0f} s after its last heartbeat)")
+                    waited = True
+                time.sleep(CLAIM_POLL_SECONDS)
+                continue
+            break
+        try:
+            with self.store.heartbeat(identity):
+                report = self._train(method, dataset, snr)
+                digest = method.save(checkpoint, dataset.box)
+                write_json(report_path, asdict(report))
+        except BaseException:
+            self.store.release_fit(identity)
+            raise
+        self.store.finish_fit(identity, digest, asdict(report))
+        self.log(f"{where}: {report.describe()}")
+        return report, digest
+
+    def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float) -> FitReport:
         train, validation = fit_data(dataset, self.settings, snr, method.segments)
         task = None
         if self.progress is not None:
@@ -187,13 +234,17 @@ class Runner:
         report = method.fit(context)
         if task is not None:
             self.progress.update(task, completed=1.0)
-        method.save(checkpoint, dataset.box)
-        report_path.write_text(json.dumps(asdict(report)))
-        self.log(f"{method.label} at SNR {snr_label(snr)}: {report.describe()}")
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
-                 episodes: EpisodeSet, cell: Cell, missing: list[int], report: FitReport) -> None:
+                 episodes: EpisodeSet, cell: Cell, missing: list[int], report: FitReport,
+                 checkpoint: str | None = None) -> None:
+        """Score the cell's missing episodes, each committed at once with the checkpoint hash of
+        the fit that produced it; refuses to add to rows scored with another fit."""
+        other = self.store.checkpoints(cell) - {checkpoint}
+        if other:
+            raise FscError(f"{self.store.path}: this cell's stored episodes were scored with another trained model "
+                           f"(checkpoint {', '.join(sorted(other))}, now {checkpoint}); use a new --store")
         task = None
         if self.progress is not None:
             task = self.progress.add_task(
@@ -211,7 +262,7 @@ class Runner:
                 cell, result, fit_seconds=report.seconds if method.trainable else None,
                 fit_episodes=report.episodes if method.trainable else None,
                 val_accuracy=report.best_validation_accuracy, device=str(self.device),
-                package_version=fewshot_cryoet.__version__, plugin=spec.origin,
+                package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
             )
             if task is not None:
                 self.progress.advance(task)

@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +25,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +40,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     accuracy REAL NOT NULL, dice REAL, dice_crf REAL,
     predict_seconds REAL NOT NULL, fit_seconds REAL, fit_episodes INTEGER, val_accuracy REAL,
     device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
+    checkpoint TEXT,
     UNIQUE (cell, episode)
 );
 CREATE TABLE IF NOT EXISTS query_dice (
@@ -43,7 +49,18 @@ CREATE TABLE IF NOT EXISTS query_dice (
     PRIMARY KEY (cell, episode, query)
 );
 CREATE INDEX IF NOT EXISTS episodes_by_cell ON episodes (cell);
+""" + """
+CREATE TABLE IF NOT EXISTS fits (
+    identity TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, heartbeat REAL NOT NULL, checkpoint_hash TEXT, report TEXT
+);
 """
+#: What schema version 1 lacks (added in place when a version-1 store is opened).
+MIGRATE_1_TO_2 = "ALTER TABLE episodes ADD COLUMN checkpoint TEXT;"
+OUR_TABLES = {"meta", "episodes", "query_dice", "fits"}
+#: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
+STALE_SECONDS = 120.0
+HEARTBEAT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -81,36 +98,93 @@ class EpisodeResult:
     query_dice: list[tuple[int, str, float, float | None]] | None = None
 
 
+@dataclass
+class Claim:
+    """The state of one trainable fit in the store: ``mine`` (this process trains it), ``done``
+    (trained; ``checkpoint_hash`` and ``report`` say by whom and how) or ``busy`` (another live
+    process is training it)."""
+
+    state: str
+    owner: str = ""
+    host: str = ""
+    pid: int = 0
+    age: float = 0.0
+    checkpoint_hash: str | None = None
+    report: dict | None = None
+
+
 class ResultsStore:
-    """Open (or create) a results database at ``path``."""
+    """Open (or create) a results database at ``path``.
+
+    Nothing is written to a file that is not already a results store: the schema is checked
+    first, and only then is the journal switched to WAL. A store we cannot write to is refused
+    here, before any training.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise FscError(f"--store {self.path}: is a folder; give a file such as fsc-results.sqlite")
+        if not self.path.exists():
+            from fewshot_cryoet.outputs import check_writable_parent
+
+            check_writable_parent(self.path, "--store")
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
-            self.connection = sqlite3.connect(self.path, timeout=30)
+            self.connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
-            raise FscError(f"{self.path}: cannot open results store ({exc}); choose another --store") from None
+            raise FscError(f"--store {self.path}: cannot open results store ({exc}); choose another --store") from None
         try:
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA synchronous=NORMAL")
             version = self._schema_version()
         except sqlite3.DatabaseError as exc:
-            raise FscError(f"{self.path}: not a results store ({exc}); choose another --store") from None
-        if version is None:
-            with self.connection:
-                self.connection.executescript(SCHEMA)
-                self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif version != SCHEMA_VERSION:
-            raise FscError(
-                f"{self.path}: results store has schema version {version}, this fewshot-cryoet uses "
-                f"{SCHEMA_VERSION}; use another --store or the matching version"
-            )
+            self.connection.close()
+            raise FscError(f"--store {self.path}: not a results store ({exc}); choose another --store") from None
+        except FscError:
+            self.connection.close()
+            raise
+        try:
+            if version is None:
+                self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA
+                                              + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+            elif version == 1:
+                self.connection.executescript("BEGIN IMMEDIATE;" + MIGRATE_1_TO_2 + SCHEMA
+                                              + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
+                                                "WHERE key = 'schema_version'; COMMIT;")
+            elif version != SCHEMA_VERSION:
+                raise FscError(
+                    f"--store {self.path}: results store has schema version {version}, this fewshot-cryoet uses "
+                    f"{SCHEMA_VERSION}; use another --store or the matching version"
+                )
+            else:
+                with self.transaction():  # probe: a read-only file fails now, not after training
+                    self.connection.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as exc:
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            self.connection.close()
+            raise FscError(f"--store {self.path}: cannot write to the results store ({exc}); check its permissions "
+                           "or choose another --store") from None
+
+    @contextmanager
+    def transaction(self):
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``), so read-then-write is atomic
+        across processes."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
 
     def _schema_version(self) -> int | None:
         tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables:
+        if "meta" not in tables or not tables <= OUR_TABLES:
             if tables:
-                raise FscError(f"{self.path}: SQLite file is not a fewshot-cryoet results store")
+                raise FscError(f"--store {self.path}: SQLite file is not a fewshot-cryoet results store "
+                               "(left unchanged); choose another --store")
             return None
         row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else None
@@ -123,25 +197,83 @@ class ResultsStore:
         return {r[0] for r in rows}
 
     def add(self, cell: Cell, result: EpisodeResult, *, fit_seconds: float | None, fit_episodes: int | None,
-            val_accuracy: float | None, device: str, package_version: str, plugin: str) -> None:
-        """Write one episode (and its per-query Dice) in a single transaction."""
+            val_accuracy: float | None, device: str, package_version: str, plugin: str,
+            checkpoint: str | None = None) -> bool:
+        """Write one episode (and its per-query Dice) in a single transaction; False when another
+        process already stored that episode (the same fit gives the same numbers)."""
         row = asdict(cell)
         row.update(
             cell=cell.key, episode=result.episode, accuracy=result.accuracy, dice=result.dice,
             dice_crf=result.dice_crf, predict_seconds=result.predict_seconds, fit_seconds=fit_seconds,
             fit_episodes=fit_episodes, val_accuracy=val_accuracy, device=device,
-            package_version=package_version, plugin=plugin,
+            package_version=package_version, plugin=plugin, checkpoint=checkpoint,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self.connection:
-            self.connection.execute(f"INSERT INTO episodes ({columns}) VALUES ({marks})", tuple(row.values()))
-            if result.query_dice:
-                self.connection.executemany(
+        with self.transaction() as db:
+            inserted = db.execute(f"INSERT INTO episodes ({columns}) VALUES ({marks}) "
+                                  "ON CONFLICT (cell, episode) DO NOTHING", tuple(row.values())).rowcount
+            if inserted and result.query_dice:
+                db.executemany(
                     "INSERT INTO query_dice VALUES (?, ?, ?, ?, ?, ?)",
                     [(cell.key, result.episode, q, c, d, dc) for q, c, d, dc in result.query_dice],
                 )
+        return bool(inserted)
+
+    def checkpoints(self, cell: Cell) -> set[str]:
+        """Checkpoint hashes the cell's stored episodes were scored with (rows from before
+        checkpoints were recorded say nothing)."""
+        rows = self.connection.execute("SELECT DISTINCT checkpoint FROM episodes WHERE cell = ? AND checkpoint "
+                                       "IS NOT NULL", (cell.key,))
+        return {r[0] for r in rows}
+
+    # -- training claims ---------------------------------------------------------------------------
+    def claim_fit(self, identity: str, stale_after: float = STALE_SECONDS) -> Claim:
+        """Claim the right to train ``identity``, atomically: ``mine`` if nobody holds it (or the
+        holder's heartbeat is stale, or it was this host's process and is gone), ``done`` if it
+        was trained, else ``busy``."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT state, owner, host, pid, heartbeat, checkpoint_hash, report FROM fits "
+                             "WHERE identity = ?", (identity,)).fetchone()
+            if row is not None:
+                state, owner, host, pid, heartbeat, checkpoint_hash, report = row
+                if state == "done":
+                    return Claim("done", owner, host, pid, now - heartbeat, checkpoint_hash,
+                                 json.loads(report) if report else None)
+                gone = host == socket.gethostname() and not _pid_alive(pid)
+                if owner != self.owner and now - heartbeat < stale_after and not gone:
+                    return Claim("busy", owner, host, pid, now - heartbeat)
+            db.execute("INSERT INTO fits (identity, state, owner, host, pid, heartbeat) VALUES (?, 'training', ?, ?, ?, ?) "
+                       "ON CONFLICT (identity) DO UPDATE SET state = 'training', owner = excluded.owner, "
+                       "host = excluded.host, pid = excluded.pid, heartbeat = excluded.heartbeat",
+                       (identity, self.owner, socket.gethostname(), os.getpid(), now))
+        return Claim("mine", self.owner, socket.gethostname(), os.getpid())
+
+    def finish_fit(self, identity: str, checkpoint_hash: str, report: dict) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE fits SET state = 'done', checkpoint_hash = ?, report = ?, heartbeat = ? "
+                       "WHERE identity = ? AND owner = ?",
+                       (checkpoint_hash, json.dumps(report), time.time(), identity, self.owner))
+
+    def adopt_fit(self, identity: str, checkpoint_hash: str, report: dict) -> None:
+        """Record a fit trained before claims existed (its checkpoint and report are on disk)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO fits (identity, state, owner, host, pid, heartbeat, checkpoint_hash, report) "
+                       "VALUES (?, 'done', ?, ?, ?, ?, ?, ?) ON CONFLICT (identity) DO NOTHING",
+                       (identity, self.owner, socket.gethostname(), os.getpid(), time.time(), checkpoint_hash,
+                        json.dumps(report)))
+
+    def release_fit(self, identity: str) -> None:
+        """Give up a claim (training failed or was interrupted) so another process may train."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM fits WHERE identity = ? AND owner = ? AND state = 'training'",
+                       (identity, self.owner))
+
+    def heartbeat(self, identity: str) -> Heartbeat:
+        """A background thread that keeps this process's claim on ``identity`` fresh."""
+        return Heartbeat(self.path, identity, self.owner)
 
     def frame(self) -> pd.DataFrame:
         """Every episode row as a DataFrame."""
@@ -155,3 +287,44 @@ class ResultsStore:
 
 def snr_text(snr: float) -> str:
     return "inf" if math.isinf(snr) else f"{snr:g}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Heartbeat:
+    """Context manager: a daemon thread, with its own connection, that refreshes a training
+    claim every :data:`HEARTBEAT_SECONDS` until the block ends; a process killed with ``kill -9``
+    stops beating and its claim goes stale."""
+
+    def __init__(self, path: Path, identity: str, owner: str) -> None:
+        self.path, self.identity, self.owner = path, identity, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fsc-heartbeat")
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    connection.execute("UPDATE fits SET heartbeat = ? WHERE identity = ? AND owner = ?",
+                                       (time.time(), self.identity, self.owner))
+                except sqlite3.Error:
+                    pass  # a busy database: the next beat will do
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -93,13 +93,10 @@ class TunedParams:
 
 # -- storage ---------------------------------------------------------------------------------------
 def safe_url(url: str) -> str:
-    """The storage URL with any password masked, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The storage URL with every password form masked, for messages (see ``redact``)."""
+    from fewshot_cryoet.redact import mask_secrets
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+    return mask_secrets(url)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -113,7 +110,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         parsed = make_url(url)
     except Exception:
-        raise FscError(f"--storage {url!r}: not a database URL (e.g. sqlite:///fsc-tune.sqlite or "
+        raise FscError(f"--storage {safe_url(url)!r}: not a database URL (e.g. sqlite:///fsc-tune.sqlite or "
                        "postgresql://user:password@host:5432/db)") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # fsc reports trials itself
     url = _with_installed_postgres_driver(parsed)
@@ -123,10 +120,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise FscError(f"--storage {safe_url(url)}: no database driver for {parsed.drivername} is installed; "
                        "for PostgreSQL: pip install 'fewshot-cryoet[postgres]' (psycopg 3)") from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        host = f"{parsed.host}:{parsed.port or 'default port'}" if parsed.host else (parsed.database or url)
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if parsed.password:
-            reason = reason.replace(parsed.password, "***")
+        host = f"{parsed.host}:{parsed.port or 'default port'}" if parsed.host else (parsed.database or safe_url(url))
+        reason = safe_url(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        for secret in (parsed.password, parsed.query.get("password")):
+            if isinstance(secret, str) and secret:
+                reason = reason.replace(secret, "***")
         raise FscError(
             f"cannot open tuning storage {safe_url(url)} at {host}: {reason}; check that the server is "
             "running and reachable, and the user, password and database in the URL"

@@ -133,7 +133,7 @@ def test_incomplete_or_tampered_folders_are_refused(tmp_path, paired_dataset):
     volumes[0, 0, 0, 0] += 1.0
     volumes.flush()
     del volumes
-    with pytest.raises(FscError, match="content hash"):
+    with pytest.raises(FscError, match="data files hash to"):
         SubtomogramDataset(copy).verify()
     with pytest.raises(FscError, match="no SNR 7"):
         SubtomogramDataset(copy).volumes(7)

@@ -91,8 +91,8 @@ def test_precision_is_validated_and_nonfinite_steps_are_skipped(tiny_dataset):
     from fewshot_cryoet.episodes import EpisodeSource
     from fewshot_cryoet.methods.base import FitContext
 
-    with pytest.raises(FscError, match="precision must be auto, bf16 or fp32"):
-        ProtoNet({"precision": "fp16"}).autocast(training=True)
+    with pytest.raises(FscError, match=r"precision='fp16' is not valid; expected one of auto, bf16, fp32"):
+        ProtoNet({"precision": "fp16"})  # refused when the method is configured, before any network is built
 
     class Exploding(ProtoNet):
         name = "exploding"

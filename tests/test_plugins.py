@@ -48,10 +48,14 @@ def test_methods_lists_plugins_and_reports_broken_ones_once(plugin_env):
     assert errors.count("broken-import (fsc-broken-plugin 0.0.1)") == 1
     assert errors.count("broken-hook (fsc-broken-plugin 0.0.1)") == 1 and "hook exploded" in errors
     assert errors.count("clash (fsc-broken-plugin 0.0.1)") == 1 and "already registered by built-in" in errors
+    # a plugin calling sys.exit at import is isolated like any other failure (and --help still works)
+    assert errors.count("broken-exit (fsc-broken-plugin 0.0.1)") == 1 and "SystemExit" in errors
+    help_text = fsc(plugin_env, "--help")
+    assert help_text.returncode == 0 and "bench" in help_text.stdout
 
 
 def test_plugins_can_be_disabled_and_add_commands(plugin_env):
-    env = dict(plugin_env, FSC_DISABLE_PLUGINS="fsc-example-plugin,broken-import,broken-hook,clash")
+    env = dict(plugin_env, FSC_DISABLE_PLUGINS="fsc-example-plugin,broken-import,broken-hook,clash,broken-exit")
     result = fsc(env, "methods")
     assert result.returncode == 0 and "radial" not in result.stdout and "warning" not in result.stderr
     hello = fsc(plugin_env, "example-hello")

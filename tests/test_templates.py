@@ -95,7 +95,7 @@ def test_axis_order_is_normalised_to_zyx(tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("truncated", "not a readable MRC file"),
+        ("truncated", "truncated or damaged"),
         ("garbage", "not a readable MRC file"),
         ("flat", "expected a 3D volume"),
         ("nan", "NaN or infinite"),

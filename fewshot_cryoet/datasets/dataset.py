@@ -65,16 +65,44 @@ def parse_snr(text: str | float) -> float:
     return value
 
 
-def content_hash(folder: Path) -> str:
+#: Manifest fields that describe the environment or the file itself, not the data: left out of
+#: the data set's hash (the data files' own hash already captures any numerical difference).
+NOT_DEFINING = ("content_hash", "created", "package_version", "torch_version", "python", "complete")
+#: Manifest fields every data set must have.
+REQUIRED = ("particles", "snr_levels", "simulation", "classes", "splits")
+
+
+def data_files(folder: Path) -> list[Path]:
+    return [folder / LABELS, folder / MASKS] + sorted((folder / VOLUMES_DIR).glob("*.npy"))
+
+
+def files_hash(folder: Path) -> str:
     """BLAKE2b over labels, masks and every volume file (the manifest itself excluded)."""
     digest = hashlib.blake2b(digest_size=16)
-    files = [folder / LABELS, folder / MASKS] + sorted((folder / VOLUMES_DIR).glob("*.npy"))
-    for path in files:
+    for path in data_files(folder):
         digest.update(path.relative_to(folder).as_posix().encode())
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _blake2b_file(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def definition_hash(manifest: dict) -> str:
+    """The data set's hash: everything that defines it (splits, seed, simulation settings,
+    classes and their template checksums, the data files' hash), and nothing about where or when
+    it was made. Editing any defining field of a manifest changes it."""
+    defining = {k: v for k, v in manifest.items() if k not in NOT_DEFINING}
+    defining["classes"] = [{k: v for k, v in c.items() if k != "source"} for c in manifest.get("classes", [])]
+    text = json.dumps(defining, sort_keys=True, default=_json_default)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 class DatasetWriter:
@@ -105,14 +133,21 @@ class DatasetWriter:
         del self.masks, self.volumes
         labels.to_csv(self.tmp / LABELS, index=False)
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
-        manifest["content_hash"] = content_hash(self.tmp)
+        manifest["files_hash"] = files_hash(self.tmp)
+        manifest["files"] = {p.relative_to(self.tmp).as_posix(): {"bytes": p.stat().st_size}
+                             for p in data_files(self.tmp)}
+        manifest["labels_blake2b"] = _blake2b_file(self.tmp / LABELS)
+        manifest["content_hash"] = definition_hash(manifest)
         manifest["complete"] = True
         _write_json_atomic(self.tmp / MANIFEST, manifest)
         previous = None
         if self.out.exists():
             check_output_folder(self.out, overwrite)  # still ours to replace?
-            previous = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.out, previous)
+            if any(self.out.iterdir()):
+                previous = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.out, previous)
+            else:
+                self.out.rmdir()
         os.replace(self.tmp, self.out)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
@@ -127,26 +162,10 @@ class DatasetWriter:
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber data: an existing data set needs ``--overwrite``; a non-empty folder
-    that is not a data set is never replaced."""
-    if not out.exists():
-        ancestor = out.parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise FscError(f"{out}: {ancestor} is a file, not a folder; choose another --out")
-        if not os.access(ancestor, os.W_OK):
-            raise FscError(f"{out}: cannot write to {ancestor} (permission denied); choose another --out")
-        return
-    if not out.is_dir():
-        raise FscError(f"{out}: exists and is a file; choose another --out")
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise FscError(f"{out}: already holds a data set; pass --overwrite to replace it or choose another --out")
-        return
-    if any(out.iterdir()):
-        raise FscError(f"{out}: folder is not empty and is not a data set; choose another --out")
-    out.rmdir()  # an empty folder is replaced by the finished data set
+    """Refuse, before simulating, an --out that is not ours to write or replace (see ``outputs``)."""
+    from fewshot_cryoet.outputs import check_output_folder as check
+
+    check(out, overwrite, "dataset")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -191,7 +210,13 @@ class SubtomogramDataset:
                 f"{self.path}: data set format {self.manifest['format_version']} is newer than this "
                 f"fewshot-cryoet understands ({FORMAT_VERSION}); upgrade the package"
             )
+        missing = [k for k in REQUIRED if k not in self.manifest]
+        missing += [f"simulation.{k}" for k in ("box", "voxel_size") if k not in self.manifest.get("simulation", {})]
+        if missing:
+            raise FscError(f"{manifest_path}: damaged manifest, missing {', '.join(missing)}; re-run fsc simulate")
         self._labels: pd.DataFrame | None = None
+        self._hash = definition_hash(self.manifest)
+        self._checked = False
 
     def __repr__(self) -> str:
         return f"SubtomogramDataset({str(self.path)!r}, {len(self)} particles, SNR {self.snr_labels})"
@@ -225,7 +250,9 @@ class SubtomogramDataset:
 
     @property
     def content_hash(self) -> str:
-        return str(self.manifest["content_hash"])
+        """The data set's hash, computed from the manifest as it is now (see :func:`definition_hash`):
+        results record it, so a manifest edited after simulation never passes for the original."""
+        return self._hash
 
     @property
     def labels(self) -> pd.DataFrame:
@@ -264,12 +291,25 @@ class SubtomogramDataset:
             keep &= (table["class"] == class_name).to_numpy()
         return table.loc[keep, "particle"].to_numpy()
 
+    def check(self) -> None:
+        """Cheap checks before every benchmark, training or tuning run (seconds, no volume is
+        read): the manifest still hashes to what was written, its splits are class-disjoint and
+        agree with the labels, every array file has the size its header promises, the labels
+        table is unchanged and complete, and the masks hold only 0 and 1."""
+        from fewshot_cryoet.datasets.integrity import check_dataset
+
+        if not self._checked:
+            check_dataset(self)
+            self._checked = True
+
     def verify(self) -> None:
-        """Recompute the content hash; raise if any file changed since the data set was written."""
-        actual = content_hash(self.path)
-        if actual != self.content_hash:
+        """:meth:`check`, then rehash every data file; raise if any changed since it was written."""
+        self.check()
+        stored = self.manifest.get("files_hash", self.manifest.get("content_hash"))  # older data sets
+        actual = files_hash(self.path)
+        if actual != stored:
             raise FscError(
-                f"{self.path}: content hash {actual} does not match the manifest's {self.content_hash}; "
+                f"{self.path}: data files hash to {actual}, the manifest says {stored}; "
                 "the data set was modified or damaged, re-run fsc simulate"
             )
 

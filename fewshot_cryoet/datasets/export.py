@@ -18,23 +18,25 @@ from scipy.spatial.transform import Rotation
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
-from fewshot_cryoet.errors import FscError
 
 
 def export_dataset(
     dataset: SubtomogramDataset, out: str | Path, snr: float | str, overwrite: bool = False, progress=None
 ) -> Path:
     """Write ``subtomograms/*.mrc``, ``masks/*.mrc`` and ``particles.star`` under ``out``."""
-    out = Path(out)
+    from fewshot_cryoet.outputs import AtomicFolder
+
     label = snr_label(parse_snr(snr))
-    star_path = out / "particles.star"
-    if star_path.exists() and not overwrite:
-        raise FscError(f"{out}: already holds an export; pass --overwrite or choose another --out")
-    try:
-        (out / "subtomograms").mkdir(parents=True, exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
-    except OSError as exc:
-        raise FscError(f"{out}: cannot create export folder ({exc.strerror}); choose a writable --out") from None
+    dataset.volumes(label)  # an SNR the data set lacks is refused before the folder is touched
+    with AtomicFolder(Path(out), "export", overwrite) as folder:
+        _export_into(folder.tmp, dataset, label, progress)
+        folder.commit()
+    return Path(out) / "particles.star"
+
+
+def _export_into(out: Path, dataset: SubtomogramDataset, label: str, progress) -> None:
+    (out / "subtomograms").mkdir()
+    (out / "masks").mkdir()
     volumes = dataset.volumes(label)
     masks = dataset.masks
     labels = dataset.labels[dataset.labels["snr"].map(snr_label) == label].reset_index(drop=True)
@@ -74,7 +76,4 @@ def export_dataset(
             "fscSnrMeasured": labels["snr_measured"].to_numpy(),
         }
     )
-    tmp = star_path.with_suffix(".star.tmp")
-    starfile.write({"particles": table}, tmp, overwrite=True)
-    tmp.replace(star_path)
-    return star_path
+    starfile.write({"particles": table}, out / "particles.star", overwrite=True)

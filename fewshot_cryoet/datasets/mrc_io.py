@@ -30,7 +30,12 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns before it raises; we report once
+            _check_header_against_size(path)
             with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                if mrc.is_volume_stack() or (path.suffix.lower() == ".mrcs" and mrc.is_image_stack()):
+                    kind = "volumes" if mrc.is_volume_stack() else "2D images"
+                    raise FscError(f"{path}: is a stack of {kind}, not one subtomogram; give one 3D volume per "
+                                   "MRC file")
                 data = np.asarray(mrc.data)
                 header = mrc.header
                 axis_order = (int(header.mapc), int(header.mapr), int(header.maps))
@@ -63,6 +68,23 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
     elif not voxel_size > 0:
         raise FscError(f"{path}: voxel size override must be positive, got {voxel_size}")
     return volume, float(voxel_size)
+
+
+def _check_header_against_size(path: Path) -> None:
+    """Refuse a header that claims more data than the file holds, before anything is allocated
+    (a crafted header could otherwise make the reader reserve gigabytes)."""
+    with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:  # ValueError: not an MRC
+        header = mrc.header
+        dtype = mrcfile.utils.dtype_from_mode(int(header.mode))
+        sizes = [int(header.nx), int(header.ny), int(header.nz)]
+        extended = int(header.nsymbt)
+    if min(sizes) < 0 or extended < 0:
+        raise FscError(f"{path}: MRC header has negative sizes {tuple(sizes)}; the file is damaged")
+    needed = 1024 + extended + sizes[0] * sizes[1] * sizes[2] * np.dtype(dtype).itemsize
+    actual = path.stat().st_size
+    if needed > actual:
+        raise FscError(f"{path}: header says {sizes[2]}×{sizes[1]}×{sizes[0]} voxels ({needed:,} bytes) but the file "
+                       f"holds {actual:,} bytes; it is truncated or damaged, re-export or re-copy it")
 
 
 def _to_zyx(data: np.ndarray, axis_order: tuple[int, int, int], path: Path) -> np.ndarray:

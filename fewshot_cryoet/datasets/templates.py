@@ -228,7 +228,11 @@ def find_template_files(paths: list[str | Path]) -> list[Path]:
     suffixes = MRC_SUFFIXES + ATOMIC_MODEL_SUFFIXES
     for entry in map(Path, paths):
         if entry.is_dir():
-            files = sorted(p for p in entry.iterdir() if p.suffix.lower() in suffixes)
+            try:
+                files = sorted(p for p in entry.iterdir() if p.suffix.lower() in suffixes)
+            except OSError as exc:
+                raise FscError(f"{entry}: cannot read the templates folder ({exc.strerror or exc}); "
+                               "check its permissions") from None
             if not files:
                 raise FscError(f"{entry}: folder holds no template files ({', '.join(suffixes)})")
             found.extend(files)

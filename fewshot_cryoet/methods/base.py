@@ -25,6 +25,7 @@ import torch
 
 from fewshot_cryoet.episodes import Episode, EpisodeSource
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.params import Param, timm_optimizers
 
 CHECKPOINT_FORMAT = 1
 
@@ -60,6 +61,8 @@ class Budget:
                 minutes = value * {"s": 1 / 60, "m": 1, "min": 1, "h": 60}[unit]
         if episodes is None and minutes is None:
             raise FscError(f"--budget {text!r}: give a number of episodes and/or a time")
+        if episodes == 0 or minutes == 0:
+            raise FscError(f"--budget {text!r}: a zero budget would score an untrained network; give a positive one")
         return cls(episodes, minutes)
 
     def __str__(self) -> str:
@@ -121,6 +124,9 @@ class FewShotMethod(ABC):
     score_kind: ClassVar[str] = "logits"
     defaults: ClassVar[dict[str, Any]] = {}
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
+    #: a rule are checked against the type of their default.
+    param_rules: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None, variant: str | None = None,
                  device: str | torch.device = "cpu") -> None:
@@ -143,7 +149,10 @@ class FewShotMethod(ABC):
                 f"method {cls.name!r} does not accept {', '.join(unknown)}; "
                 f"hyper-parameters: {', '.join(sorted(cls.defaults)) or 'none'}"
             )
-        return variant, {**cls.defaults, **cls.variants[variant], **params}
+        from fewshot_cryoet.params import check_params
+
+        merged = {**cls.defaults, **cls.variants[variant], **params}
+        return variant, check_params(cls.name, merged, cls.defaults, cls.param_rules)
 
     @property
     def label(self) -> str:
@@ -184,47 +193,48 @@ class FewShotMethod(ABC):
 
     # -- persistence -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Learned state (tensors and plain values); empty for training-free methods."""
+        """Learned state: tensors and JSON-able values only (checkpoints are read with
+        ``weights_only=True``, which refuses arbitrary objects); empty for training-free methods."""
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned."""
 
-    def save(self, path: str | Path, box: int) -> None:
+    def save(self, path: str | Path, box: int) -> str:
+        """Write a checkpoint (tensors plus JSON-able metadata only, so it loads with
+        ``weights_only=True``); returns the file's hash."""
         import fewshot_cryoet
+        from fewshot_cryoet.checkpoints import write_checkpoint
 
         payload = {
             "format": CHECKPOINT_FORMAT, "method": self.name, "variant": self.variant,
-            "params": self.params, "box": box, "state": self.state(),
+            "params": json.loads(json.dumps(self.params, default=str)), "box": box, "state": self.state(),
             "package_version": fewshot_cryoet.__version__,
         }
-        tmp = Path(str(path) + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        return write_checkpoint(payload, path)
 
     @staticmethod
     def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> FewShotMethod:
-        """Rebuild the method a checkpoint was saved from (any registered method) and load it."""
-        from fewshot_cryoet.plugins import get_plugins
+        """Rebuild the method a checkpoint was saved from (any registered method) and load it.
+        Hyper-parameters this version does not know are refused, as for model folders."""
+        from fewshot_cryoet.checkpoints import read_checkpoint
+        from fewshot_cryoet.plugins import require_methods
 
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise FscError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(payload, dict) or "method" not in payload:
+        payload = read_checkpoint(path)
+        if "method" not in payload or not isinstance(payload.get("params"), dict):
             raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
-        cls = get_plugins().methods.get(payload["method"])
-        params = {k: v for k, v in payload["params"].items() if k in cls.defaults}
-        method = cls(params, payload["variant"], device)
-        method.load(path, payload["box"])
+        cls = require_methods([payload["method"]])[0]
+        method = cls(payload["params"], payload.get("variant"), device)
+        method.load_payload(payload, path, payload.get("box"))
         return method
 
     def load(self, path: str | Path, box: int) -> None:
         """Load a checkpoint written by :meth:`save` for the same method, variant and box size."""
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise FscError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        from fewshot_cryoet.checkpoints import read_checkpoint
+
+        self.load_payload(read_checkpoint(path, self.device), path, box)
+
+    def load_payload(self, payload: dict[str, Any], path: str | Path, box: int | None) -> None:
         if payload.get("format", 0) > CHECKPOINT_FORMAT:
             raise FscError(f"{path}: checkpoint format is newer than this fewshot-cryoet; upgrade it")
         if payload.get("method") != self.name or payload.get("variant") != self.variant:
@@ -234,6 +244,8 @@ class FewShotMethod(ABC):
             )
         if payload.get("box") != box:
             raise FscError(f"{path}: checkpoint was trained on {payload.get('box')}³ boxes, the data are {box}³")
+        if not isinstance(payload.get("state"), dict):
+            raise FscError(f"{path}: checkpoint has no state")
         self.load_state(payload["state"])
 
 
@@ -260,6 +272,12 @@ class TorchMethod(FewShotMethod):
         "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
         "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
         "precision": "auto",
+    }
+    param_rules: ClassVar[dict[str, Param]] = {
+        "lr": Param("float", low=0, low_open=True), "weight_decay": Param("float", low=0),
+        "optimizer": Param("str", choices=timm_optimizers), "train_way": Param("int", low=2),
+        "train_shot": Param("int", low=1), "train_query": Param("int", low=1), "val_every": Param("int", low=1),
+        "precision": Param("str", choices=("auto", "bf16", "fp32")),
     }
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
@@ -343,9 +361,7 @@ class TorchMethod(FewShotMethod):
         ``auto``: the folded inference copy is already fast and small networks lose in bf16.
         Training steps with non-finite gradients are skipped; after a few, ``auto`` falls back to
         fp32 for the rest of the fit (seen with 4-channel networks on oneDNN's bf16 kernels)."""
-        precision = self.params.get("precision", "auto")
-        if precision not in ("auto", "bf16", "fp32"):
-            raise FscError(f"{self.name}: precision must be auto, bf16 or fp32, got {precision!r}")
+        precision = self.params.get("precision", "auto")  # auto, bf16 or fp32 (checked in resolve)
         if precision == "auto":
             enabled = not (training and self._bf16_failed) and (
                 self.device.type == "cuda" or (training and self.device.type == "cpu" and _cpu_has_bf16()))

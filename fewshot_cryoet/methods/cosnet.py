@@ -28,6 +28,7 @@ from torch import nn
 
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import Prediction, TorchMethod
 
 PROFILES = {"paper": {"channels": 64, "embedding": 512}, "cpu": {"channels": 16, "embedding": 128}}
@@ -138,6 +139,17 @@ class COSNet(TorchMethod):
         "block": "scnn", "decoder": False, "duse_merge": "add", "dice_weight": 1.0,
         "crf_iterations": 4, "crf_gaussian_weight": 3.0, "crf_gaussian_width": 1.0,
         "crf_bilateral_weight": 5.0, "crf_bilateral_width": 2.0, "crf_intensity_width": 1.0,
+    }
+    param_rules: ClassVar[dict[str, Param]] = {
+        **TorchMethod.param_rules,
+        "profile": Param("str", choices=tuple(PROFILES)), "channels": Param("int", low=1, nullable=True),
+        "embedding": Param("int", low=1, nullable=True), "box": Param("int", low=4),
+        "block": Param("str", choices=("scnn", "duse")), "decoder": Param("bool"),
+        "duse_merge": Param("str", choices=("add", "max")), "dice_weight": Param("float", low=0),
+        "crf_iterations": Param("int", low=0), "crf_gaussian_weight": Param("float", low=0),
+        "crf_gaussian_width": Param("float", low=0, low_open=True), "crf_bilateral_weight": Param("float", low=0),
+        "crf_bilateral_width": Param("float", low=0, low_open=True),
+        "crf_intensity_width": Param("float", low=0, low_open=True),
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "duse-decoder": {"block": "duse", "decoder": True},

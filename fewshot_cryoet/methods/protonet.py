@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import Prediction, TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
 
@@ -21,6 +22,7 @@ class ProtoNet(TorchMethod):
     name: ClassVar[str] = "protonet"
     description: ClassVar[str] = "Prototypical network: 3D Conv-4 encoder, class means, squared Euclidean distance"
     defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64)}
+    param_rules: ClassVar[dict[str, Param]] = {**TorchMethod.param_rules, "channels": Param("ints", low=1)}
 
     def build_network(self) -> torch.nn.Module:
         return ConvEncoder3d(tuple(self.params["channels"]))

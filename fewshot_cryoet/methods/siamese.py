@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import Prediction, TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
 
@@ -37,6 +38,8 @@ class Siamese(TorchMethod):
     description: ClassVar[str] = "Siamese network: shared 3D encoder, L1 distance, FC, sigmoid; balanced pairs"
     score_kind: ClassVar[str] = "similarity"
     defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64), "hidden": 64}
+    param_rules: ClassVar[dict[str, Param]] = {**TorchMethod.param_rules, "channels": Param("ints", low=1),
+                                               "hidden": Param("int", low=1)}
 
     def build_network(self) -> nn.Module:
         return SiameseNetwork(tuple(self.params["channels"]), int(self.params["hidden"]))

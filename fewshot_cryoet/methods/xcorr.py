@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction
 from fewshot_cryoet.methods.so3 import rotation_grid
 
@@ -36,6 +37,10 @@ class CrossCorrelation(FewShotMethod):
     score_kind: ClassVar[str] = "similarity"
     defaults: ClassVar[dict[str, Any]] = {
         "angular_step": 30.0, "max_shift": 2, "bin": 2, "refine_top": 8, "cache_size": 256,
+    }
+    param_rules: ClassVar[dict[str, Param]] = {
+        "angular_step": Param("float", low=0, high=180, low_open=True), "max_shift": Param("int", low=0),
+        "bin": Param("int", low=1), "refine_top": Param("int", low=1), "cache_size": Param("int", low=0),
     }
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:

@@ -1,0 +1,88 @@
+"""Reading checkpoint files without running code from them.
+
+A ``.pt`` file is a pickle, and unpickling an untrusted pickle runs whatever it names
+(``os.system`` included). Checkpoints are therefore always read with ``torch.load(...,
+weights_only=True)``, which rebuilds only tensors, plain containers and numbers. Checkpoints we
+write hold nothing else: tensors plus JSON-able metadata.
+
+Checkpoints written by older versions, or by plugins that kept NumPy values in their state, name a
+few NumPy reconstruction functions; these (and only these) are allowed, and every NumPy value is
+converted to a tensor or a plain Python value on the way in. Anything else a file asks to
+unpickle is refused with a one-line error naming the file and the global it wanted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.outputs import save_atomic
+
+
+def _numpy_globals() -> list:
+    """The NumPy globals a pickled array or scalar names (NumPy 1 and 2 spell the module differently)."""
+    found: list = [np.ndarray, np.dtype]
+    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            module = __import__(module_name, fromlist=["_reconstruct", "scalar"])
+        except ImportError:
+            continue
+        found += [getattr(module, "_reconstruct", None), getattr(module, "scalar", None)]
+    found += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint8", "int8", "bool", "int16")]
+    return [g for g in found if g is not None]
+
+
+def plain(value: Any) -> Any:
+    """``value`` with NumPy arrays turned into tensors and NumPy scalars into Python numbers."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((k, plain(v)) for k, v in value.items())  # keeps OrderedDict state dicts
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's payload, read without executing anything from the file."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FscError(f"{path}: checkpoint not found") from None
+    except pickle.UnpicklingError as exc:
+        wanted = re.search(r"(?:Unsupported global|unsupported GLOBAL|GLOBAL)[:\s]+(?:GLOBAL\s+)?([\w.]+)", str(exc))
+        what = f" ({wanted.group(1)})" if wanted else ""
+        raise FscError(f"{path}: refused: loading it would run code{what}, which a checkpoint never needs; "
+                       "use only model files written by fsc, from sources you trust") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FscError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(payload, dict):
+        raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
+    return plain(payload)
+
+
+def write_checkpoint(payload: dict[str, Any], path: str | Path) -> str:
+    """Save atomically; returns the file's hash (recorded with every result scored with it)."""
+    save_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+    return file_hash(path)
+
+
+def file_hash(path: str | Path) -> str:
+    """Short BLAKE2b of a file's bytes."""
+    digest = hashlib.blake2b(digest_size=10)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
