@@ -430,6 +430,7 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
     snrs = [parse_snr(s) for s in snr_texts]
     name, provider, fixed = _resolve_dataset(dataset, template_paths, per_class, test_classes)
     if fixed is not None:
+        fixed.check()  # before the store is created or anything trains
         missing = [snr_label(s) for s in snrs if snr_label(s) not in fixed.snr_labels]
         if missing:
             raise FscError(f"{fixed.path}: has no SNR {', '.join(missing)} (it has {', '.join(fixed.snr_labels)})")

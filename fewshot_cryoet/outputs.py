@@ -110,11 +110,11 @@ def check_writable_parent(out: Path, option: str = "--out") -> None:
 
 
 def marker_files(folder: Path) -> list[str] | None:
-    """The files listed in ``folder``'s marker, or None when it has no readable marker."""
+    """The files and folders listed in ``folder``'s marker, or None when it has no readable marker."""
     try:
         data = json.loads((folder / MARKER).read_text())
-        return [str(f) for f in data["files"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        return [str(f) for f in data["files"]] + [str(f) for f in data.get("folders", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -126,7 +126,7 @@ def _foreign_entry(out: Path, kind: OutputKind) -> str | None:
         for path in sorted(out.rglob("*")):
             relative = path.relative_to(out).as_posix()
             if path.is_dir() and not path.is_symlink():
-                if not any(f.startswith(relative + "/") for f in allowed):
+                if relative not in allowed and not any(f.startswith(relative + "/") for f in allowed):
                     return relative
             elif relative not in allowed:
                 return relative
@@ -205,10 +205,12 @@ class AtomicFolder:
         import fewshot_cryoet
 
         if self.marker:
-            files = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file())
+            entries = sorted(self.tmp.rglob("*"))
             write_json(self.tmp / MARKER, {
                 "kind": self.kind, "package_version": fewshot_cryoet.__version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, **(extra or {}),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": [p.relative_to(self.tmp).as_posix() for p in entries if p.is_file()],
+                "folders": [p.relative_to(self.tmp).as_posix() for p in entries if p.is_dir()], **(extra or {}),
             })
         previous = None
         if self.out.exists():

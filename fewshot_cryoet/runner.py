@@ -186,8 +186,8 @@ class Runner:
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}"
         if checkpoint.exists() and report_path.exists() and self.store.claim_fit(identity).state == "mine":
-            # trained by a version without claims: adopt it
-            self.store.adopt_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
+            # trained by a version that kept no claims: record it as this store's fit
+            self.store.finish_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
         waited = False
         while True:
             claim = self.store.claim_fit(identity)

@@ -257,14 +257,6 @@ class ResultsStore:
                        "WHERE identity = ? AND owner = ?",
                        (checkpoint_hash, json.dumps(report), time.time(), identity, self.owner))
 
-    def adopt_fit(self, identity: str, checkpoint_hash: str, report: dict) -> None:
-        """Record a fit trained before claims existed (its checkpoint and report are on disk)."""
-        with self.transaction() as db:
-            db.execute("INSERT INTO fits (identity, state, owner, host, pid, heartbeat, checkpoint_hash, report) "
-                       "VALUES (?, 'done', ?, ?, ?, ?, ?, ?) ON CONFLICT (identity) DO NOTHING",
-                       (identity, self.owner, socket.gethostname(), os.getpid(), time.time(), checkpoint_hash,
-                        json.dumps(report)))
-
     def release_fit(self, identity: str) -> None:
         """Give up a claim (training failed or was interrupted) so another process may train."""
         with self.transaction() as db:
