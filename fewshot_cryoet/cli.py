@@ -1,8 +1,8 @@
 """The ``fsc`` command line.
 
-Every command turns :class:`FscError` into one line on stderr and exit status 2, and Ctrl-C into
-exit status 130; output folders are written atomically, so neither leaves half-written data that
-looks complete.
+Every command turns :class:`FscError` into one line on stderr and exit status 2 (credentials
+masked, paths printed literally), Ctrl-C into exit status 130 and SIGTERM into 143; output folders
+are written atomically, so neither leaves half-written data that looks complete.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Every listed file is checked before any work starts (all missing files are repor
 Each volume is read with its header's voxel size, resampled to the model's voxel size, padded or
 cropped around its centre to the model's box, and normalised as in training. Queries stream in
 batches against the fixed support set (whose embeddings the method caches), so memory stays
-bounded for any number of queries.
+bounded for any number of queries. A query that cannot be read or scored is skipped and listed with
+its reason in ``skipped.csv`` (``on_error="skip"``, the default) or stops the run (``"stop"``), so
+one bad file never throws away the predictions already made.
 
 Outputs, written into a hidden folder that is renamed into place at the end (an interrupted run
 never leaves a truncated table): ``predictions.csv`` and ``predictions.star`` (the input columns,

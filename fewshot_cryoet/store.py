@@ -4,6 +4,11 @@ Each row is committed in its own transaction (WAL journal), so a run killed at a
 with ``kill -9``, keeps every finished episode and ``fsc bench --resume`` continues with the first
 missing one. A *cell* is one (method, variant, hyper-parameters, budget, data set, SNR, N, K, Q,
 seed) combination; its episodes are numbered, so resuming never duplicates or skips one.
+
+Several processes may run the same grid on one store: a trainable fit is *claimed* in the ``fits``
+table before training (one process trains, the others wait for its checkpoint; a heartbeat keeps
+the claim, which lapses when the holder dies), an episode another process already stored is
+skipped, and every row records the hash of the checkpoint that scored it.
 """
 
 from __future__ import annotations

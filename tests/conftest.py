@@ -52,3 +52,18 @@ def tiny_val2_dataset(tmp_path_factory):
     from fewshot_cryoet.testing import tiny_dataset as make
 
     return make(tmp_path_factory.mktemp("tiny-val2"), validation_classes=2)
+
+
+@pytest.fixture
+def nan_mrc(tmp_path) -> Path:
+    """A 16³ MRC file at 20 Å with one NaN voxel: unreadable input for fsc predict."""
+    import mrcfile
+    import numpy as np
+
+    path = tmp_path / "nan.mrc"
+    volume = np.ones((16, 16, 16), np.float32)
+    volume[3, 3, 3] = np.nan
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(volume)
+        mrc.voxel_size = 20.0
+    return path

@@ -150,7 +150,7 @@ def test_xcorr_without_model_from_folders_with_resampling(exported, tiny_dataset
     assert mismatched.exit_code == 2 and "differs from the support" in mismatched.output
 
 
-def test_bad_input_one_line_errors(model, exported, tiny_dataset, tmp_path):
+def test_bad_input_one_line_errors(model, exported, tiny_dataset, tmp_path, nan_mrc):
     support_csv, queries_star, queries = _support_and_queries(exported, tiny_dataset, tmp_path)
     table = starfile.read(queries_star)
     table.loc[0, "rlnImageName"] = str(tmp_path / "gone1.mrc")
@@ -161,12 +161,7 @@ def test_bad_input_one_line_errors(model, exported, tiny_dataset, tmp_path):
     assert missing.exit_code == 2 and "gone1.mrc" in missing.output and "gone2.mrc" in missing.output
     assert not (tmp_path / "o").exists()
 
-    nan_file = tmp_path / "nan.mrc"
-    volume = np.ones((16, 16, 16), np.float32)
-    volume[3, 3, 3] = np.nan
-    with mrcfile.new(nan_file) as mrc:
-        mrc.set_data(volume)
-        mrc.voxel_size = 20.0
+    nan_file = nan_mrc
     nan = _fsc("predict", "--model", model, "--support", support_csv, "--queries", nan_file, "--out", tmp_path / "o")
     assert nan.exit_code == 2 and "nan.mrc" in nan.output and "NaN" in nan.output
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.tmp").exists()

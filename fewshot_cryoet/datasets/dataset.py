@@ -24,16 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.outputs import write_json
 
 FORMAT = "fewshot-cryoet-dataset"
 FORMAT_VERSION = 1
@@ -109,13 +107,13 @@ class DatasetWriter:
     """Creates a data set in a temporary sibling folder and moves it into place on ``commit``."""
 
     def __init__(self, out: str | Path, count: int, box: int, snrs: list[float], overwrite: bool = False) -> None:
+        from fewshot_cryoet.outputs import AtomicFolder
+
         self.out = Path(out)
-        check_output_folder(self.out, overwrite)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-        try:
-            (self.tmp / VOLUMES_DIR).mkdir(parents=True)  # creates missing parents of --out too
-        except OSError as exc:
-            raise FscError(f"{self.out}: cannot create the data set folder ({exc.strerror}); choose a writable --out") from None
+        # The manifest is this kind's marker (written last, in commit), so no separate marker file.
+        self.folder = AtomicFolder(self.out, "dataset", overwrite, marker=False)  # creates missing parents too
+        self.tmp = self.folder.tmp
+        (self.tmp / VOLUMES_DIR).mkdir()
         shape = (count, box, box, box)
         self.masks = np.lib.format.open_memmap(self.tmp / MASKS, mode="w+", dtype=np.uint8, shape=shape)
         self.volumes = {
@@ -139,26 +137,15 @@ class DatasetWriter:
         manifest["labels_blake2b"] = _blake2b_file(self.tmp / LABELS)
         manifest["content_hash"] = definition_hash(manifest)
         manifest["complete"] = True
-        _write_json_atomic(self.tmp / MANIFEST, manifest)
-        previous = None
-        if self.out.exists():
-            check_output_folder(self.out, overwrite)  # still ours to replace?
-            if any(self.out.iterdir()):
-                previous = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.out, previous)
-            else:
-                self.out.rmdir()
-        os.replace(self.tmp, self.out)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-        return self.out
+        write_json(self.tmp / MANIFEST, manifest, default=_json_default)
+        return self.folder.commit()
 
     def abort(self) -> None:
         """Remove the temporary folder (called on any error or interruption)."""
         for attr in ("masks", "volumes"):
             if hasattr(self, attr):
                 delattr(self, attr)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.folder.abort()
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
@@ -166,12 +153,6 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     from fewshot_cryoet.outputs import check_output_folder as check
 
     check(out, overwrite, "dataset")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
 
 
 def _json_default(value):
