@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -198,14 +199,14 @@ def _load_templates(paths, classes, synthetic_seed, voxel_size, template_voxel_s
 
 def _print_summary(dataset) -> None:
     out = Console()
-    table = Table(title=f"{dataset.path}  ({len(dataset)} subtomograms, {dataset.box}³ at {dataset.voxel_size:g} Å)")
+    table = Table(title=f"{escape(str(dataset.path))}  ({len(dataset)} subtomograms, {dataset.box}³ at {dataset.voxel_size:g} Å)")
     table.add_column("class")
     table.add_column("split")
     table.add_column("extent (Å)", justify="right")
     table.add_column("particles", justify="right")
     counts = dataset.particles["class"].value_counts()
     for c in dataset.manifest["classes"]:
-        table.add_row(c["name"], c["split"], f"{c['extent_angstrom']:.0f}", str(counts.get(c["name"], 0)))
+        table.add_row(escape(c["name"]), c["split"], f"{c['extent_angstrom']:.0f}", str(counts.get(c["name"], 0)))
     out.print(table)
     labels = dataset.labels
     for label in dataset.snr_labels:
@@ -448,12 +449,12 @@ def bench(methods_text, param_texts, params_sources, tune_storage, snr_texts, wa
                   & frame["seed"].eq(seed) & frame["dataset"].eq(name)]
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties), drawn with rich
         accuracy = accuracy_table(summarise(frame))
-        table = Table(title=f"{name}: accuracy ± 95% CI over {episodes} test episodes ({settings.queries} queries/class)")
+        table = Table(title=f"{escape(name)}: accuracy ± 95% CI over {episodes} test episodes ({settings.queries} queries/class)")
         table.add_column("method")
         for column in accuracy.columns:
             table.add_column(column, justify="right")
         for label, row in accuracy.iterrows():
-            table.add_row(label, *(re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell) for cell in row))
+            table.add_row(escape(label), *(re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell) for cell in row))
         out.print(table)
     say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
     results.close()
@@ -472,8 +473,8 @@ def list_methods() -> None:
         table.add_column(column)
     for name in plugins.methods.names():
         cls = plugins.methods.get(name)
-        table.add_row(name, ", ".join(cls.variants), str(plugins.methods.origin(name)),
-                      "yes" if cls.segments else "no", "yes" if cls.trainable else "no", cls.description)
+        table.add_row(escape(name), escape(", ".join(cls.variants)), escape(str(plugins.methods.origin(name))),
+                      "yes" if cls.segments else "no", "yes" if cls.trainable else "no", escape(cls.description))
     Console().print(table)
 
 

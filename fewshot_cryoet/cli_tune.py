@@ -143,7 +143,7 @@ def _show(study, storage_url: str, top: int = 10) -> None:
         out.print("no completed trial yet")
         return
     complete.sort(key=lambda t: (-sum(t.values), t.number))
-    table = Table(title=f"best trials of {study.study_name}")
+    table = Table(title=f"best trials of {escape(study.study_name)}")
     for column in ("trial", "objective", "accuracy", "CRF Dice", "train episodes"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("parameters", overflow="fold")
@@ -158,7 +158,7 @@ def _show(study, storage_url: str, top: int = 10) -> None:
         table.add_row(f"{t.number}{untuned}", ", ".join(f"{v:.4f}" for v in t.values),
                       fmt(t.user_attrs.get("accuracy")), fmt(t.user_attrs.get("dice_crf")),
                       fmt(t.user_attrs.get("fit_episodes")),
-                      " ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items())))
+                      escape(" ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items()))))
     out.print(table)
 
 

@@ -368,3 +368,36 @@ def test_two_benches_on_one_store_train_once_and_share_the_checkpoint(tiny_val2_
     assert len(rows) == 12 and len({(c, e) for c, e, _ in rows}) == 12
     assert {c for _, _, c in rows} == {file_hash(checkpoints[0])}
     assert fits == [("done", file_hash(checkpoints[0]))]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes whatever the permissions say; the /proc cases "
+                                              "of the table cover unwritable places for root")
+def test_permission_denied_is_one_line(world, tiny_dataset, tmp_path):
+    """As an ordinary user: an unreadable templates or support folder, and a read-only store."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(world / "crafted.mrc", locked / "a.mrc")
+    locked.chmod(0)
+    support_folder = tmp_path / "support"  # readable, but one class folder is not
+    (support_folder / "a").mkdir(parents=True)
+    shutil.copy(world / "crafted.mrc", support_folder / "a" / "x.mrc")
+    (support_folder / "b").mkdir()
+    (support_folder / "b").chmod(0)
+    store = tmp_path / "r.sqlite"
+    assert _fsc("bench", "--dataset", tiny_dataset.path, "--methods", "xcorr", "--snr", 1, "--ways", 2,
+                "--episodes", 1, "--store", store).exit_code == 0
+    store.chmod(0o444)
+    try:
+        templates = _fsc("simulate", "--templates", locked, "--out", tmp_path / "d")
+        assert templates.exit_code == 2 and "cannot read the templates folder" in templates.output
+        support = _fsc("predict", "--model", world / "model", "--support", support_folder, "--queries",
+                       world / "queries.csv", "--out", tmp_path / "o")
+        assert support.exit_code == 2 and "support/b: cannot read the folder (permission denied)" in support.output
+        read_only = _fsc("bench", "--dataset", tiny_dataset.path, "--methods", "protonet", *PROTONET, "--snr", 1,
+                         "--ways", 2, "--episodes", 2, "--store", store)
+        assert read_only.exit_code == 2 and "cannot write to the results store" in read_only.output
+        assert "Traceback" not in templates.output + support.output + read_only.output
+    finally:
+        locked.chmod(0o755)
+        (support_folder / "b").chmod(0o755)
+        store.chmod(0o644)
