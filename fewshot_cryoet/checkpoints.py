@@ -73,6 +73,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return plain(payload)
 
 
+def load_method(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the method a checkpoint was saved from (any registered method) and load its state:
+    hyper-parameters this version does not know are refused, as for model folders."""
+    from fewshot_cryoet.plugins import require_methods
+
+    payload = read_checkpoint(path)
+    if "method" not in payload or not isinstance(payload.get("params"), dict):
+        raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
+    cls = require_methods([str(payload["method"])])[0]
+    method = cls(payload["params"], payload.get("variant"), device)
+    method.load_payload(payload, path, payload.get("box"))
+    return method
+
+
 def write_checkpoint(payload: dict[str, Any], path: str | Path) -> str:
     """Save atomically; returns the file's hash (recorded with every result scored with it)."""
     save_atomic(Path(path), lambda tmp: torch.save(payload, tmp))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import SettingError
 
 #: The marker file written into every model, predictions and export folder.
 MARKER = ".fsc-output.json"
@@ -96,17 +96,17 @@ def _probe_writable(folder: Path) -> str | None:
     return None
 
 
-def check_writable_parent(out: Path, option: str = "--out") -> None:
+def check_writable_parent(out: Path, setting: str = "out") -> None:
     """Refuse ``out`` (a file or folder to be created) if its nearest existing ancestor is not a
     folder we can write into."""
     ancestor = out.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise FscError(f"{option} {out}: {ancestor} is a file, not a folder; choose another {option}")
+        raise SettingError(setting, f"{setting} {out}: {ancestor} is a file, not a folder; choose another {setting}")
     reason = _probe_writable(ancestor)
     if reason:
-        raise FscError(f"{option} {out}: cannot write into {ancestor} ({reason}); choose another {option}")
+        raise SettingError(setting, f"{setting} {out}: cannot write into {ancestor} ({reason}); choose another {setting}")
 
 
 def marker_files(folder: Path) -> list[str] | None:
@@ -137,35 +137,35 @@ def _foreign_entry(out: Path, kind: OutputKind) -> str | None:
     return None
 
 
-def check_output_folder(out: Path, overwrite: bool, kind: str, option: str = "--out") -> None:
+def check_output_folder(out: Path, overwrite: bool, kind: str, setting: str = "out") -> None:
     """Refuse, before any work, an output folder we must not write or replace (see module docs)."""
     out = Path(out)
     spec = KINDS[kind]
     why = _protected(out)
     if why:
-        raise FscError(f"{option} {out}: {why}; choose a new folder for {spec.name}")
+        raise SettingError(setting, f"{setting} {out}: {why}; choose a new folder for {spec.name}")
     if not out.exists() and not out.is_symlink():
-        check_writable_parent(out, option)
+        check_writable_parent(out, setting)
         return
     if out.is_symlink() or not out.is_dir():
-        raise FscError(f"{option} {out}: exists and is not a folder; choose another {option}")
+        raise SettingError(setting, f"{setting} {out}: exists and is not a folder; choose another {setting}")
     try:
         empty = not any(out.iterdir())
     except PermissionError:
-        raise FscError(f"{option} {out}: cannot read the folder (permission denied); choose another {option}") from None
+        raise SettingError(setting, f"{setting} {out}: cannot read the folder (permission denied); choose another {setting}") from None
     if not empty:
         ours = (out / MARKER).is_file() or ((out / spec.signature).is_file() and spec.is_signature_ours(out / spec.signature))
         if not ours:
-            raise FscError(f"{option} {out}: folder is not empty and is not {spec.name} written by fsc; "
-                           f"choose another {option}")
+            raise SettingError(setting, f"{setting} {out}: folder is not empty and is not {spec.name} written by fsc; "
+                           f"choose another {setting}")
         if not overwrite:
-            raise FscError(f"{option} {out}: already holds {spec.name}; pass --overwrite to replace it "
-                           f"or choose another {option}")
+            raise SettingError(setting, f"{setting} {out}: already holds {spec.name}; pass --overwrite to replace it "
+                           f"or choose another {setting}")
         foreign = _foreign_entry(out, spec)
         if foreign is not None:
-            raise FscError(f"{option} {out}: holds {foreign!r}, which fsc did not write; move it away or "
-                           f"choose another {option} (nothing was replaced)")
-    check_writable_parent(out, option)
+            raise SettingError(setting, f"{setting} {out}: holds {foreign!r}, which fsc did not write; move it away or "
+                           f"choose another {setting} (nothing was replaced)")
+    check_writable_parent(out, setting)
 
 
 class AtomicFolder:
@@ -176,20 +176,20 @@ class AtomicFolder:
     old folder is still ours to replace, swaps the new one in and only then removes the old one.
     """
 
-    def __init__(self, out: Path, kind: str, overwrite: bool = False, option: str = "--out",
+    def __init__(self, out: Path, kind: str, overwrite: bool = False, setting: str = "out",
                  marker: bool = True) -> None:
         self.out = Path(out)
         self.kind = kind
         self.overwrite = overwrite
-        self.option = option
+        self.setting = setting
         self.marker = marker
-        check_output_folder(self.out, overwrite, kind, option)
+        check_output_folder(self.out, overwrite, kind, setting)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
         try:
             self.tmp.mkdir(parents=True)
         except OSError as exc:
-            raise FscError(f"{option} {self.out}: cannot create the folder ({exc.strerror}); "
-                           f"choose a writable {option}") from None
+            raise SettingError(setting, f"{setting} {self.out}: cannot create the folder ({exc.strerror}); "
+                           f"choose a writable {setting}") from None
 
     def __enter__(self) -> AtomicFolder:
         return self
@@ -214,7 +214,7 @@ class AtomicFolder:
             })
         previous = None
         if self.out.exists():
-            check_output_folder(self.out, self.overwrite, self.kind, self.option)  # still ours to replace?
+            check_output_folder(self.out, self.overwrite, self.kind, self.setting)  # still ours to replace?
             if any(self.out.iterdir()):
                 previous = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
                 os.replace(self.out, previous)

@@ -34,12 +34,14 @@ import torch
 
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volume
 from fewshot_cryoet.datasets.templates import resample
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.scoring import Scorer, class_probabilities
 
 PATH_COLUMNS = ("rlnImageName", "rlnSubtomogramName", "path", "file", "filename", "image")
 CLASS_COLUMNS = ("class", "label", "fscClass", "rlnClassName", "rlnClassNumber")
 SUMMARY_EXAMPLES = 4
-VOXEL_SIZE_OPTION = "--voxel-size"  # named in the error for files whose header voxel size is 0
+VOXEL_SIZE_SETTING = "voxel_size"  # named in the error for files whose header voxel size is 0
 
 
 # -- input tables ----------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Preparer:
     _warned: set = field(default_factory=set)
 
     def __call__(self, path: Path) -> tuple[np.ndarray, Geometry]:
-        volume, voxel = read_volume(path, self.voxel_override, VOXEL_SIZE_OPTION)
+        volume, voxel = read_volume(path, self.voxel_override, VOXEL_SIZE_SETTING)
         shape = volume.shape
         if abs(voxel - self.voxel_size) > 1e-3 * self.voxel_size:
             volume = resample(volume, voxel, self.voxel_size)
@@ -292,17 +294,6 @@ def to_file_grid(mask: np.ndarray, geometry: Geometry, order: int = 0) -> np.nda
 
 
 # -- prediction --------------------------------------------------------------------------------------
-def class_probabilities(scores: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-class probabilities from a method's scores: softmax of logits, or similarities in
-    [0, 1] normalised to sum to 1."""
-    if kind == "similarity":
-        positive = scores.clamp_min(0)
-        total = positive.sum(dim=1, keepdim=True)
-        uniform = torch.full_like(scores, 1 / scores.shape[1])
-        return torch.where(total > 0, positive / total.clamp_min(1e-12), uniform)
-    return torch.softmax(scores, dim=1)
-
-
 #: Output columns; input columns of the same name are renamed ``input_<name>``.
 OUTPUT_COLUMNS = ("predicted_class", "confidence", "segmentation", "foreground_voxels")
 ON_ERROR = ("skip", "stop")
@@ -326,8 +317,8 @@ class PredictSummary:
 
 
 def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_paths: list[Path],
-                   prepare: Preparer, out: Path, options: PredictOptions, progress=None,
-                   log: Callable[[str], None] = print, overwrite: bool = False) -> PredictSummary:
+                   prepare: Preparer, out: Path, options: PredictOptions, reporter: Reporter | None = None,
+                   overwrite: bool = False) -> PredictSummary:
     """Run the whole prediction into ``out`` (atomically; only a predictions folder we wrote is
     ever replaced)."""
     from fewshot_cryoet.outputs import AtomicFolder
@@ -348,7 +339,8 @@ def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_pat
         tuple(("support", i) for i in range(len(support.paths))), support_box, first_support,
     )
     with AtomicFolder(Path(out), "predictions", overwrite) as folder:
-        skipped = _predict_into(folder.tmp, method, prepared, queries, query_paths, prepare, options, progress, log)
+        skipped = _predict_into(folder.tmp, method, prepared, queries, query_paths, prepare, options,
+                                as_reporter(reporter))
         folder.commit()
     return PredictSummary(Path(out), len(query_paths) - len(skipped), skipped)
 
@@ -364,26 +356,28 @@ class PreparedSupport:
 
 
 def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataFrame, query_paths: list[Path],
-                  prepare: Preparer, options: PredictOptions, progress, log) -> list[tuple[int, Path, str]]:
+                  prepare: Preparer, options: PredictOptions, reporter: Reporter) -> list[tuple[int, Path, str]]:
     """Predict every query into ``tmp``; returns the skipped queries (row, file, reason)."""
     from fewshot_cryoet.episodes import Episode
-    from fewshot_cryoet.segmentation.crf import refine
 
     class_names = support.class_names
     (tmp / "segmentations").mkdir(parents=True)
     if options.save_probabilities:
         (tmp / "probabilities").mkdir()
-    crf_params = method.crf_params()
+    scorer = Scorer(method.crf_params() if options.crf else None, reporter.log)
     rows: dict[int, dict] = {}
     skipped: list[tuple[int, Path, str]] = []
     examples: dict[str, list] = {c: [] for c in class_names}
-    crf_failures = 0
-    task = progress.add_task("predict", total=len(query_paths)) if progress is not None else None
+    task = reporter.task("predict", total=len(query_paths))
 
-    def bad(index: int, path: Path, reason: str) -> None:
+    first_error: list[FscError] = []
+
+    def bad(index: int, path: Path, reason: str | FscError) -> None:
+        error = reason if isinstance(reason, FscError) else FscError(reason)
         if options.on_error == "stop":
-            raise FscError(reason)
-        skipped.append((index, path, reason))
+            raise error
+        first_error[:] = first_error or [error]
+        skipped.append((index, path, str(error)))
 
     for start in range(0, len(query_paths), options.batch_size):
         batch = []  # (row index, path, volume, geometry) of the readable queries in this batch
@@ -392,7 +386,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
             try:
                 volume, geometry = prepare(path)
             except FscError as exc:
-                bad(index, path, str(exc))
+                bad(index, path, exc)
                 continue
             if geometry.shape != support.box:
                 bad(index, path, f"{path}: box {_box_text(geometry.shape)} differs from the support's "
@@ -420,14 +414,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
             if prediction.probabilities is not None:
                 raw = prediction.probabilities[i, 0].float().numpy()
                 name = f"{index:06d}_{path.stem}.mrc"
-                mask = raw > 0.5
-                if options.crf:
-                    try:
-                        mask = refine(raw, volume, crf_params)
-                    except FscError as exc:
-                        crf_failures += 1
-                        if crf_failures == 1:
-                            log(f"CRF refinement failed for {path.name} ({exc}); its raw mask is saved instead")
+                mask = scorer.mask(raw, volume)
                 write_volume(tmp / "segmentations" / name, to_file_grid(mask, geometry), geometry.voxel_size)
                 if options.save_probabilities:
                     write_volume(tmp / "probabilities" / name, to_file_grid(raw, geometry, order=1), geometry.voxel_size)
@@ -438,10 +425,11 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
             if len(chosen) < SUMMARY_EXAMPLES:
                 chosen.append((path.name, volume[volume.shape[0] // 2].copy(),
                                None if mask is None else mask[mask.shape[0] // 2].copy(), row["confidence"]))
-        if task is not None:
-            progress.advance(task, min(options.batch_size, len(query_paths) - start))
+        task.advance(min(options.batch_size, len(query_paths) - start))
     if not rows:
-        raise FscError(f"no query could be predicted ({len(skipped)} skipped); the first: {skipped[0][2]}")
+        text = f"no query could be predicted ({len(skipped)} skipped); the first: {skipped[0][2]}"
+        first = first_error[0]
+        raise SettingError(first.setting, text) if isinstance(first, SettingError) else FscError(text)
     inputs = queries.reset_index(drop=True)
     ours = set(OUTPUT_COLUMNS) | {c for row in rows.values() for c in row}
     inputs = inputs.rename(columns={c: f"input_{c}" for c in inputs.columns if c in ours})

@@ -8,7 +8,6 @@ train again), then scored episode by episode, each result committed to the store
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,12 +18,13 @@ import torch
 import fewshot_cryoet
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
 from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
-from fewshot_cryoet.metrics import dice, episode_accuracy
+from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.scoring import Scorer, validator
 from fewshot_cryoet.checkpoints import file_hash
 from fewshot_cryoet.outputs import write_json
-from fewshot_cryoet.store import STALE_SECONDS, Cell, EpisodeResult, ResultsStore
+from fewshot_cryoet.store import STALE_SECONDS, Cell, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
 VALIDATION_EPISODES = 40
@@ -65,9 +65,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FscError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
+        raise SettingError("device", f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FscError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise SettingError("device", f"device {name!r} asked for, but torch sees no CUDA GPU; use cpu")
     return device
 
 
@@ -79,39 +79,46 @@ def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> d
     }
 
 
-def validation_episodes(dataset: SubtomogramDataset, settings: BenchSettings, snr: float, shot: int,
+def validation_episodes(dataset: SubtomogramDataset, snr: float, shot: int, queries: int, seed: int,
                         with_masks: bool = False):
     classes = dataset.splits.get("val", [])
     if len(classes) < 2:
         return []
-    spec = EpisodeSpec("val", min(5, len(classes)), shot, settings.queries, settings.seed + 1)
+    spec = EpisodeSpec("val", min(5, len(classes)), shot, queries, seed + 1)
     episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
     return [load_episode(dataset, episodes, i, snr, with_masks=with_masks) for i in range(len(episodes))]
 
 
-def fit_data(dataset: SubtomogramDataset, settings: BenchSettings, snr: float,
-             segments: bool) -> tuple[EpisodeSource, list]:
+def fit_data(dataset: SubtomogramDataset, snr: float, segments: bool, queries: int = 5, seed: int = 0,
+             shot: int = 1) -> tuple[EpisodeSource, list]:
     """What every fit gets (fsc bench, fsc train, each fsc tune trial): episodes from the training
     classes, and the validation-class episodes used for model selection."""
     train = EpisodeSource(dataset, "train", snr, with_masks=segments)
     if train.n_classes < 2:
         raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
-    return train, validation_episodes(dataset, settings, snr, settings.shots[0], with_masks=segments)
+    return train, validation_episodes(dataset, snr, shot, queries, seed, with_masks=segments)
+
+
+def fit_context(dataset: SubtomogramDataset, snr: float, segments: bool, budget: Budget, device: torch.device,
+                queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
+    """The one way a fit is set up: training-class episodes, validation through the scorer."""
+    train, validation = fit_data(dataset, snr, segments, queries, seed, shot)
+    return FitContext(train, validator(validation), budget, device, seed, progress, report)
 
 
 class Runner:
     """Runs a benchmark grid into a results store."""
 
-    def __init__(self, store: ResultsStore, settings: BenchSettings, progress=None, resume: bool = False,
-                 log=print) -> None:
+    def __init__(self, store: ResultsStore, settings: BenchSettings, reporter: Reporter | None = None,
+                 resume: bool = False) -> None:
         self.store = store
         self.settings = settings
-        self.progress = progress
+        self.reporter = as_reporter(reporter)
+        self.log = self.reporter.log
         self.resume = resume
-        self.log = log
         self.device = settings.torch_device
         self.models_dir = store.path.with_name(store.path.stem + ".models")
-        self._refiners: dict[int, CRFRefiner] = {}
+        self._scorers: dict[int, Scorer] = {}  # per method: its CRF cache spans every cell
         self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
@@ -135,8 +142,8 @@ class Runner:
         done = sum(len(self.store.done_episodes(c)) for c in cells)
         if done:
             raise FscError(
-                f"{self.store.path}: already holds {done} episodes of this run; pass --resume to continue "
-                "it or choose another --store"
+                f"{self.store.path}: already holds {done} episodes of this run; continue it with resume "
+                "(--resume) or choose another store"
             )
 
     def run_snr(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float) -> None:
@@ -221,19 +228,12 @@ class Runner:
         return report, digest
 
     def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float) -> FitReport:
-        train, validation = fit_data(dataset, self.settings, snr, method.segments)
-        task = None
-        if self.progress is not None:
-            task = self.progress.add_task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
-
-        def show(fraction: float, message: str) -> None:
-            if task is not None:
-                self.progress.update(task, completed=fraction)
-
-        context = FitContext(train, validation, self.settings.budget, self.device, self.settings.seed, show)
+        task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
+        settings = self.settings
+        context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
+                              settings.seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
         report = method.fit(context)
-        if task is not None:
-            self.progress.update(task, completed=1.0)
+        task.update(1.0)
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
@@ -244,80 +244,21 @@ class Runner:
         other = self.store.checkpoints(cell) - {checkpoint}
         if other:
             raise FscError(f"{self.store.path}: this cell's stored episodes were scored with another trained model "
-                           f"(checkpoint {', '.join(sorted(other))}, now {checkpoint}); use a new --store")
-        task = None
-        if self.progress is not None:
-            task = self.progress.add_task(
-                f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
-                total=len(episodes), completed=len(episodes) - len(missing))
-        refiner = self._refiners.setdefault(id(method), CRFRefiner(method.crf_params(), self.log)) \
-            if method.segments else None
+                           f"(checkpoint {', '.join(sorted(other))}, now {checkpoint}); use a new store")
+        task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
+                                  total=len(episodes), completed=len(episodes) - len(missing))
+        scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments else None,
+                                                             self.log))
         for number in missing:
             episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
             start = time.perf_counter()
             prediction = method.predict(episode)
             seconds = time.perf_counter() - start
-            result = score_episode(number, episode, prediction, seconds, method.segments, refiner)
+            result = scorer.episode(number, episode, prediction, seconds)
             self.store.add(
                 cell, result, fit_seconds=report.seconds if method.trainable else None,
                 fit_episodes=report.episodes if method.trainable else None,
                 val_accuracy=report.best_validation_accuracy, device=str(self.device),
                 package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
             )
-            if task is not None:
-                self.progress.advance(task)
-
-
-class CRFRefiner:
-    """CRF refinement of query probability maps, cached by (volume identity, probabilities), so a
-    query seen in many test episodes with the same prediction is refined once."""
-
-    def __init__(self, params, log=print) -> None:
-        self.params = params
-        self.log = log
-        self._cache: dict = {}
-        self.failures = 0
-
-    def __call__(self, probabilities: torch.Tensor, volume: torch.Tensor, identity) -> torch.Tensor | None:
-        from fewshot_cryoet.segmentation.crf import refine
-
-        p = probabilities.float().numpy()
-        key = (identity, hashlib.blake2b(p.tobytes(), digest_size=16).hexdigest())
-        if key not in self._cache:
-            try:
-                self._cache[key] = torch.from_numpy(refine(p, volume.float().numpy(), self.params))
-            except Exception as exc:  # a degenerate volume must not stop the grid
-                self.failures += 1
-                if self.failures == 1:
-                    self.log(f"CRF refinement failed ({exc}); such queries get no CRF Dice")
-                self._cache[key] = None
-        return self._cache[key]
-
-
-def score_episode(number: int, episode, prediction, seconds: float, segments: bool,
-                  refiner: CRFRefiner | None = None) -> EpisodeResult:
-    """Accuracy (and Dice per query, raw and CRF-refined, when the method segments)."""
-    n_query = len(episode.query_labels)
-    if tuple(prediction.scores.shape) != (n_query, episode.n_way):
-        raise FscError(f"method returned scores of shape {tuple(prediction.scores.shape)}, "
-                       f"expected ({n_query}, {episode.n_way})")
-    if not torch.isfinite(prediction.scores).all():
-        raise FscError("method returned NaN or infinite scores")
-    accuracy = episode_accuracy(prediction.scores, episode.query_labels)
-    result = EpisodeResult(number, accuracy, seconds)
-    if segments and prediction.probabilities is not None and episode.query_masks is not None:
-        truth = episode.query_masks > 0
-        values = dice(prediction.probabilities > 0.5, truth)
-        refined_values: list[float | None] = [None] * n_query
-        if refiner is not None:
-            ids = episode.query_ids or [None] * n_query
-            for q in range(n_query):
-                mask = refiner(prediction.probabilities[q, 0], episode.query[q, 0], ids[q])
-                if mask is not None:
-                    refined_values[q] = float(dice(mask[None], truth[q])[0])
-        labels = episode.query_labels.tolist()
-        result.dice = float(values.mean())
-        finite = [v for v in refined_values if v is not None]
-        result.dice_crf = sum(finite) / len(finite) if finite else None
-        result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), refined_values[q]) for q in range(n_query)]
-    return result
+            task.advance()

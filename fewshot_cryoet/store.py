@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 
 SCHEMA_VERSION = 2
 
@@ -129,21 +129,21 @@ class ResultsStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise FscError(f"--store {self.path}: is a folder; give a file such as fsc-results.sqlite")
+            raise SettingError("store", f"store {self.path}: is a folder; give a file such as fsc-results.sqlite")
         if not self.path.exists():
             from fewshot_cryoet.outputs import check_writable_parent
 
-            check_writable_parent(self.path, "--store")
+            check_writable_parent(self.path, "store")
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
             self.connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
-            raise FscError(f"--store {self.path}: cannot open results store ({exc}); choose another --store") from None
+            raise SettingError("store", f"store {self.path}: cannot open results store ({exc}); choose another store") from None
         try:
             version = self._schema_version()
         except sqlite3.DatabaseError as exc:
             self.connection.close()
-            raise FscError(f"--store {self.path}: not a results store ({exc}); choose another --store") from None
+            raise SettingError("store", f"store {self.path}: not a results store ({exc}); choose another store") from None
         except FscError:
             self.connection.close()
             raise
@@ -156,9 +156,9 @@ class ResultsStore:
                                               + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
                                                 "WHERE key = 'schema_version'; COMMIT;")
             elif version != SCHEMA_VERSION:
-                raise FscError(
-                    f"--store {self.path}: results store has schema version {version}, this fewshot-cryoet uses "
-                    f"{SCHEMA_VERSION}; use another --store or the matching version"
+                raise SettingError(
+                    "store", f"store {self.path}: results store has schema version {version}, this fewshot-cryoet uses "
+                    f"{SCHEMA_VERSION}; use another store or the matching version"
                 )
             else:
                 with self.transaction():  # probe: a read-only file fails now, not after training
@@ -169,7 +169,7 @@ class ResultsStore:
             if self.connection.in_transaction:
                 self.connection.execute("ROLLBACK")
             self.connection.close()
-            raise FscError(f"--store {self.path}: cannot write to the results store ({exc}); check its permissions "
+            raise SettingError("store", f"store {self.path}: cannot write to the results store ({exc}); check its permissions "
                            "or choose another --store") from None
 
     @contextmanager
@@ -188,8 +188,8 @@ class ResultsStore:
         tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "meta" not in tables or not tables <= OUR_TABLES:
             if tables:
-                raise FscError(f"--store {self.path}: SQLite file is not a fewshot-cryoet results store "
-                               "(left unchanged); choose another --store")
+                raise SettingError("store", f"store {self.path}: SQLite file is not a fewshot-cryoet results store "
+                               "(left unchanged); choose another store")
             return None
         row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else None

@@ -22,7 +22,8 @@ from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.datasets.synthetic import synthetic_templates
 from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext
+from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, ScoreKind
+from fewshot_cryoet.scoring import validator
 
 
 class ConformanceError(AssertionError):
@@ -59,19 +60,35 @@ def check_method(method_cls: type[FewShotMethod], params: dict | None = None) ->
     require(bool(method_cls.description), "-", "has a one-line description", repr(method_cls.description))
     require(isinstance(method_cls.variants, dict) and bool(method_cls.variants), "-", "declares variants")
     try:
-        method_cls({"__not_a_parameter__": 1})
+        method_cls.resolve({"__not_a_parameter__": 1})
         require(False, "-", "refuses unknown hyper-parameters")
     except FscError:
         passed.append("-: refuses unknown hyper-parameters")
+    try:
+        kind = ScoreKind(method_cls.score_kind)
+    except ValueError:
+        kind = None
+    require(kind is not None, "-", "score_kind is a ScoreKind", repr(method_cls.score_kind))
+    for variant in method_cls.variants:  # validation and labels need nothing built
+        resolved_variant, resolved = method_cls.resolve(params, variant)
+        label = method_cls.label_for(resolved_variant, resolved)
+        require(isinstance(label, str) and bool(label), variant, "label_for gives a label without building", repr(label))
+        require(all(key in resolved for key in method_cls.crf_hyperparameters), variant,
+                "crf_hyperparameters name declared hyper-parameters")
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = tiny_dataset(tmp)
         episodes = sample_episodes(dataset, EpisodeSpec("test", 3, 1, 2, seed=0), 2)
         validation = [load_episode(dataset, sample_episodes(dataset, EpisodeSpec("train", 2, 1, 2), 1), 0, 1.0)]
         for variant in method_cls.variants:
+            before = torch.random.get_rng_state()
             method = method_cls(params, variant)
+            require(torch.equal(before, torch.random.get_rng_state()), variant,
+                    "constructing it leaves the global random state alone")
+            require(method.label == method_cls.label_for(method.variant, method.params), variant,
+                    "label equals label_for of its settings")
             train = EpisodeSource(dataset, "train", 1.0, with_masks=method.segments)
-            context = FitContext(train, validation, Budget(episodes=2), torch.device("cpu"), seed=0)
+            context = FitContext(train, validator(validation), Budget(episodes=2), torch.device("cpu"), seed=0)
             report = method.fit(context)
             require(report is not None, variant, "fit returns a FitReport")
             episode = load_episode(dataset, episodes, 0, 1.0, with_masks=method.segments)

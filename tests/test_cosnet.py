@@ -13,7 +13,9 @@ from fewshot_cryoet.leaderboard import render
 from fewshot_cryoet.methods.base import Budget
 from fewshot_cryoet.methods.cosnet import COSNet, DuSE
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
-from fewshot_cryoet.runner import BenchSettings, CRFRefiner, MethodSpec, Runner
+from fewshot_cryoet.reporting import CallbackReporter
+from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner
+from fewshot_cryoet.scoring import Scorer, validator
 from fewshot_cryoet.segmentation.crf import CRFParams, refine
 from fewshot_cryoet.store import ResultsStore
 from fewshot_cryoet.testing import check_method
@@ -124,9 +126,12 @@ def test_crf_rejects_degenerate_input_and_the_runner_carries_on():
     with pytest.raises(FscError, match="matching 3D"):
         refine(probabilities[0], volume)
     messages = []
-    refiner = CRFRefiner(CRFParams(), log=messages.append)
-    assert refiner(torch.full((24, 24, 24), float("nan")), torch.zeros(24, 24, 24), ("x", 1)) is None
-    assert len(messages) == 1 and "CRF refinement failed" in messages[0]
+    scorer = Scorer(CRFParams(), log=messages.append)
+    assert scorer.refine(torch.full((24, 24, 24), float("nan")), torch.zeros(24, 24, 24), ("x", 1)) is None
+    assert len(messages) == 1 and "CRF refinement failed" in messages[0] and scorer.crf_failures == 1
+    saved = scorer.mask(torch.full((24, 24, 24), 0.7).masked_fill(torch.ones(24, 24, 24).bool(), float("nan")),
+                        torch.zeros(24, 24, 24))
+    assert saved.shape == (24, 24, 24) and not saved.any()  # the raw mask stands in
 
 
 def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_path):
@@ -169,7 +174,7 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
     settings = BenchSettings(ways=[2], shots=[1], queries=2, episodes=3, budget=Budget(episodes=2), device="cpu")
     messages = []
-    runner = Runner(store, settings, log=messages.append)
+    runner = Runner(store, settings, CallbackReporter(on_log=messages.append))
     runner.run_snr([MethodSpec(COSNet, "scnn", {"channels": 4, "embedding": 16}),
                     MethodSpec(CrossCorrelation, params={"angular_step": 60})], tiny_dataset, "tiny", 1.0)
     assert len(runner.failures) == 1 and "--param cosnet.box=16" in runner.failures[0]
@@ -178,10 +183,9 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
 
 def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
     from fewshot_cryoet.methods.base import Budget, FitContext
-    from fewshot_cryoet.runner import BenchSettings, validation_episodes
+    from fewshot_cryoet.runner import validation_episodes
 
-    settings = BenchSettings(ways=[2], shots=[1], queries=2)
-    validation = validation_episodes(tiny_val2_dataset, settings, 1.0, 1, with_masks=True)
+    validation = validator(validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True))
     source = EpisodeSource(tiny_val2_dataset, "train", 1.0)
     decoder = COSNet({**TINY, "val_every": 5}, "duse-decoder")
     report = decoder.fit(FitContext(source, validation, Budget(episodes=10), torch.device("cpu")))

@@ -11,6 +11,7 @@ import pytest
 import starfile
 
 from fewshot_cryoet import FscError
+from fewshot_cryoet.reporting import Reporter
 from fewshot_cryoet.datasets.build import simulate_dataset
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset
 from fewshot_cryoet.datasets.export import export_dataset
@@ -96,16 +97,13 @@ def test_existing_output_needs_overwrite_and_foreign_folders_are_kept(tmp_path, 
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-class _InterruptingProgress:
-    """A progress display whose second update raises, as Ctrl-C in the middle of a run would."""
+class _InterruptingReporter(Reporter):
+    """A progress reporter whose second update raises, as Ctrl-C in the middle of a run would."""
 
     def __init__(self):
         self.calls = 0
 
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def advance(self, *args, **kwargs):
+    def _update(self, task):
         self.calls += 1
         if self.calls == 2:
             raise KeyboardInterrupt
@@ -115,7 +113,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, templates)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         simulate_dataset(templates, out, [0.5], per_class=8, config=SimulationConfig(route="fourier"),
-                         progress=_InterruptingProgress())
+                         reporter=_InterruptingReporter())
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 

@@ -52,9 +52,17 @@ def test_budget_parsing(text, episodes, minutes):
     assert budget.episodes == episodes and budget.minutes == pytest.approx(minutes) if minutes else budget.minutes is None
 
 
-def test_bad_budget_is_one_line():
-    with pytest.raises(FscError, match="--budget"):
+def test_bad_budget_names_the_setting_and_the_cli_its_option():
+    from fewshot_cryoet.cli_options import error_text
+    from fewshot_cryoet.errors import SettingError
+    from fewshot_cryoet.tuning import parse_timeout
+
+    with pytest.raises(SettingError, match="^budget 'soon': use e.g. 10m") as info:
         Budget.parse("soon")
+    assert error_text(info.value).startswith("--budget 'soon': ")
+    with pytest.raises(SettingError) as info:  # a timeout is parsed like a budget but named as itself
+        parse_timeout("2x")
+    assert error_text(info.value).startswith("--timeout '2x': give a time") and "budget" not in str(info.value)
 
 
 def test_rotation_grid_spacing_follows_the_step():
@@ -103,7 +111,7 @@ def test_precision_is_validated_and_nonfinite_steps_are_skipped(tiny_dataset):
     method = Exploding({"channels": [4, 4, 4, 4]})
     before = {k: v.clone() for k, v in method.network.state_dict().items()}
     source = EpisodeSource(tiny_dataset, "train", 1.0)
-    report = method.fit(FitContext(source, [], Budget(episodes=5), torch.device("cpu")))
+    report = method.fit(FitContext(source, None, Budget(episodes=5), torch.device("cpu")))
     assert report.episodes == 5 and report.skipped_steps == 5
     after = method.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)

@@ -18,7 +18,9 @@ from fewshot_cryoet.leaderboard import render
 from fewshot_cryoet.methods.base import Budget, Prediction
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
-from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner, score_episode
+from fewshot_cryoet.reporting import CallbackReporter
+from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner
+from fewshot_cryoet.scoring import Scorer
 from fewshot_cryoet.store import ResultsStore
 
 TINY_PROTONET = {"channels": [4, 8, 8, 8], "val_every": 2}
@@ -70,7 +72,7 @@ def test_trained_models_are_reused_on_resume(tiny_dataset, tmp_path):
     checkpoint = next((tmp_path / "r.models").glob("*.pt"))
     stamp = checkpoint.stat().st_mtime_ns
     messages = []
-    Runner(ResultsStore(path), _settings(3), resume=True, log=messages.append).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    Runner(ResultsStore(path), _settings(3), CallbackReporter(on_log=messages.append), resume=True).run_snr(spec, tiny_dataset, "tiny", 1.0)
     assert checkpoint.stat().st_mtime_ns == stamp and any("reusing" in m for m in messages)
     assert len(ResultsStore(path).frame()) == 2 * 3
 
@@ -142,11 +144,11 @@ def test_score_episode_rejects_malformed_predictions(tiny_dataset):
 
     episode = load_episode(tiny_dataset, sample_episodes(tiny_dataset, EpisodeSpec("test", 2, 1, 2), 1), 0, 1.0)
     with pytest.raises(FscError, match="shape"):
-        score_episode(0, episode, Prediction(torch.zeros(3, 2)), 0.0, False)
+        Scorer().episode(0, episode, Prediction(torch.zeros(3, 2)))
     with pytest.raises(FscError, match="NaN"):
-        score_episode(0, episode, Prediction(torch.full((4, 2), float("nan"))), 0.0, False)
+        Scorer().episode(0, episode, Prediction(torch.full((4, 2), float("nan"))))
     probabilities = episode.query_masks.float()  # a perfect segmentation
-    result = score_episode(0, episode, Prediction(torch.eye(2).repeat_interleave(2, 0), probabilities), 0.0, True)
+    result = Scorer().episode(0, episode, Prediction(torch.eye(2).repeat_interleave(2, 0), probabilities))
     assert result.accuracy == 1.0 and result.dice == pytest.approx(1.0) and len(result.query_dice) == 4
 
 

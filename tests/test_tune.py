@@ -23,7 +23,7 @@ from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.store import ResultsStore
 
 TINY_SETTINGS = ["--method", "protonet", "--param", "protonet.channels=[4,4,4,4]", "--snr", "1", "--ways", "2",
-                 "--val-episodes", "4", "--queries", "2"]
+                 "--val-episodes", "4", "--queries-per-class", "2"]
 TINY = [*TINY_SETTINGS, "--budget", "10ep"]
 
 
@@ -37,7 +37,7 @@ def _fsc(*args):
 
 
 def _worker(storage: str, dataset, study: str, trials: int, *extra) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fewshot_cryoet", "tune", *TINY, "--dataset", str(dataset.path),
+    command = [sys.executable, "-m", "fewshot_cryoet", "tune", "run", *TINY, "--dataset", str(dataset.path),
                "--storage", storage, "--study", study, "--trials", str(trials), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -83,9 +83,10 @@ def test_two_worker_processes_share_one_study(storage_url, val2_dataset, tmp_pat
 def test_resume_export_show_and_bench_with_tuned_params(val2_dataset, tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.sqlite'}"
     first = _fsc("tune", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--trials", 2,
-                 "--study", "s", "--sampler", "random", "--pruner", "none")
+                 "--study", "s", "--sampler", "random", "--pruner", "none")  # the old spelling, still accepted
     assert first.exit_code == 0, first.output
-    again = _fsc("tune", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--trials", 3,
+    assert "deprecated" in first.output and "fsc tune run" in first.output
+    again = _fsc("tune", "run", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--trials", 3,
                  "--study", "s", "--sampler", "random", "--pruner", "none")
     assert again.exit_code == 0, again.output
     assert "2 finished trial(s)" in again.output  # resumed, not restarted
@@ -93,11 +94,14 @@ def test_resume_export_show_and_bench_with_tuned_params(val2_dataset, tmp_path):
     assert len(tuning.finished_trials(study)) == 3
     untuned = study.trials[0]  # the first trial of a new study runs the defaults, for comparison
     assert untuned.user_attrs["untuned"] and untuned.params == {"lr": 1e-3, "weight_decay": 1e-4}
-    shown = _fsc("tune", "--show", "s", "--storage", storage)
+    shown = _fsc("tune", "show", "s", "--storage", storage)
     assert shown.exit_code == 0 and "3 complete" in shown.output and "best trials of s" in shown.output
     params_file = tmp_path / "best.json"
-    exported = _fsc("tune", "--study", "s", "--storage", storage, "--export", params_file)
+    exported = _fsc("tune", "export", "s", params_file, "--storage", storage)
     assert exported.exit_code == 0, exported.output
+    old_spelling = _fsc("tune", "--study", "s", "--storage", storage, "--export", tmp_path / "old.json")
+    assert old_spelling.exit_code == 0 and "deprecated" in old_spelling.output
+    assert json.loads((tmp_path / "old.json").read_text())["params"] == json.loads(params_file.read_text())["params"]
     data = json.loads(params_file.read_text())
     assert data["method"] == "protonet" and data["trials"] == 3
     assert data["params"]["lr"] == pytest.approx(study.best_trial.params["lr"])
@@ -119,7 +123,7 @@ def test_resume_export_show_and_bench_with_tuned_params(val2_dataset, tmp_path):
 def test_ctrl_c_marks_the_running_trial_failed(val2_dataset, tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.sqlite'}"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "fewshot_cryoet", "tune", *TINY_SETTINGS, "--budget", "10m", "--dataset", str(val2_dataset.path), "--storage", storage, "--study", "long",
+        [sys.executable, "-m", "fewshot_cryoet", "tune", "run", *TINY_SETTINGS, "--budget", "10m", "--dataset", str(val2_dataset.path), "--storage", storage, "--study", "long",
          "--trials", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     running = []
@@ -179,17 +183,17 @@ def test_search_spaces_and_grid():
 
 def test_bad_input_gives_one_line_errors(val2_dataset, tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.sqlite'}"
-    unknown = _fsc("tune", "--method", "nosuchmethod", "--storage", storage)
+    unknown = _fsc("tune", "run", "--method", "nosuchmethod", "--storage", storage)
     assert unknown.exit_code == 2 and "nosuchmethod" in unknown.output
 
-    down = _fsc("tune", *TINY, "--dataset", val2_dataset.path,
+    down = _fsc("tune", "run", *TINY, "--dataset", val2_dataset.path,
                 "--storage", "postgresql://someone:topsecret@127.0.0.1:9/nodb")
     assert down.exit_code == 2
     assert "127.0.0.1:9" in down.output and "topsecret" not in down.output and "running" in down.output
 
-    ok = _fsc("tune", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--study", "x", "--trials", 1)
+    ok = _fsc("tune", "run", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--study", "x", "--trials", 1)
     assert ok.exit_code == 0, ok.output
-    mixed = _fsc("tune", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--study", "x",
+    mixed = _fsc("tune", "run", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--study", "x",
                  "--trials", 2, "--objective", "accuracy+dice")
     assert mixed.exit_code == 2 and "another experiment" in mixed.output and "objective" in mixed.output
 
@@ -202,5 +206,5 @@ def test_bad_input_gives_one_line_errors(val2_dataset, tmp_path):
     missing = _fsc("bench", "--methods", "xcorr", "--params", bad_params, "--dataset", val2_dataset.path,
                    "--store", tmp_path / "b.sqlite")
     assert missing.exit_code == 2 and "--methods protonet/default" in missing.output
-    no_study = _fsc("tune", "--show", "nope", "--storage", storage)
+    no_study = _fsc("tune", "show", "nope", "--storage", storage)
     assert no_study.exit_code == 2 and "no study 'nope'" in no_study.output

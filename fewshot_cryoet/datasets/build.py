@@ -25,6 +25,7 @@ from fewshot_cryoet.datasets.simulate import ParticlePlan, SimulationConfig, Sim
 from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 from fewshot_cryoet.datasets.templates import Template
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.reporting import Reporter, as_reporter
 
 CHUNK = 16
 
@@ -78,12 +79,12 @@ def simulate_dataset(
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     explicit_splits: dict[str, list[str]] | None = None,
     overwrite: bool = False,
-    progress=None,
+    reporter: Reporter | None = None,
     extra_manifest: dict | None = None,
 ) -> SubtomogramDataset:
     """Simulate ``per_class`` particles of every template at every SNR in ``snrs`` into ``out``.
 
-    ``progress`` is an optional ``rich.progress.Progress``; ``workers`` > 1 simulates chunks in
+    ``reporter`` receives progress (see ``fewshot_cryoet.reporting``); ``workers`` > 1 simulates chunks in
     that many processes (one torch thread each).
     """
     config = config or SimulationConfig()
@@ -102,7 +103,7 @@ def simulate_dataset(
                {s: writer.tmp / "volumes" / f"snr_{snr_label(s)}.npy" for s in snrs})
     measured = {s: (np.zeros(n), np.zeros(n)) for s in snrs}
     chunks = [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
-    task = progress.add_task("simulating", total=n) if progress is not None else None
+    task = as_reporter(reporter).task("simulating", total=n)
     pool: ProcessPoolExecutor | None = None
     try:
         if workers <= 1:
@@ -116,8 +117,7 @@ def simulate_dataset(
             for snr, (box_snr, mask_snr) in chunk_measured.items():
                 measured[snr][0][start:stop] = box_snr
                 measured[snr][1][start:stop] = mask_snr
-            if task is not None:
-                progress.advance(task, stop - start)
+            task.advance(stop - start)
         if pool is not None:
             pool.shutdown()
             pool = None

@@ -18,10 +18,12 @@ from scipy.spatial.transform import Rotation
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
+from fewshot_cryoet.reporting import Reporter, as_reporter
 
 
 def export_dataset(
-    dataset: SubtomogramDataset, out: str | Path, snr: float | str, overwrite: bool = False, progress=None
+    dataset: SubtomogramDataset, out: str | Path, snr: float | str, overwrite: bool = False,
+    reporter: Reporter | None = None,
 ) -> Path:
     """Write ``subtomograms/*.mrc``, ``masks/*.mrc`` and ``particles.star`` under ``out``."""
     from fewshot_cryoet.outputs import AtomicFolder
@@ -29,19 +31,19 @@ def export_dataset(
     label = snr_label(parse_snr(snr))
     dataset.volumes(label)  # an SNR the data set lacks is refused before the folder is touched
     with AtomicFolder(Path(out), "export", overwrite) as folder:
-        _export_into(folder.tmp, dataset, label, progress)
+        _export_into(folder.tmp, dataset, label, as_reporter(reporter))
         folder.commit()
     return Path(out) / "particles.star"
 
 
-def _export_into(out: Path, dataset: SubtomogramDataset, label: str, progress) -> None:
+def _export_into(out: Path, dataset: SubtomogramDataset, label: str, reporter: Reporter) -> None:
     (out / "subtomograms").mkdir()
     (out / "masks").mkdir()
     volumes = dataset.volumes(label)
     masks = dataset.masks
     labels = dataset.labels[dataset.labels["snr"].map(snr_label) == label].reset_index(drop=True)
     voxel = dataset.voxel_size
-    task = progress.add_task("exporting", total=len(labels)) if progress is not None else None
+    task = reporter.task("exporting", total=len(labels))
     image_names, mask_names = [], []
     for particle, class_name in zip(labels["particle"], labels["class"]):
         name = f"{particle:06d}_{class_name}.mrc"
@@ -49,8 +51,7 @@ def _export_into(out: Path, dataset: SubtomogramDataset, label: str, progress) -
         write_volume(out / "masks" / name, masks[particle], voxel)
         image_names.append(f"subtomograms/{name}")
         mask_names.append(f"masks/{name}")
-        if task is not None:
-            progress.advance(task)
+        task.advance()
     quats = labels[["quat_x", "quat_y", "quat_z", "quat_w"]].to_numpy()
     relion = Rotation.from_quat(quats).inv().as_euler("ZYZ", degrees=True)
     table = pd.DataFrame(

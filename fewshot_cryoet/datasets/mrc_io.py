@@ -14,17 +14,17 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 
 MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs", ".ccp4")
 
 
 def read_volume(path: str | Path, voxel_size: float | None = None,
-                override_option: str = "--template-voxel-size") -> tuple[np.ndarray, float]:
+                override_option: str = "template_voxel_size") -> tuple[np.ndarray, float]:
     """Return ``(volume, voxel_size_angstrom)`` from an MRC file.
 
     ``voxel_size`` overrides the header (needed for files whose header says 0); the error for such
-    a file names ``override_option``, the caller's command-line option for it.
+    a file names ``override_option``, the caller's setting for it.
     """
     path = Path(path)
     try:
@@ -60,10 +60,8 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
         raise FscError(f"{path}: every voxel is zero; the map holds no density")
     if voxel_size is None:
         if not header_voxel > 0:
-            raise FscError(
-                f"{path}: header voxel size is {header_voxel:g} Å; "
-                f"give the real one with {override_option}"
-            )
+            raise SettingError(override_option, f"{path}: header voxel size is {header_voxel:g} Å; give the real one "
+                                                 f"with {override_option}")
         voxel_size = header_voxel
     elif not voxel_size > 0:
         raise FscError(f"{path}: voxel size override must be positive, got {voxel_size}")

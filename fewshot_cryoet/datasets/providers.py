@@ -38,7 +38,7 @@ class DatasetProvider:
     config: SimulationConfig = field(default_factory=SimulationConfig)
     explicit_splits: dict | None = None
 
-    def dataset(self, snr: float, progress=None) -> SubtomogramDataset:
+    def dataset(self, snr: float, reporter=None) -> SubtomogramDataset:
         """The data set at ``snr``, simulated into the cache on first use."""
         from fewshot_cryoet.datasets.build import simulate_dataset
 
@@ -51,7 +51,7 @@ class DatasetProvider:
         templates = self.make_templates(self.config.voxel_size)
         return simulate_dataset(
             templates, folder, [snr], self.per_class, self.config, self.seed,
-            explicit_splits=self.explicit_splits, progress=progress,
+            explicit_splits=self.explicit_splits, reporter=reporter,
             extra_manifest={"provider": self.name},
         )
 

@@ -17,17 +17,30 @@ import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from fewshot_cryoet.episodes import Episode, EpisodeSource
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.params import Param, timm_optimizers
+from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.params import Param, check_params, timm_optimizers
+from fewshot_cryoet.segmentation.crf import CRFParams
+
+if TYPE_CHECKING:
+    from fewshot_cryoet.scoring import ValidationScore
 
 CHECKPOINT_FORMAT = 1
+
+
+class ScoreKind(str, Enum):
+    """What a method's ``Prediction.scores`` are: ``logits`` (softmax gives class probabilities)
+    or ``similarity`` (in [0, 1] per class; normalised to sum to 1 for probabilities)."""
+
+    LOGITS = "logits"
+    SIMILARITY = "similarity"
 
 
 @dataclass
@@ -53,16 +66,16 @@ class Budget:
         for part in [p.strip() for p in str(text).split(",") if p.strip()]:
             match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ep|episodes|s|m|min|h)?", part)
             if not match:
-                raise FscError(f"--budget {text!r}: use e.g. 10m, 90s, 1h, 500ep or 500ep,10m")
+                raise SettingError("budget", f"budget {text!r}: use e.g. 10m, 90s, 1h, 500ep or 500ep,10m")
             value, unit = float(match.group(1)), match.group(2) or "m"
             if unit in ("ep", "episodes"):
                 episodes = int(value)
             else:
                 minutes = value * {"s": 1 / 60, "m": 1, "min": 1, "h": 60}[unit]
         if episodes is None and minutes is None:
-            raise FscError(f"--budget {text!r}: give a number of episodes and/or a time")
+            raise SettingError("budget", f"budget {text!r}: give a number of episodes and/or a time")
         if episodes == 0 or minutes == 0:
-            raise FscError(f"--budget {text!r}: a zero budget would score an untrained network; give a positive one")
+            raise SettingError("budget", f"budget {text!r}: a zero budget would score an untrained network; give a positive one")
         return cls(episodes, minutes)
 
     def __str__(self) -> str:
@@ -76,11 +89,14 @@ class Budget:
 
 @dataclass
 class FitContext:
-    """What a method may use while fitting. ``validation`` episodes come from validation classes
-    only; ``report(step, score)`` (the selection score: accuracy, or (accuracy + Dice) / 2 for segmenting methods) lets a tuner prune bad trials early."""
+    """What a method may use while fitting: training episodes, the budget, and ``validate(method)``,
+    which scores the method on fixed validation-class episodes (the runner's scorer, so methods
+    never score themselves) and returns a ``scoring.ValidationScore`` whose ``selection`` decides
+    which weights to keep; None without validation classes. ``report(step, score)`` passes the
+    selection score on, so a tuner can prune bad trials early."""
 
     train: EpisodeSource
-    validation: list[Episode]
+    validate: Callable[[FewShotMethod], ValidationScore] | None
     budget: Budget
     device: torch.device
     seed: int = 0
@@ -113,20 +129,37 @@ class FitReport:
 
 
 class FewShotMethod(ABC):
-    """Base class of every method. Subclasses set the class attributes and ``predict``."""
+    """Base class of every method. Subclasses set the class attributes and ``predict``.
+
+    ``defaults``, ``param_rules`` and ``crf_hyperparameters`` of a subclass are merged with its
+    parent's automatically, so a subclass lists only what it adds or changes.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     segments: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
-    #: What ``Prediction.scores`` are: ``logits`` (softmax gives class probabilities) or
-    #: ``similarity`` (in [0, 1] per class; normalised to sum to 1 for probabilities).
-    score_kind: ClassVar[str] = "logits"
+    #: What ``Prediction.scores`` are (see :class:`ScoreKind`).
+    score_kind: ClassVar[ScoreKind] = ScoreKind.LOGITS
     defaults: ClassVar[dict[str, Any]] = {}
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
     #: a rule are checked against the type of their default.
     param_rules: ClassVar[dict[str, Param]] = {}
+    #: Hyper-parameters that set the dense CRF refining this method's masks: key → ``CRFParams``
+    #: field. Fields not mapped keep the CRF's defaults.
+    crf_hyperparameters: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for attribute in ("defaults", "param_rules", "crf_hyperparameters"):
+            own = cls.__dict__.get(attribute)
+            if own is not None:
+                inherited = getattr(super(cls, cls), attribute, {})
+                setattr(cls, attribute, {**inherited, **own})
+        unknown = sorted(set(cls.crf_hyperparameters.values()) - set(CRFParams.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.crf_hyperparameters maps to unknown CRF settings {unknown}")
 
     def __init__(self, params: dict[str, Any] | None = None, variant: str | None = None,
                  device: str | torch.device = "cpu") -> None:
@@ -136,7 +169,8 @@ class FewShotMethod(ABC):
     @classmethod
     def resolve(cls, params: dict[str, Any] | None = None, variant: str | None = None) -> tuple[str, dict[str, Any]]:
         """(variant, full hyper-parameters): the defaults, then the variant's (the first variant
-        when none is given), then ``params``; an unknown variant or key is refused."""
+        when none is given), then ``params``; an unknown variant or key, or a value of the wrong
+        type or range, is refused. Nothing is built, so this is the cheap way to validate."""
         variant = variant or next(iter(cls.variants))
         if variant not in cls.variants:
             raise FscError(
@@ -149,15 +183,17 @@ class FewShotMethod(ABC):
                 f"method {cls.name!r} does not accept {', '.join(unknown)}; "
                 f"hyper-parameters: {', '.join(sorted(cls.defaults)) or 'none'}"
             )
-        from fewshot_cryoet.params import check_params
-
         merged = {**cls.defaults, **cls.variants[variant], **params}
         return variant, check_params(cls.name, merged, cls.defaults, cls.param_rules)
 
+    @classmethod
+    def label_for(cls, variant: str, params: dict[str, Any]) -> str:
+        """Human-readable row name for leaderboards, from resolved settings (nothing is built)."""
+        return cls.name if variant == "default" else f"{cls.name}/{variant}"
+
     @property
     def label(self) -> str:
-        """Human-readable row name for leaderboards."""
-        return self.name if self.variant == "default" else f"{self.name}/{self.variant}"
+        return self.label_for(self.variant, self.params)
 
     def params_hash(self) -> str:
         text = json.dumps(self.params, sort_keys=True, default=str)
@@ -179,13 +215,10 @@ class FewShotMethod(ABC):
         """Training-free methods need no fit."""
         return FitReport()
 
-    def crf_params(self):
-        """Dense-CRF settings for refining this method's segmentations (``crf_*`` hyper-parameters
-        when the method declares them, else the defaults)."""
-        from fewshot_cryoet.segmentation.crf import CRFParams
-
-        fields = CRFParams.__dataclass_fields__
-        return CRFParams(**{k[4:]: v for k, v in self.params.items() if k.startswith("crf_") and k[4:] in fields})
+    def crf_params(self) -> CRFParams:
+        """Dense-CRF settings for refining this method's segmentations: the CRF's defaults,
+        overridden by the hyper-parameters named in ``crf_hyperparameters``."""
+        return CRFParams(**{field: self.params[key] for key, field in self.crf_hyperparameters.items()})
 
     @abstractmethod
     def predict(self, episode: Episode) -> Prediction:
@@ -213,23 +246,9 @@ class FewShotMethod(ABC):
         }
         return write_checkpoint(payload, path)
 
-    @staticmethod
-    def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> FewShotMethod:
-        """Rebuild the method a checkpoint was saved from (any registered method) and load it.
-        Hyper-parameters this version does not know are refused, as for model folders."""
-        from fewshot_cryoet.checkpoints import read_checkpoint
-        from fewshot_cryoet.plugins import require_methods
-
-        payload = read_checkpoint(path)
-        if "method" not in payload or not isinstance(payload.get("params"), dict):
-            raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
-        cls = require_methods([payload["method"]])[0]
-        method = cls(payload["params"], payload.get("variant"), device)
-        method.load_payload(payload, path, payload.get("box"))
-        return method
-
     def load(self, path: str | Path, box: int) -> None:
-        """Load a checkpoint written by :meth:`save` for the same method, variant and box size."""
+        """Load a checkpoint written by :meth:`save` for the same method, variant and box size
+        (the one load path: ``checkpoints.read_checkpoint`` then :meth:`load_payload`)."""
         from fewshot_cryoet.checkpoints import read_checkpoint
 
         self.load_payload(read_checkpoint(path, self.device), path, box)
@@ -282,9 +301,13 @@ class TorchMethod(FewShotMethod):
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
-        torch.manual_seed(0)  # identical initial weights for identical hyper-parameters
+        # Identical initial weights for identical hyper-parameters, without touching the caller's
+        # global random state (fork_rng restores it).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            network = self.build_network()
         # Channels-last 3D weights: oneDNN (CPU) and cuDNN run 3D convolutions faster in it.
-        self.network = self.build_network().to(self.device, memory_format=torch.channels_last_3d)
+        self.network = network.to(self.device, memory_format=torch.channels_last_3d)
         self._embeddings: dict = {}
         self._inference: torch.nn.Module | None = None
         self._bf16_failed = False  # set when bf16 training gave non-finite gradients repeatedly
@@ -383,22 +406,6 @@ class TorchMethod(FewShotMethod):
             ) from None
         self._weights_changed()
 
-    def validation_score(self, episodes: list[Episode]) -> tuple[float, float | None]:
-        """(accuracy, mean raw Dice or None) over validation episodes. Dice counts only when the
-        method segments and the episodes carry masks."""
-        from fewshot_cryoet.metrics import dice
-
-        correct = total = 0
-        dice_values: list[torch.Tensor] = []
-        for episode in episodes:
-            prediction = self.predict(episode)
-            correct += int((prediction.scores.argmax(dim=1) == episode.query_labels).sum())
-            total += len(episode.query_labels)
-            if prediction.probabilities is not None and episode.query_masks is not None:
-                dice_values.append(dice(prediction.probabilities > 0.5, episode.query_masks.cpu()))
-        mean_dice = float(torch.cat(dice_values).mean()) if dice_values else None
-        return correct / max(total, 1), mean_dice
-
     def fit(self, context: FitContext) -> FitReport:
         from timm.optim import create_optimizer_v2
 
@@ -429,17 +436,16 @@ class TorchMethod(FewShotMethod):
                     self._bf16_failed = True
             step += 1
             last = step >= max_episodes or time.perf_counter() >= deadline
-            if context.validation and (step % p["val_every"] == 0 or last):
-                accuracy, val_dice = self.validation_score(context.validation)
-                report.history.append((step, accuracy, val_dice))
-                # Segmenting methods are selected on (accuracy + Dice) / 2: accuracy alone
-                # plateaus within ~200 episodes and would keep a barely trained decoder.
-                score = accuracy if val_dice is None else (accuracy + val_dice) / 2
+            if context.validate is not None and (step % p["val_every"] == 0 or last):
+                validation = context.validate(self)
+                report.history.append((step, validation.accuracy, validation.dice))
+                score = validation.selection
                 if context.report is not None:
                     context.report(step, score)
                 if score > best_score:
                     best_score, best_state = score, copy.deepcopy(self.network.state_dict())
-                    report.best_validation_accuracy, report.best_validation_dice = accuracy, val_dice
+                    report.best_validation_accuracy = validation.accuracy
+                    report.best_validation_dice = validation.dice
             if context.progress is not None:
                 done = max(step / max_episodes if max_episodes < math.inf else 0,
                            (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)

@@ -29,7 +29,7 @@ from torch import nn
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.params import Param
-from fewshot_cryoet.methods.base import Prediction, TorchMethod
+from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
 
 PROFILES = {"paper": {"channels": 64, "embedding": 512}, "cpu": {"channels": 16, "embedding": 128}}
 VARIANT_TITLES = {
@@ -130,9 +130,8 @@ class COSNet(TorchMethod):
     name: ClassVar[str] = "cosnet"
     description: ClassVar[str] = "COS-Net: Siamese SCNN/DuSE-SCNN, optional decoder (segmentation), L1 → FC → sigmoid"
     segments: ClassVar[bool] = True  # decoder variants; see the instance attribute
-    score_kind: ClassVar[str] = "similarity"
-    defaults: ClassVar[dict[str, Any]] = {
-        **TorchMethod.defaults,
+    score_kind: ClassVar[ScoreKind] = ScoreKind.SIMILARITY
+    defaults: ClassVar[dict[str, Any]] = {  # merged with TorchMethod's
         "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
         "train_way": 5, "train_shot": 1, "train_query": 1,
         "profile": "cpu", "channels": None, "embedding": None, "box": 32,
@@ -141,7 +140,6 @@ class COSNet(TorchMethod):
         "crf_bilateral_weight": 5.0, "crf_bilateral_width": 2.0, "crf_intensity_width": 1.0,
     }
     param_rules: ClassVar[dict[str, Param]] = {
-        **TorchMethod.param_rules,
         "profile": Param("str", choices=tuple(PROFILES)), "channels": Param("int", low=1, nullable=True),
         "embedding": Param("int", low=1, nullable=True), "box": Param("int", low=4),
         "block": Param("str", choices=("scnn", "duse")), "decoder": Param("bool"),
@@ -150,6 +148,10 @@ class COSNet(TorchMethod):
         "crf_gaussian_width": Param("float", low=0, low_open=True), "crf_bilateral_weight": Param("float", low=0),
         "crf_bilateral_width": Param("float", low=0, low_open=True),
         "crf_intensity_width": Param("float", low=0, low_open=True),
+    }
+    crf_hyperparameters: ClassVar[dict[str, str]] = {
+        f"crf_{name}": name for name in ("iterations", "gaussian_weight", "gaussian_width", "bilateral_weight",
+                                         "bilateral_width", "intensity_width")
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "duse-decoder": {"block": "duse", "decoder": True},
@@ -185,16 +187,12 @@ class COSNet(TorchMethod):
         return {**params, "channels": params["channels"] or sizes.get("channels"),
                 "embedding": params["embedding"] or sizes.get("embedding")}
 
-    @property
-    def label(self) -> str:
-        return f"COS-Net {VARIANT_TITLES.get(self.variant, self.variant)} ({self.params['profile']})"
+    @classmethod
+    def label_for(cls, variant: str, params: dict[str, Any]) -> str:
+        return f"COS-Net {VARIANT_TITLES.get(variant, variant)} ({params['profile']})"
 
     def build_network(self) -> nn.Module:
-        p = self.params
-        if p["profile"] not in PROFILES:
-            raise FscError(f"cosnet profile must be one of {', '.join(PROFILES)}, got {p['profile']!r}")
-        if p["block"] not in ("scnn", "duse"):
-            raise FscError(f"cosnet block must be scnn or duse, got {p['block']!r}")
+        p = self.params  # profile and block were checked against param_rules in resolve
         sizes = PROFILES[p["profile"]]
         channels = int(p["channels"] or sizes["channels"])
         embedding = int(p["embedding"] or sizes["embedding"])

@@ -21,8 +21,8 @@ from fewshot_cryoet.methods.encoders import ConvEncoder3d
 class ProtoNet(TorchMethod):
     name: ClassVar[str] = "protonet"
     description: ClassVar[str] = "Prototypical network: 3D Conv-4 encoder, class means, squared Euclidean distance"
-    defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64)}
-    param_rules: ClassVar[dict[str, Param]] = {**TorchMethod.param_rules, "channels": Param("ints", low=1)}
+    defaults: ClassVar[dict[str, Any]] = {"channels": (16, 32, 64, 64)}  # merged with TorchMethod's
+    param_rules: ClassVar[dict[str, Param]] = {"channels": Param("ints", low=1)}
 
     def build_network(self) -> torch.nn.Module:
         return ConvEncoder3d(tuple(self.params["channels"]))

@@ -16,7 +16,7 @@ from torch import nn
 
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.params import Param
-from fewshot_cryoet.methods.base import Prediction, TorchMethod
+from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
 
 
@@ -36,9 +36,9 @@ class SiameseNetwork(nn.Module):
 class Siamese(TorchMethod):
     name: ClassVar[str] = "siamese"
     description: ClassVar[str] = "Siamese network: shared 3D encoder, L1 distance, FC, sigmoid; balanced pairs"
-    score_kind: ClassVar[str] = "similarity"
-    defaults: ClassVar[dict[str, Any]] = {**TorchMethod.defaults, "channels": (16, 32, 64, 64), "hidden": 64}
-    param_rules: ClassVar[dict[str, Param]] = {**TorchMethod.param_rules, "channels": Param("ints", low=1),
+    score_kind: ClassVar[ScoreKind] = ScoreKind.SIMILARITY
+    defaults: ClassVar[dict[str, Any]] = {"channels": (16, 32, 64, 64), "hidden": 64}  # merged with TorchMethod's
+    param_rules: ClassVar[dict[str, Param]] = {"channels": Param("ints", low=1),
                                                "hidden": Param("int", low=1)}
 
     def build_network(self) -> nn.Module:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.params import Param
-from fewshot_cryoet.methods.base import FewShotMethod, Prediction
+from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
 from fewshot_cryoet.methods.so3 import rotation_grid
 
 
@@ -34,7 +34,7 @@ class CrossCorrelation(FewShotMethod):
     name: ClassVar[str] = "xcorr"
     description: ClassVar[str] = "Template matching: NCC over an SO(3) grid (30° step) and ±2-voxel shifts, no training"
     trainable: ClassVar[bool] = False
-    score_kind: ClassVar[str] = "similarity"
+    score_kind: ClassVar[ScoreKind] = ScoreKind.SIMILARITY
     defaults: ClassVar[dict[str, Any]] = {
         "angular_step": 30.0, "max_shift": 2, "bin": 2, "refine_top": 8, "cache_size": 256,
     }

@@ -1,0 +1,499 @@
+"""The Python API: every ``fsc`` command is one function here.
+
+Functions take plain Python values (numbers, lists, paths, method names) or objects
+(:class:`SubtomogramDataset`, :class:`MethodSpec`), return data (a pandas DataFrame, a
+:class:`ModelCard`, an ``optuna.Study``), raise :class:`FscError` for bad input, and report progress
+through an optional :class:`~fewshot_cryoet.reporting.Reporter` (silent by default; the command line
+passes one that draws rich progress bars)::
+
+    from fewshot_cryoet import api
+    frame = api.bench(["protonet", "xcorr"], dataset="data/synthetic", snrs=[1000], ways=[2, 4],
+                      episodes=100, budget="200ep", store="results.sqlite")
+    print(frame.groupby(["label", "n_way"])["accuracy"].mean())
+
+The command line (``cli*.py``) only parses options, calls one of these and prints what it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import pandas as pd
+
+from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.reporting import Reporter, as_reporter
+
+if TYPE_CHECKING:
+    import optuna
+
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+    from fewshot_cryoet.datasets.providers import DatasetProvider
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
+    from fewshot_cryoet.datasets.templates import Template
+    from fewshot_cryoet.model_dir import ModelCard
+    from fewshot_cryoet.runner import MethodSpec
+
+DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
+DEFAULT_STORE = "fsc-results.sqlite"
+#: Subtomograms per class when a data set is simulated on demand and none is asked for.
+DEFAULT_PER_CLASS = 100
+
+
+# -- methods ---------------------------------------------------------------------------------------
+def method_specs(methods: str | Sequence[str], params: dict[str, dict[str, Any]] | None = None,
+                 tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE) -> list[MethodSpec]:
+    """Methods to run, validated without building anything: ``"protonet,siamese/variant"`` or a
+    list of ``NAME[/VARIANT]``; ``params`` maps a method name to hyper-parameter overrides; each
+    ``tuned`` source (``best:STUDY`` in ``storage``, or a file from ``fsc tune export``) gives its
+    method/variant the tuned values (explicit ``params`` still win)."""
+    from fewshot_cryoet.plugins import get_plugins, require_methods
+    from fewshot_cryoet.runner import MethodSpec
+
+    entries = [e.strip() for e in (methods.split(",") if isinstance(methods, str) else methods) if e.strip()]
+    if not entries:
+        raise SettingError("methods", "methods is empty; name at least one (see fsc methods)")
+    names = [e.split("/", 1)[0] for e in entries]
+    classes = require_methods(names)
+    params = dict(params or {})
+    strays = sorted(set(params) - set(names))
+    if strays:
+        raise SettingError("param", f"param for {', '.join(strays)}, which is not among the methods "
+                                    f"({', '.join(names)})")
+    plugins = get_plugins()
+    specs = []
+    for entry, name, cls in zip(entries, names, classes):
+        variant, resolved = cls.resolve(params.get(name), entry.split("/", 1)[1] if "/" in entry else None)
+        specs.append(MethodSpec(cls, variant, dict(params.get(name, {})), str(plugins.methods.origin(name)),
+                                cls.label_for(variant, resolved)))
+    for source in tuned:
+        from fewshot_cryoet.tuning import resolve_params
+
+        specs = apply_tuned(specs, resolve_params(source, storage))
+    return specs
+
+
+def apply_tuned(specs: list[MethodSpec], tuned) -> list[MethodSpec]:
+    """Give the spec(s) of the tuned method/variant the tuned hyper-parameters (explicit values
+    still win) and a label that says they were tuned, and with how many trials."""
+    hits = [i for i, s in enumerate(specs) if s.cls.name == tuned.method and s.variant == tuned.variant]
+    if not hits:
+        raise SettingError("methods", f"{tuned.source}: tunes {tuned.method}/{tuned.variant}, which is not run; "
+                                      f"add it with methods {tuned.method}/{tuned.variant}")
+    specs = list(specs)
+    for i in hits:
+        spec = specs[i]
+        merged = {**tuned.params, **spec.params}
+        try:
+            variant, resolved = spec.cls.resolve(merged, tuned.variant)
+        except FscError as exc:
+            raise FscError(f"{tuned.source}: {exc}") from None
+        specs[i] = replace(spec, variant=variant, params=merged,
+                           label=f"{spec.cls.label_for(variant, resolved)} · tuned ({tuned.trials} trials)")
+    return specs
+
+
+# -- data --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's data come from: a recipe simulated on demand into the cache (``provider``)
+    or a data set folder (``fixed``); ``name`` is what results record."""
+
+    name: str
+    provider: DatasetProvider | None = None
+    fixed: SubtomogramDataset | None = None
+
+    def at(self, snr: float, reporter: Reporter | None = None) -> SubtomogramDataset:
+        """The data set holding SNR ``snr``, checked (cheaply) before anyone trains on it."""
+        from fewshot_cryoet.datasets.dataset import snr_label
+
+        data = self.fixed if self.fixed is not None else self.provider.dataset(snr, reporter)
+        data.check()
+        if snr_label(snr) not in data.snr_labels:
+            raise SettingError("snr", f"snr {snr_label(snr)}: {data.path} has no SNR {snr_label(snr)} "
+                                      f"(it has {', '.join(data.snr_labels)})")
+        return data
+
+
+def data_source(dataset: str | Path | SubtomogramDataset | None = None, templates: Sequence[str | Path] = (),
+                per_class: int | None = None, test_classes: Sequence[str] | None = None) -> DataSource:
+    """A registered data set name (default ``synthetic``), a data set folder or object, or
+    ``templates`` to simulate from. ``per_class`` applies to simulated data only, and
+    ``test_classes`` to ``templates`` only; given where they do not apply they are refused, not
+    ignored."""
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+    from fewshot_cryoet.datasets.providers import templates_provider
+    from fewshot_cryoet.plugins import get_plugins
+
+    if templates:
+        if dataset is not None:
+            raise SettingError("templates", "templates and dataset are alternatives; give one")
+        explicit = {"test": list(test_classes)} if test_classes else None
+        provider = templates_provider(list(templates), per_class or DEFAULT_PER_CLASS, explicit)
+        return DataSource("templates:" + ",".join(Path(p).name for p in templates), provider)
+    if test_classes:
+        raise SettingError("test_classes", "test_classes applies only to templates (a data set's own "
+                                           "splits are fixed when it is made: fsc simulate --test-classes)")
+    if isinstance(dataset, SubtomogramDataset):
+        fixed = dataset
+    else:
+        name = str(dataset or "synthetic")
+        registry = get_plugins().datasets
+        if name in registry:
+            provider = registry.get(name)
+            if per_class is not None and per_class != provider.per_class:
+                provider = replace(provider, per_class=per_class)
+            return DataSource(name, provider)
+        if not Path(name).is_dir():
+            raise SettingError("dataset", f"unknown data set {name!r}: not a folder and not one of: "
+                                          f"{', '.join(registry.names())}")
+        fixed = SubtomogramDataset(name)
+    if per_class is not None:
+        raise SettingError("per_class", f"per_class applies only to data simulated on demand, not to the data "
+                                        f"set folder {fixed.path}")
+    fixed.check()  # before anything is created or trained
+    return DataSource(fixed.path.name, fixed=fixed)
+
+
+def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0,
+                   voxel_size: float = 10.0, template_voxel_size: float | None = None,
+                   resolution: float | None = None, reporter: Reporter | None = None) -> list[Template]:
+    """Density maps / atomic models from ``paths``, or ``classes`` built-in synthetic classes."""
+    from fewshot_cryoet.datasets.synthetic import synthetic_template
+    from fewshot_cryoet.datasets.templates import find_template_files, load_template
+
+    reporter = as_reporter(reporter)
+    if paths:
+        files = find_template_files(list(paths))
+        task = reporter.task("loading templates", total=len(files))
+        templates = []
+        for f in files:
+            templates.append(load_template(f, voxel_size, template_voxel_size, resolution))
+            task.advance()
+        return templates
+    if classes < 1:
+        raise SettingError("classes", f"classes must be ≥ 1, got {classes}")
+    task = reporter.task("synthetic classes", total=classes)
+    templates = []
+    for i in range(classes):
+        templates.append(synthetic_template(synthetic_seed + i, voxel_size, resolution))
+        task.advance()
+    return templates
+
+
+def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0,
+             template_voxel_size: float | None = None, resolution: float | None = None,
+             snrs: Sequence[float] = (1000.0,), per_class: int = 200, config: SimulationConfig | None = None,
+             split: Sequence[float] = (0.4, 0.2, 0.4), val_classes: Sequence[str] | None = None,
+             test_classes: Sequence[str] | None = None, seed: int = 0, workers: int = 1, overwrite: bool = False,
+             reporter: Reporter | None = None) -> SubtomogramDataset:
+    """Simulate a data set of subtomograms with ground-truth masks into ``out``."""
+    from fewshot_cryoet.datasets.build import simulate_dataset
+    from fewshot_cryoet.datasets.dataset import check_output_folder
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
+
+    config = config or SimulationConfig()
+    explicit = {k: list(v) for k, v in (("val", val_classes), ("test", test_classes)) if v}
+    check_output_folder(Path(out), overwrite)  # fail before the slow part
+    loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,
+                            reporter)
+    return simulate_dataset(loaded, out, list(snrs), per_class, config, seed, workers, tuple(split),
+                            explicit or None, overwrite, reporter)
+
+
+def export(dataset: str | Path | SubtomogramDataset, out: str | Path, snr: float | str | None = None,
+           overwrite: bool = False, reporter: Reporter | None = None) -> Path:
+    """MRC files plus a RELION-style ``particles.star`` of one SNR level (default: the noisiest)."""
+    from fewshot_cryoet.datasets.export import export_dataset
+
+    data = open_dataset(dataset)
+    return export_dataset(data, out, snr if snr is not None else data.snr_labels[-1], overwrite, reporter)
+
+
+def open_dataset(dataset: str | Path | SubtomogramDataset, verify: bool = False) -> SubtomogramDataset:
+    """A data set folder, checked cheaply (``verify`` also rehashes every file)."""
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+
+    data = dataset if isinstance(dataset, SubtomogramDataset) else SubtomogramDataset(dataset)
+    data.verify() if verify else data.check()
+    return data
+
+
+def show(dataset: str | Path | SubtomogramDataset, out: str | Path = "montage.png", snr: float | str | None = None,
+         per_class: int = 3, axis: str = "z", model: str | Path | None = None, device: str = "auto") -> Path:
+    """A PNG of central slices and masks per class, or, with ``model`` (a checkpoint or model
+    folder of a segmenting method), its raw and CRF-refined masks per test class."""
+    from fewshot_cryoet.datasets.montage import draw_montage
+
+    data = open_dataset(dataset)
+    if model is None:
+        return draw_montage(data, out, snr, per_class, axis)
+    from fewshot_cryoet.figures import draw_segmentations
+
+    return draw_segmentations(data, load_method(model, device), out, snr)
+
+
+def load_method(path: str | Path, device: str = "auto"):
+    """A trained method from a model folder (``fsc train``) or a checkpoint file (``<store>.models``)."""
+    from fewshot_cryoet.checkpoints import load_method as from_checkpoint
+    from fewshot_cryoet.model_dir import load_model
+    from fewshot_cryoet.runner import resolve_device
+
+    path = Path(path)
+    if path.is_dir():
+        return load_model(path, resolve_device(device))[0]
+    return from_checkpoint(path, resolve_device(device))
+
+
+# -- bench, train, tune ------------------------------------------------------------------------------
+def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, templates: Sequence[str | Path] = (),
+          test_classes: Sequence[str] | None = None, per_class: int | None = None, snrs: Sequence[float] = (1000.0,),
+          ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
+          episodes: int = 600, budget: str = "1m", seed: int = 0, device: str = "auto",
+          store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
+          tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE,
+          reporter: Reporter | None = None) -> pd.DataFrame:
+    """Train and score methods on identical test episodes into a results store; returns this
+    run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
+    (the rest of the grid completes)."""
+    from fewshot_cryoet.datasets.dataset import snr_label
+    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.runner import BenchSettings, Runner
+    from fewshot_cryoet.store import ResultsStore
+
+    specs = _specs(methods, params, tuned, storage)
+    if episodes < 1 or queries_per_class < 1:
+        raise SettingError("episodes", "episodes and queries_per_class must be ≥ 1")
+    settings = BenchSettings(ways=list(ways), shots=list(shots), queries=queries_per_class, episodes=episodes,
+                             budget=Budget.parse(budget), seed=seed, device=device)
+    settings.torch_device  # validate the device now
+    source = data_source(dataset, templates, per_class, test_classes)
+    if source.fixed is not None:
+        missing = [snr_label(s) for s in snrs if snr_label(s) not in source.fixed.snr_labels]
+        if missing:
+            raise SettingError("snr", f"snr {', '.join(missing)}: {source.fixed.path} has no SNR {', '.join(missing)} "
+                                      f"(it has {', '.join(source.fixed.snr_labels)})")
+    results = ResultsStore(store)
+    try:
+        runner = Runner(results, settings, reporter, resume)
+        for snr in snrs:
+            runner.run_snr(specs, source.at(snr, reporter), source.name, snr)
+        frame = results.frame()
+    finally:
+        results.close()
+    labels = {spec.label for spec in specs}
+    frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
+                  & frame["seed"].eq(seed) & frame["dataset"].eq(source.name)].reset_index(drop=True)
+    frame.attrs["failures"] = list(runner.failures)
+    return frame
+
+
+def _specs(methods, params, tuned, storage) -> list[MethodSpec]:
+    from fewshot_cryoet.runner import MethodSpec
+
+    if not isinstance(methods, str) and methods and all(isinstance(m, MethodSpec) for m in methods):
+        return list(methods)
+    return method_specs(methods, params, tuned, storage)
+
+
+def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates: Sequence[str | Path] = (),
+          test_classes: Sequence[str] | None = None, per_class: int | None = None, snr: float = 1000.0,
+          budget: str = "30m", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
+          overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
+          storage: str = DEFAULT_STORAGE, reporter: Reporter | None = None) -> ModelCard:
+    """Meta-train a method on a data set's training classes (model selection on its validation
+    classes) into a self-describing model folder ``out``; returns the folder's card."""
+    import fewshot_cryoet
+    from fewshot_cryoet.datasets.dataset import snr_label
+    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.model_dir import NORMALISATION, ModelCard, save_model
+    from fewshot_cryoet.outputs import check_output_folder
+    from fewshot_cryoet.runner import fit_context, resolve_device
+
+    spec = method if not isinstance(method, str) else method_specs(
+        [method], {method.split("/")[0]: params} if params else None, [tuned] if tuned else [], storage)[0]
+    if not spec.cls.trainable:
+        raise SettingError("method", f"method {spec.cls.name} needs no training; use it directly "
+                                     f"(fsc predict --method {spec.cls.name})")
+    check_output_folder(Path(out), overwrite, "model")  # before hours of training, not after
+    budget_ = Budget.parse(budget)
+    torch_device = resolve_device(device)
+    source = data_source(dataset, templates, per_class, test_classes)
+    reporter = as_reporter(reporter)
+    data = source.at(snr, reporter)
+    instance = spec.cls(spec.params, spec.variant, torch_device)
+    task = reporter.task(f"train {instance.label}", total=1.0)
+    context = fit_context(data, snr, instance.segments, budget_, torch_device, queries_per_class, seed,
+                          progress=lambda fraction, _: task.update(fraction))
+    report = instance.fit(context)
+    task.update(1.0)
+    card = ModelCard(
+        method=instance.name, variant=instance.variant, params=instance.params, box=data.box,
+        voxel_size=data.voxel_size, normalisation=NORMALISATION, dataset=source.name, dataset_hash=data.content_hash,
+        snr=snr_label(snr), budget=str(budget_), package_version=fewshot_cryoet.__version__,
+        train_classes=list(context.train.classes), fit={**asdict(report), "label": spec.label or instance.label},
+    )
+    save_model(instance, card, Path(out), overwrite)
+    return card
+
+
+def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | None = None, snr: float = 1000.0,
+         ways: int = 4, shots: int = 1, queries_per_class: int = 5, val_episodes: int = 100, dataset=None,
+         templates: Sequence[str | Path] = (), test_classes: Sequence[str] | None = None,
+         per_class: int | None = None, budget: str = "1m", trials: int = 20, timeout: str | None = None,
+         storage: str = DEFAULT_STORAGE, study: str | None = None, sampler: str = "tpe", pruner: str = "median",
+         objective: str = "accuracy", seed: int = 0, device: str = "auto", reporter: Reporter | None = None,
+         on_trial: Callable[[Any], None] | None = None) -> optuna.Study:
+    """Tune a method's hyper-parameters on validation classes (the test split is never read) in
+    an Optuna study; running it again continues the study up to ``trials`` finished trials."""
+    from fewshot_cryoet import tuning
+    from fewshot_cryoet.datasets.dataset import snr_label
+    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.runner import resolve_device
+
+    entry = method if variant is None else f"{method.split('/', 1)[0]}/{variant}"
+    spec = method_specs([entry], {entry.split("/")[0]: params} if params else None)[0]
+    cls, variant = spec.cls, spec.variant
+    if trials < 1 or val_episodes < 1:
+        raise SettingError("trials", "trials and val_episodes must be ≥ 1")
+    if objective not in tuning.OBJECTIVES:
+        raise SettingError("objective", f"objective {objective!r}: use one of {', '.join(tuning.OBJECTIVES)}")
+    budget_ = Budget.parse(budget)
+    timeout_s = tuning.parse_timeout(timeout)
+    torch_device = resolve_device(device)
+    variant_params = cls.resolve(spec.params, variant)[1]
+    distributions = tuning.probe_search_space(cls, variant_params)  # refuses an empty space early
+    optuna_storage = tuning.open_storage(storage)  # refuses an unreachable server before simulating
+    source = data_source(dataset, templates, per_class, test_classes)
+    reporter = as_reporter(reporter)
+    data = source.at(snr, reporter)
+    settings = tuning.TuneSettings(
+        method=cls.name, variant=variant, fixed_params=spec.params, dataset=source.name,
+        dataset_hash=data.content_hash, snr=snr_label(snr), ways=ways, shots=shots, queries=queries_per_class,
+        val_episodes=val_episodes, budget=str(budget_) if cls.trainable else "", objective=objective, seed=seed,
+    )
+    name = study or tuning.default_study_name(cls.name, variant, settings.snr, ways, shots, objective)
+    the_study = tuning.open_study(optuna_storage, name, settings, sampler, pruner, distributions)
+    if sampler != "grid" and tuning.enqueue_defaults(the_study, cls, variant_params, distributions):
+        reporter.log("trial 0 runs the untuned defaults, for comparison")
+    done = len(tuning.finished_trials(the_study))
+    reporter.log(f"study {name} in {tuning.safe_url(storage)}: {done} finished trial(s), tuning "
+                 f"{len(distributions)} hyper-parameter(s) of {cls.name}/{variant} up to {trials} trials; "
+                 f"objective: {tuning.OBJECTIVES[objective]}")
+    objective_fn = tuning.TuningObjective(cls, settings, data, budget_, torch_device, reporter)
+    task = reporter.task(f"tune {cls.name}/{variant}", total=trials, completed=min(done, trials))
+
+    def after_trial(trial) -> None:
+        task.update(min(len(tuning.finished_trials(the_study)), trials))
+        if on_trial is not None:
+            on_trial(trial)
+
+    tuning.run_study(the_study, objective_fn, trials, timeout_s, after_trial)
+    return the_study
+
+
+def export_tuned(study: str, out: str | Path, storage: str = DEFAULT_STORAGE):
+    """Write a study's best trial to a params file (for ``bench(tuned=[file])``); returns it."""
+    from fewshot_cryoet import tuning
+    from fewshot_cryoet.outputs import check_writable_parent, write_text
+
+    out = Path(out)
+    if out.is_dir():
+        raise SettingError("export", f"export {out}: is a folder; give a file name such as best.json")
+    check_writable_parent(out, "export")
+    params = tuning.tuned_params(tuning.load_study(storage, study), f"{tuning.safe_url(storage)}#{study}")
+    write_text(out, params.to_json() + "\n")
+    return params
+
+
+# -- predict, leaderboard ----------------------------------------------------------------------------
+def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out: str | Path, *,
+            model: str | Path | None = None, method: str | None = None, params: dict[str, Any] | None = None,
+            voxel_size: float | None = None, invert: bool = False, batch_size: int = 32,
+            save_probabilities: bool = False, crf: bool = True, on_error: str = "skip", device: str = "auto",
+            overwrite: bool = False, reporter: Reporter | None = None) -> pd.DataFrame:
+    """Classify (and segment) ``queries`` against 1 to K ``support`` examples per class with a
+    trained ``model`` folder or a training-free ``method``; writes ``out`` and returns its
+    predictions table (skipped queries in ``frame.attrs["skipped"]``)."""
+    from fewshot_cryoet.datasets.mrc_io import read_volume
+    from fewshot_cryoet.model_dir import load_model
+    from fewshot_cryoet.outputs import check_output_folder
+    from fewshot_cryoet.predict import (
+        VOXEL_SIZE_SETTING, Preparer, PredictOptions, check_files_exist, duplicate_queries, predict_folder, read_queries, read_support,
+    )
+    from fewshot_cryoet.runner import resolve_device
+
+    if (model is None) == (method is None):
+        raise SettingError("model", "model and method are alternatives: give a model folder (fsc train) or a "
+                                    "training-free method")
+    if batch_size < 1:
+        raise SettingError("batch_size", f"batch_size must be ≥ 1, got {batch_size}")
+    reporter = as_reporter(reporter)
+    out = Path(out)
+    check_output_folder(out, overwrite, "predictions")
+    support_set = read_support(Path(support))
+    sources = [queries] if isinstance(queries, (str, Path)) else list(queries)
+    query_table, query_paths = read_queries([Path(q) for q in sources])
+    check_files_exist(support_set.paths + query_paths)  # every unreadable file, before any work
+    repeated = duplicate_queries(query_paths)
+    if repeated:
+        reporter.log(f"warning: {repeated} query entr{'y repeats' if repeated == 1 else 'ies repeat'} an earlier "
+                     "one; each is predicted again")
+    torch_device = resolve_device(device)
+    if model is not None:
+        instance, card = load_model(Path(model), torch_device)
+        box, model_voxel = card.box, card.voxel_size
+    else:
+        spec = method_specs([method], {method.split("/")[0]: params} if params else None)[0]
+        if spec.cls.trainable:
+            raise SettingError("method", f"method {spec.cls.name} must be trained first (fsc train --method "
+                                         f"{spec.cls.name}), then predicted with its model folder")
+        instance = spec.cls(spec.params, spec.variant, torch_device)
+        first, model_voxel = read_volume(support_set.paths[0], voxel_size, VOXEL_SIZE_SETTING)
+        box = first.shape[0]
+    prepare = Preparer(box, model_voxel, voxel_size, invert, warn=lambda m: reporter.log(f"warning: {m}"))
+    options = PredictOptions(batch_size, save_probabilities, crf=crf, on_error=on_error)
+    summary = predict_folder(instance, support_set, query_table, query_paths, prepare, out, options, reporter,
+                             overwrite=overwrite)
+    frame = pd.read_csv(out / "predictions.csv")
+    frame.attrs["skipped"] = summary.skipped
+    frame.attrs["classes"] = support_set.class_names
+    frame.attrs["support_examples"] = len(support_set.paths)
+    return frame
+
+
+def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path = "leaderboards") -> list[Path]:
+    """Markdown, CSV and PNG leaderboards from a results store; returns the files written."""
+    from fewshot_cryoet.leaderboard import render
+    from fewshot_cryoet.store import ResultsStore
+
+    store = Path(store)
+    if not store.exists():
+        raise SettingError("store", f"store {store}: no such results store; run bench first")
+    results = ResultsStore(store)
+    try:
+        frame = results.frame()
+        if frame.empty:
+            raise SettingError("store", f"store {store}: holds no results yet; run bench first")
+        return render(frame, results.query_dice_frame(), Path(out), store.name)
+    finally:
+        results.close()
+
+
+def parse_param_overrides(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["protonet.lr=1e-3", "cosnet.channels=[8,16]"]`` → ``{"protonet": {"lr": 0.001}, ...}``;
+    values are JSON where they parse as JSON, strings otherwise."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        match = re.fullmatch(r"([\w-]+)\.(\w+)=(.*)", text)
+        if not match:
+            raise SettingError("param", f"param {text!r}: use METHOD.KEY=VALUE")
+        try:
+            value = json.loads(match.group(3))
+        except ValueError:
+            value = match.group(3)
+        overrides.setdefault(match.group(1), {})[match.group(2)] = value
+    return overrides

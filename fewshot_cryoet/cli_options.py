@@ -1,0 +1,177 @@
+"""What every ``fsc`` command shares: option decorators (one name per concept), the rich progress
+reporter, and the printers that mask credentials and never read user text as markup."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.redact import mask_secrets
+from fewshot_cryoet.reporting import Reporter, Task
+
+console = Console(stderr=True)
+DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
+
+
+def print_error(message: object) -> None:
+    """One error line on stderr, credentials masked, printed literally (``tomo[raw].mrc``)."""
+    console.print(Text.assemble(("fsc: error: ", "bold red"), mask_secrets(str(message))), highlight=False,
+                  soft_wrap=True)
+
+
+def print_warning(message: object) -> None:
+    console.print(Text.assemble(("fsc: warning: ", "yellow"), mask_secrets(str(message))), highlight=False,
+                  soft_wrap=True)
+
+
+def say(message: object, console_: Console | None = None) -> None:
+    """A plain line (paths, labels, numbers) printed literally, credentials masked."""
+    (console_ or Console()).print(mask_secrets(str(message)), markup=False, highlight=False, soft_wrap=True)
+
+
+def error_text(exc: FscError) -> str:
+    """The message, with a library setting's name shown as its option (``budget`` → ``--budget``)."""
+    if isinstance(exc, SettingError):
+        return exc.with_option("--" + exc.setting.replace("_", "-"))
+    return str(exc)
+
+
+class RichReporter(Reporter):
+    """Library progress as rich progress bars, log lines printed above them."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def _start(self, task: Task) -> object:
+        return self.progress.add_task(task.description, total=task.total, completed=task.completed)
+
+    def _update(self, task: Task) -> None:
+        self.progress.update(task.key, completed=task.completed)
+
+    def log(self, message: str) -> None:
+        say(message, self.progress.console)
+
+
+def progress_bars() -> Progress:
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def parse_list(text: str | None, option: str, cast=str) -> list | None:
+    """``"2,4,6"`` → ``[2, 4, 6]``; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FscError(f"{option} {text!r}: expected a comma-separated list such as 2,4,6,8") from None
+    if not values:
+        raise FscError(f"{option} is empty")
+    return values
+
+
+def parse_range(text: str, option: str, cast=float) -> tuple:
+    """``"2-6"`` or ``"-60,60"`` → (low, high); ``"3"`` → (3, 3)."""
+    match = re.fullmatch(r"\s*(-?[\d.]+)\s*(?:[-,]\s*(-?[\d.]+)\s*)?", text)
+    try:
+        low = cast(match.group(1))
+        high = cast(match.group(2)) if match.group(2) is not None else low
+    except (AttributeError, ValueError):
+        raise FscError(f"{option} {text!r}: expected a number or a range such as 2-6 or -60,60") from None
+    if low > high:
+        raise FscError(f"{option} {text!r}: expected a range low-high with low ≤ high")
+    return low, high
+
+
+def method_params(param_texts, method: str | None) -> dict | None:
+    """The --param overrides of the one method a command runs; others are refused, not ignored."""
+    from fewshot_cryoet.api import parse_param_overrides
+
+    overrides = parse_param_overrides(param_texts)
+    name = (method or "").split("/", 1)[0]
+    strays = sorted(set(overrides) - {name})
+    if strays:
+        raise FscError(f"--param for {', '.join(strays)}, which this command does not run "
+                       f"({name or 'no --method given'})")
+    return overrides.get(name)
+
+
+def snrs(texts) -> list[float]:
+    from fewshot_cryoet.datasets.dataset import parse_snr
+
+    return [parse_snr(t) for t in texts]
+
+
+def _stack(*decorators):
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
+
+
+def data_options(function):
+    """Where the data come from: --dataset or --templates (+ --test-classes, --per-class)."""
+    return _stack(
+        click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic]."),
+        click.option("--templates", "templates", multiple=True, metavar="DIR|FILE",
+                     help="Simulate from these density maps or atomic models instead; repeatable."),
+        click.option("--test-classes", default=None, help="With --templates: comma-separated classes held out for testing."),
+        click.option("--per-class", type=click.IntRange(min=1), default=None,
+                     help="Subtomograms per class when the data are simulated on demand [100]."),
+    )(function)
+
+
+def method_options(single: bool):
+    """--method (one) or --methods (several), --param overrides, tuned --params and their --storage."""
+    def apply(function):
+        which = (click.option("--method", "methods", required=True, help="Method, optionally METHOD/VARIANT.")
+                 if single else
+                 click.option("--methods", "methods", default="protonet,siamese,xcorr", show_default=True,
+                              help="Comma-separated methods, optionally NAME/VARIANT."))
+        return _stack(
+            which,
+            click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE",
+                         help="Hyper-parameter override; repeatable."),
+            click.option("--params", "tuned", multiple=not single, default=None, metavar="best:STUDY|FILE",
+                         help="Tuned hyper-parameters: a study's best trial (in --storage) or a file from "
+                              "fsc tune export."),
+            storage_option,
+        )(function)
+    return apply
+
+
+storage_option = click.option(
+    "--storage", "--tune-storage", "storage", default=DEFAULT_STORAGE, show_default=True,
+    help="Optuna storage of tuning studies: sqlite:///FILE or postgresql://user:password@host/db "
+         "(--tune-storage is the old spelling).")
+
+
+def run_options(function):
+    """--seed, --device."""
+    return _stack(
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    )(function)
+
+
+def queries_per_class_option(function):
+    return click.option("--queries-per-class", "--queries", "queries_per_class", type=click.IntRange(min=1), default=5,
+                        show_default=True, help="Query subtomograms per class per episode "
+                                                "(--queries is the old spelling).")(function)
+
+
+def out_options(what: str, required: bool = True, default: Path | None = None):
+    def apply(function):
+        return _stack(
+            click.option("--out", type=click.Path(path_type=Path), required=required, default=default,
+                         help=f"{what} to write."),
+            click.option("--overwrite", is_flag=True, help=f"Replace {what.lower()} written earlier by fsc."),
+        )(function)
+    return apply

@@ -1,0 +1,150 @@
+"""The one place that turns predictions into numbers: accuracy, Dice, the CRF, and their checks.
+
+The benchmark runner, tuning trials, the validation scores that select a model during training,
+``fsc predict`` and the segmentation figures all score through :class:`Scorer`, so they agree by
+construction: the same finite-score check, the same raw-mask threshold, the same CRF settings and
+one CRF error policy (a volume the CRF cannot refine is logged once and counted; its raw mask
+stands, and its refined Dice is missing rather than invented). Methods only predict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.methods.base import ScoreKind
+from fewshot_cryoet.metrics import dice, episode_accuracy
+from fewshot_cryoet.segmentation.crf import CRFParams, refine
+from fewshot_cryoet.store import EpisodeResult
+
+#: Foreground probability above which a voxel is in the raw mask.
+RAW_THRESHOLD = 0.5
+
+
+def class_probabilities(scores: torch.Tensor, kind: ScoreKind | str) -> torch.Tensor:
+    """Per-class probabilities from a method's scores: softmax of logits, or similarities in
+    [0, 1] normalised to sum to 1."""
+    if ScoreKind(kind) is ScoreKind.SIMILARITY:
+        positive = scores.clamp_min(0)
+        total = positive.sum(dim=1, keepdim=True)
+        uniform = torch.full_like(scores, 1 / scores.shape[1])
+        return torch.where(total > 0, positive / total.clamp_min(1e-12), uniform)
+    return torch.softmax(scores, dim=1)
+
+
+def check_scores(scores: torch.Tensor, n_query: int, n_way: int) -> None:
+    """A method's scores must have one row per query, one column per class, all finite."""
+    if tuple(scores.shape) != (n_query, n_way):
+        raise FscError(f"method returned scores of shape {tuple(scores.shape)}, expected ({n_query}, {n_way})")
+    if not torch.isfinite(scores).all():
+        raise FscError("method returned NaN or infinite scores")
+
+
+class Scorer:
+    """Scores predictions; refines segmentations with the dense CRF (``crf=None``: no CRF).
+
+    Refined masks are cached by (volume identity, probabilities), so a query that appears in many
+    test episodes with the same prediction is refined once.
+    """
+
+    def __init__(self, crf: CRFParams | None = None, log: Callable[[str], None] = lambda message: None) -> None:
+        self.crf = crf
+        self.log = log
+        self.crf_failures = 0
+        self._cache: dict = {}
+
+    def refine(self, probabilities: torch.Tensor | np.ndarray, volume: torch.Tensor | np.ndarray,
+               identity=None) -> np.ndarray | None:
+        """The CRF-refined boolean mask, or None when there is no CRF or it failed on this volume."""
+        if self.crf is None:
+            return None
+        p = np.asarray(probabilities.float().numpy() if torch.is_tensor(probabilities) else probabilities, np.float32)
+        v = np.asarray(volume.float().numpy() if torch.is_tensor(volume) else volume, np.float32)
+        key = None
+        if identity is not None:
+            key = (identity, hashlib.blake2b(p.tobytes(), digest_size=16).hexdigest())
+            if key in self._cache:
+                return self._cache[key]
+        try:
+            mask = refine(p, v, self.crf)
+        except Exception as exc:  # noqa: BLE001 - a degenerate volume must not stop a run
+            self.crf_failures += 1
+            if self.crf_failures == 1:
+                self.log(f"CRF refinement failed ({exc}); such volumes keep their raw mask and get no CRF Dice")
+            mask = None
+        if key is not None:
+            self._cache[key] = mask
+        return mask
+
+    def mask(self, probabilities: torch.Tensor, volume: torch.Tensor, identity=None) -> np.ndarray:
+        """The mask to save: CRF-refined where the CRF ran, else the raw threshold."""
+        refined = self.refine(probabilities, volume, identity)
+        if refined is not None:
+            return refined
+        return (probabilities.float().numpy() if torch.is_tensor(probabilities) else np.asarray(probabilities)) \
+            > RAW_THRESHOLD
+
+    def episode(self, number: int, episode, prediction, seconds: float = 0.0) -> EpisodeResult:
+        """Accuracy, and Dice per query (raw and CRF-refined) when the prediction segments and the
+        episode carries ground-truth masks."""
+        n_query = len(episode.query_labels)
+        check_scores(prediction.scores, n_query, episode.n_way)
+        result = EpisodeResult(number, episode_accuracy(prediction.scores, episode.query_labels), seconds)
+        if prediction.probabilities is None or episode.query_masks is None:
+            return result
+        truth = episode.query_masks > 0
+        values = dice(prediction.probabilities > RAW_THRESHOLD, truth)
+        refined_values: list[float | None] = [None] * n_query
+        ids = episode.query_ids or [None] * n_query
+        for q in range(n_query):
+            mask = self.refine(prediction.probabilities[q, 0], episode.query[q, 0], ids[q])
+            if mask is not None:
+                refined_values[q] = float(dice(torch.from_numpy(mask)[None], truth[q])[0])
+        labels = episode.query_labels.tolist()
+        result.dice = float(values.mean())
+        finite = [v for v in refined_values if v is not None]
+        result.dice_crf = sum(finite) / len(finite) if finite else None
+        result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), refined_values[q])
+                             for q in range(n_query)]
+        return result
+
+
+@dataclass
+class ValidationScore:
+    """What model selection sees after validation episodes: accuracy and mean raw Dice (None when
+    the method does not segment or the episodes have no masks)."""
+
+    accuracy: float
+    dice: float | None = None
+
+    @property
+    def selection(self) -> float:
+        """Segmenting methods are selected on (accuracy + Dice) / 2: accuracy alone plateaus within
+        ~200 episodes and would keep a barely trained decoder."""
+        return self.accuracy if self.dice is None else (self.accuracy + self.dice) / 2
+
+
+def validator(episodes: list) -> Callable[[object], ValidationScore] | None:
+    """The validation callback a fit gets (None without validation episodes): accuracy over all
+    validation queries and the mean raw Dice per query (no CRF while training)."""
+    if not episodes:
+        return None
+
+    def validate(method) -> ValidationScore:
+        correct = total = 0
+        dice_values: list[torch.Tensor] = []
+        for episode in episodes:
+            prediction = method.predict(episode)
+            correct += int((prediction.scores.argmax(dim=1) == episode.query_labels).sum())
+            total += len(episode.query_labels)
+            if prediction.probabilities is not None and episode.query_masks is not None:
+                dice_values.append(dice(prediction.probabilities > RAW_THRESHOLD, episode.query_masks.cpu()))
+        mean_dice = float(torch.cat(dice_values).mean()) if dice_values else None
+        return ValidationScore(correct / max(total, 1), mean_dice)
+
+    return validate

@@ -1,0 +1,95 @@
+"""Optuna storages for tuning studies: SQLite files or any SQLAlchemy URL (PostgreSQL), with
+heartbeats so a killed worker's trial is failed by the next one, and one-line errors that never
+print the password."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fewshot_cryoet.errors import FscError, SettingError
+
+if TYPE_CHECKING:
+    import optuna
+
+DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
+HEARTBEAT_SECONDS = 20
+GRACE_SECONDS = 60
+
+
+def safe_url(url: str) -> str:
+    """The storage URL with every password form masked, for messages (see ``redact``)."""
+    from fewshot_cryoet.redact import mask_secrets
+
+    return mask_secrets(url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats (so killed trials get marked failed), or a clear one-line
+    error saying which host could not be reached and how to fix it, without the password."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:
+        raise SettingError("storage", f"storage {safe_url(url)!r}: not a database URL (e.g. sqlite:///fsc-tune.sqlite or "
+                       "postgresql://user:password@host:5432/db)") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # fsc reports trials itself
+    url = _with_installed_postgres_driver(parsed)
+    try:
+        return _rdb_storage(url, sqlite=parsed.drivername.startswith("sqlite"))
+    except ImportError:
+        raise SettingError("storage", f"storage {safe_url(url)}: no database driver for {parsed.drivername} is installed; "
+                       "for PostgreSQL: pip install 'fewshot-cryoet[postgres]' (psycopg 3)") from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        host = f"{parsed.host}:{parsed.port or 'default port'}" if parsed.host else (parsed.database or safe_url(url))
+        reason = safe_url(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        for secret in (parsed.password, parsed.query.get("password")):
+            if isinstance(secret, str) and secret:
+                reason = reason.replace(secret, "***")
+        raise FscError(
+            f"cannot open tuning storage {safe_url(url)} at {host}: {reason}; check that the server is "
+            "running and reachable, and the user, password and database in the URL"
+        ) from None
+
+
+def _rdb_storage(url: str, sqlite: bool, attempts: int = 5):
+    """RDBStorage, retried a few times: workers started together race to create the schema on a
+    fresh database, and the loser sees a duplicate-table or duplicate-key error for a moment."""
+    import warnings
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                    # SQLite: wait for the other workers' write locks instead of failing at once.
+                    engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            transient = any(word in str(exc).lower() for word in ("locked", "already exists", "duplicate"))
+            refused = isinstance(exc, sqlalchemy.exc.OperationalError) and not transient
+            if refused or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _with_installed_postgres_driver(parsed) -> str:
+    """``postgresql://`` names no driver and SQLAlchemy's default changed between versions
+    (psycopg2 up to 2.0, psycopg 3 from 2.1): name whichever is installed."""
+    if parsed.drivername == "postgresql":
+        import importlib.util
+
+        for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+            if importlib.util.find_spec(module) is not None:
+                parsed = parsed.set(drivername=driver)
+                break
+    return parsed.render_as_string(hide_password=False)
