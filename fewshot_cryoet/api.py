@@ -497,3 +497,57 @@ def parse_param_overrides(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
             value = match.group(3)
         overrides.setdefault(match.group(1), {})[match.group(2)] = value
     return overrides
+
+
+# -- summaries (what the command line prints, as data) ---------------------------------------------
+def dataset_summary(dataset: SubtomogramDataset) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per class: split, extent, particles; lines on each SNR level and the hash)."""
+    import math
+
+    counts = dataset.particles["class"].value_counts()
+    classes = pd.DataFrame([{"class": c["name"], "split": c["split"], "extent (Å)": round(c["extent_angstrom"]),
+                             "particles": int(counts.get(c["name"], 0))} for c in dataset.manifest["classes"]])
+    lines = []
+    labels = dataset.labels
+    for label in dataset.snr_labels:
+        rows = labels[labels["volume_file"] == f"volumes/snr_{label}.npy"]
+        measured, masked = rows["snr_measured"].astype(float), rows["snr_measured_mask"].astype(float)
+        lines.append(f"SNR {label}: " + ("noise-free" if math.isinf(measured.iloc[0]) else
+                     f"measured {measured.mean():.4g} (box), {masked.median():.4g} median inside masks"))
+    return classes, [*lines, f"content hash {dataset.content_hash}"]
+
+
+def methods() -> pd.DataFrame:
+    """Every registered method (built-in and plugins): variants, origin, whether it segments and trains."""
+    from fewshot_cryoet.plugins import get_plugins
+
+    registry = get_plugins().methods
+    return pd.DataFrame([{"method": name, "variants": ", ".join(cls.variants), "origin": str(registry.origin(name)),
+                          "segments": "yes" if cls.segments else "no", "trains": "yes" if cls.trainable else "no",
+                          "description": cls.description}
+                         for name in registry.names() for cls in [registry.get(name)]])
+
+
+def study_summary(study: optuna.Study, storage: str, top: int = 10) -> tuple[str, pd.DataFrame]:
+    """(one line on what a study tunes and its trial counts, its best completed trials)."""
+    from optuna.trial import TrialState
+
+    from fewshot_cryoet.tuning import safe_url
+
+    s = study.user_attrs["fsc"]
+    trials = study.get_trials(deepcopy=False)
+    counts = ", ".join(f"{n} {state.name.lower()}" for state in TrialState
+                       if (n := sum(t.state == state for t in trials)))
+    header = (f"study {study.study_name} ({safe_url(storage)}): {s['method']}/{s['variant']}, SNR {s['snr']}, "
+              f"{s['ways']}-way {s['shots']}-shot, budget {s['budget'] or 'none'} per trial, objective "
+              f"{s['objective']}; trials: {counts}")
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-sum(t.values), t.number))
+
+    def fmt(value) -> str:
+        return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    rows = [{"trial": f"{t.number}{' (defaults)' if t.user_attrs.get('untuned') else ''}",
+             "objective": ", ".join(f"{v:.4f}" for v in t.values), "accuracy": fmt(t.user_attrs.get("accuracy")),
+             "CRF Dice": fmt(t.user_attrs.get("dice_crf")), "train episodes": fmt(t.user_attrs.get("fit_episodes")),
+             "parameters": " ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items()))} for t in complete[:top]]
+    return header, pd.DataFrame(rows)

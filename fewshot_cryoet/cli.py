@@ -8,22 +8,21 @@ into 143; outputs are written atomically, so neither leaves half-written data th
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 import fewshot_cryoet
 from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import (
-    RichReporter, console, data_options, error_text, method_options, out_options, parse_list, parse_range,
-    print_error, print_warning, progress_bars, queries_per_class_option, run_options, say, snrs,
+    data_options, method_options, out_options, parse_list, parse_range, queries_per_class_option, run_options, snrs,
+)
+from fewshot_cryoet.terminal import (
+    RichReporter, console, error_text, print_error, print_table, print_warning, progress_bars, say,
 )
 from fewshot_cryoet.errors import FscError
 
@@ -112,22 +111,10 @@ def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution
 
 
 def _print_summary(dataset) -> None:
-    out = Console()
-    table = Table(title=f"{escape(str(dataset.path))}  ({len(dataset)} subtomograms, {dataset.box}³ at {dataset.voxel_size:g} Å)")
-    for column, justify in (("class", "left"), ("split", "left"), ("extent (Å)", "right"), ("particles", "right")):
-        table.add_column(column, justify=justify)
-    counts = dataset.particles["class"].value_counts()
-    for c in dataset.manifest["classes"]:
-        table.add_row(escape(c["name"]), c["split"], f"{c['extent_angstrom']:.0f}", str(counts.get(c["name"], 0)))
-    out.print(table)
-    labels = dataset.labels
-    for label in dataset.snr_labels:
-        rows = labels[labels["volume_file"] == f"volumes/snr_{label}.npy"]
-        measured, masked = rows["snr_measured"].astype(float), rows["snr_measured_mask"].astype(float)
-        text = "noise-free" if math.isinf(measured.iloc[0]) else (
-            f"measured {measured.mean():.4g} (box), {masked.median():.4g} median inside masks")
-        say(f"SNR {label}: {text}", out)
-    say(f"content hash {dataset.content_hash}", out)
+    classes, lines = api.dataset_summary(dataset)
+    print_table(classes, f"{dataset.path}  ({len(dataset)} subtomograms, {dataset.box}³ at {dataset.voxel_size:g} Å)")
+    for line in lines:
+        say(line)
 
 
 @main.command()
@@ -194,16 +181,10 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
             test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=budget,
             episodes=episodes, seed=seed, device=device, store=store, resume=resume, reporter=RichReporter(progress))
-    if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties), drawn with rich
-        accuracy = accuracy_table(summarise(frame))
-        table = Table(title=f"{escape(str(frame['dataset'].iloc[0]))}: accuracy ± 95% CI over {episodes} test "
-                            f"episodes ({queries_per_class} queries/class)")
-        table.add_column("method")
-        for column in accuracy.columns:
-            table.add_column(column, justify="right")
-        for label, row in accuracy.iterrows():
-            table.add_row(escape(label), *(re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell) for cell in row))
-        out.print(table)
+    if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
+        accuracy = accuracy_table(summarise(frame)).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
+        print_table(accuracy.reset_index(names="method"), f"{frame['dataset'].iloc[0]}: accuracy ± 95% CI over "
+                    f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
     say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
     failures = frame.attrs.get("failures", [])
     if failures:
@@ -213,17 +194,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
 @main.command("methods")
 def list_methods() -> None:
     """List every registered method (built-in and plugins) with its variants and origin."""
-    from fewshot_cryoet.plugins import get_plugins
-
-    plugins = get_plugins()
-    table = Table(title="few-shot methods")
-    for column in ("method", "variants", "origin", "segments", "trains", "description"):
-        table.add_column(column)
-    for name in plugins.methods.names():
-        cls = plugins.methods.get(name)
-        table.add_row(escape(name), escape(", ".join(cls.variants)), escape(str(plugins.methods.origin(name))),
-                      "yes" if cls.segments else "no", "yes" if cls.trainable else "no", escape(cls.description))
-    Console().print(table)
+    print_table(api.methods(), "few-shot methods")
 
 
 @main.command()

@@ -9,9 +9,9 @@ import click
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import (
-    RichReporter, data_options, method_options, method_params, out_options, parse_list, print_warning, progress_bars,
-    queries_per_class_option, run_options, say,
+    data_options, method_options, method_params, out_options, parse_list, queries_per_class_option, run_options,
 )
+from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, say
 
 
 @click.command()

@@ -1,5 +1,5 @@
-"""What every ``fsc`` command shares: option decorators (one name per concept), the rich progress
-reporter, and the printers that mask credentials and never read user text as markup."""
+"""What every ``fsc`` command shares: option decorators (one name per concept) and the parsers of
+list and range options. Terminal output lives in ``terminal``."""
 
 from __future__ import annotations
 
@@ -7,60 +7,10 @@ import re
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.text import Text
 
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.redact import mask_secrets
-from fewshot_cryoet.reporting import Reporter, Task
+from fewshot_cryoet.errors import FscError
 
-console = Console(stderr=True)
 DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
-
-
-def print_error(message: object) -> None:
-    """One error line on stderr, credentials masked, printed literally (``tomo[raw].mrc``)."""
-    console.print(Text.assemble(("fsc: error: ", "bold red"), mask_secrets(str(message))), highlight=False,
-                  soft_wrap=True)
-
-
-def print_warning(message: object) -> None:
-    console.print(Text.assemble(("fsc: warning: ", "yellow"), mask_secrets(str(message))), highlight=False,
-                  soft_wrap=True)
-
-
-def say(message: object, console_: Console | None = None) -> None:
-    """A plain line (paths, labels, numbers) printed literally, credentials masked."""
-    (console_ or Console()).print(mask_secrets(str(message)), markup=False, highlight=False, soft_wrap=True)
-
-
-def error_text(exc: FscError) -> str:
-    """The message, with a library setting's name shown as its option (``budget`` → ``--budget``)."""
-    if isinstance(exc, SettingError):
-        return exc.with_option("--" + exc.setting.replace("_", "-"))
-    return str(exc)
-
-
-class RichReporter(Reporter):
-    """Library progress as rich progress bars, log lines printed above them."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def _start(self, task: Task) -> object:
-        return self.progress.add_task(task.description, total=task.total, completed=task.completed)
-
-    def _update(self, task: Task) -> None:
-        self.progress.update(task.key, completed=task.completed)
-
-    def log(self, message: str) -> None:
-        say(message, self.progress.console)
-
-
-def progress_bars() -> Progress:
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
 def parse_list(text: str | None, option: str, cast=str) -> list | None:

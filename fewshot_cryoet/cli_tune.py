@@ -9,15 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from fewshot_cryoet import api
-from fewshot_cryoet.cli_options import (
-    RichReporter, data_options, method_params, print_warning, progress_bars, queries_per_class_option, run_options,
-    say, storage_option,
-)
+from fewshot_cryoet.cli_options import data_options, method_params, queries_per_class_option, run_options, storage_option
+from fewshot_cryoet.terminal import RichReporter, print_table, print_warning, progress_bars, say
 from fewshot_cryoet.tuning import OBJECTIVES, PRUNERS, SAMPLERS
 
 
@@ -126,35 +121,7 @@ def _export(study: str, out: Path, storage: str) -> None:
         f"fsc bench --methods {params.method}/{params.variant} --params {out}")
 
 
-def _show(study, storage_url: str, top: int = 10) -> None:
-    from optuna.trial import TrialState
-
-    from fewshot_cryoet import tuning
-
-    settings = study.user_attrs["fsc"]
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    out = Console()
-    say(f"study {study.study_name} ({tuning.safe_url(storage_url)}): {settings['method']}/{settings['variant']}, "
-        f"SNR {settings['snr']}, {settings['ways']}-way {settings['shots']}-shot, budget {settings['budget'] or 'none'} "
-        f"per trial, objective {settings['objective']}; trials: "
-        + ", ".join(f"{n} {state}" for state, n in counts.items() if n), out)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-sum(t.values), t.number))
-    if not complete:
-        say("no completed trial yet", out)
-        return
-    table = Table(title=f"best trials of {escape(study.study_name)}")
-    for column in ("trial", "objective", "accuracy", "CRF Dice", "train episodes"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("parameters", overflow="fold")
-
-    def fmt(value) -> str:
-        return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    for t in complete[:top]:
-        untuned = " (defaults)" if t.user_attrs.get("untuned") else ""
-        table.add_row(f"{t.number}{untuned}", ", ".join(f"{v:.4f}" for v in t.values),
-                      fmt(t.user_attrs.get("accuracy")), fmt(t.user_attrs.get("dice_crf")),
-                      fmt(t.user_attrs.get("fit_episodes")),
-                      escape(" ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items()))))
-    out.print(table)
+def _show(study, storage: str) -> None:
+    header, best = api.study_summary(study, storage)
+    say(header)
+    print_table(best, f"best trials of {study.study_name}") if len(best) else say("no completed trial yet")

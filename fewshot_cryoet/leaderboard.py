@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from fewshot_cryoet.metrics import mean_ci95, significantly_worse
+from fewshot_cryoet.outputs import write_text
 
 LEADERBOARD_EPISODES = 600
 
@@ -174,9 +175,9 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         lines += ["### Dice per test class (raw / CRF-refined, mean ± std over queries)", ""]
         pivot = per_class.pivot_table(index=["label", "snr", "n_way"], columns="class", values="cell", aggfunc="first")
         lines += [pivot.to_markdown(), ""]
-        per_class.to_csv(out / "dice_per_class.csv", index=False)
+        write_text(out / "dice_per_class.csv", per_class.to_csv(index=False))
         written.append(out / "dice_per_class.csv")
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
-    summary.to_csv(out / "leaderboard.csv", index=False)
+    write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
+    write_text(out / "leaderboard.csv", summary.to_csv(index=False))
     plot_accuracy(summary, out / "accuracy.png")
     return [out / "leaderboard.md", out / "leaderboard.csv", out / "accuracy.png", *written]

@@ -324,7 +324,7 @@ def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_pat
     from fewshot_cryoet.outputs import AtomicFolder
 
     if options.on_error not in ON_ERROR:
-        raise FscError(f"--on-error {options.on_error!r}: use one of {', '.join(ON_ERROR)}")
+        raise SettingError("on_error", f"on_error {options.on_error!r}: use one of {', '.join(ON_ERROR)}")
     class_names = support.class_names
     prepared_support = [prepare(p) for p in support.paths]
     support_boxes = {g.shape: p for p, (_, g) in zip(support.paths, prepared_support)}

@@ -53,7 +53,7 @@ def test_budget_parsing(text, episodes, minutes):
 
 
 def test_bad_budget_names_the_setting_and_the_cli_its_option():
-    from fewshot_cryoet.cli_options import error_text
+    from fewshot_cryoet.terminal import error_text
     from fewshot_cryoet.errors import SettingError
     from fewshot_cryoet.tuning import parse_timeout
 

@@ -24,7 +24,7 @@ from fewshot_cryoet.datasets.dataset import DatasetWriter, SubtomogramDataset, n
 from fewshot_cryoet.datasets.simulate import ParticlePlan, SimulationConfig, Simulator, add_noise, make_plan
 from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.reporting import Reporter, as_reporter
 
 CHUNK = 16
@@ -91,7 +91,7 @@ def simulate_dataset(
     if not templates:
         raise FscError("no templates to simulate")
     if not snrs:
-        raise FscError("give at least one --snr level")
+        raise SettingError("snr", "give at least one snr level")
     snrs = sorted(set(snrs), key=lambda s: -s)
     names = [t.name for t in templates]
     splits = assign_splits(names, seed, split_fractions, explicit_splits)

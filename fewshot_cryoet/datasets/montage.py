@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import SettingError
 
 SLICE_NAMES = {"z": "XY", "y": "XZ", "x": "YZ"}
 
@@ -16,11 +16,13 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
     """Write a figure as PNG and close it; an unwritable path is a one-line error."""
     import matplotlib.pyplot as plt
 
+    from fewshot_cryoet.outputs import save_atomic
+
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=dpi)
+        save_atomic(Path(out), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     except OSError as exc:
-        raise FscError(f"{out}: cannot write picture ({exc.strerror}); choose a writable --out") from None
+        raise SettingError("out", f"{out}: cannot write picture ({exc.strerror}); choose a writable out") from None
     finally:
         plt.close(fig)
     return Path(out)
@@ -47,7 +49,7 @@ def draw_montage(
     masks = dataset.masks
     axes_index = {"z": 0, "y": 1, "x": 2}
     if axis not in axes_index:
-        raise FscError(f"--axis must be one of z, y, x, got {axis!r}")
+        raise SettingError("axis", f"axis must be one of z, y, x, got {axis!r}")
     classes = dataset.classes
     fig, grid = plt.subplots(
         len(classes), 2 * per_class, figsize=(2 * per_class * 1.3, len(classes) * 1.35), squeeze=False

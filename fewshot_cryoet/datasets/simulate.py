@@ -33,7 +33,7 @@ from fewshot_cryoet.datasets.placement import (
     random_rotations,
 )
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 
 Route = Literal["tilt-series", "fourier"]
 ROUTES: tuple[str, ...] = ("tilt-series", "fourier")
@@ -63,30 +63,26 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.box < 8 or self.box % 2:
-            problems.append(f"--box must be an even number ≥ 8, got {self.box}")
+            problems.append(("box", f"box must be an even number ≥ 8, got {self.box}"))
         if not self.voxel_size > 0:
-            problems.append(f"--voxel-size must be positive, got {self.voxel_size}")
+            problems.append(("voxel_size", f"voxel_size must be positive, got {self.voxel_size}"))
         if self.route not in ROUTES:
-            problems.append(f"--route must be one of {', '.join(ROUTES)}, got {self.route!r}")
+            problems.append(("route", f"route must be one of {', '.join(ROUTES)}, got {self.route!r}"))
         if not (-90 < self.tilt_min < self.tilt_max <= 90) or not self.tilt_step > 0:
-            problems.append(
-                f"tilt range {self.tilt_min}..{self.tilt_max} step {self.tilt_step} must satisfy "
-                "-90 < min < max ≤ 90 with a positive step"
-            )
+            problems.append(("tilt_range", f"tilt_range {self.tilt_min}..{self.tilt_max} step {self.tilt_step} must "
+                                           "satisfy -90 < min < max ≤ 90 with a positive step"))
         lo, hi = self.defocus_um
         if not 0 < lo <= hi:
-            problems.append(f"defocus range must be 0 < min ≤ max µm, got {lo}..{hi}")
+            problems.append(("defocus", f"defocus range must be 0 < min ≤ max µm, got {lo}..{hi}"))
         cmin, cmax = self.crowding
         if not 0 <= cmin <= cmax <= 4:
-            problems.append(f"--crowding must lie within 0-4 neighbours, got {cmin}-{cmax}")
+            problems.append(("crowding", f"crowding must lie within 0-4 neighbours, got {cmin}-{cmax}"))
         if not 0 < self.contour < 1:
-            problems.append(
-                f"--contour {self.contour} leaves an empty or full mask; use a value in (0, 1)"
-            )
+            problems.append(("contour", f"contour {self.contour} leaves an empty or full mask; use a value in (0, 1)"))
         if self.max_shift < 0:
-            problems.append(f"--max-shift must be ≥ 0 voxels, got {self.max_shift}")
-        if problems:
-            raise FscError("; ".join(problems))
+            problems.append(("max_shift", f"max_shift must be ≥ 0 voxels, got {self.max_shift}"))
+        if problems:  # every problem at once; the first names the setting the command line shows as its option
+            raise SettingError(problems[0][0], "; ".join(text for _, text in problems))
 
     @property
     def microscope(self) -> Microscope | None:
@@ -136,9 +132,9 @@ def make_plan(
     """Draw classes (``per_class`` of each, grouped by class), rotations, shifts, defocus, noise
     seeds and neighbours for every particle."""
     if per_class < 1:
-        raise FscError(f"--per-class must be ≥ 1, got {per_class}")
+        raise SettingError("per_class", f"per_class must be ≥ 1, got {per_class}")
     if config.crowding[1] > 0 and len(templates) < 2:
-        raise FscError("--crowding needs at least two classes (neighbours come from other classes)")
+        raise SettingError("crowding", "crowding needs at least two classes (neighbours come from other classes)")
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     n = len(templates) * per_class
     class_index = np.repeat(np.arange(len(templates)), per_class)
@@ -181,7 +177,7 @@ class Simulator:
                 )
             if not (t.density > config.contour).any():
                 raise FscError(
-                    f"template {t.name}: contour {config.contour} leaves an empty mask; lower --contour"
+                    f"template {t.name}: contour {config.contour} leaves an empty mask; lower contour"
                 )
         self.config = config
         self.bank = TemplateBank(templates)

@@ -1,0 +1,73 @@
+"""The Python API as the README shows it, run as written, plus the layering rules it rests on."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fewshot_cryoet"
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its Python API example"
+    return match.group(1)
+
+
+def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    frame, predictions, card = namespace["frame"], namespace["predictions"], namespace["card"]
+    assert set(frame["label"]) == {"protonet", "xcorr"} and len(frame) == 40
+    assert frame.groupby("label")["episode"].nunique().eq(20).all()  # both scored on the same 20 episodes
+    assert card.method == "protonet" and card.fit["episodes"] == 20
+    assert len(predictions) == 2 * 10 - 2 and set(predictions["predicted_class"]) <= {"syn000", "syn001"}
+    assert (tmp_path / "demo-boards" / "leaderboard.md").exists()
+    assert "accuracy on unseen classes" in capsys.readouterr().out
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules imported at run time (imports for type checkers only are not dependencies)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_layering():
+    """The command line sits on top; methods and data sets sit at the bottom."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+        imports = _imports(path)
+        if not path.name.startswith("cli") and path.name != "__main__.py":
+            offenders += [(module, i) for i in imports if i.startswith("fewshot_cryoet.cli")]
+        if module.startswith("fewshot_cryoet.methods."):
+            offenders += [(module, i) for i in imports
+                          if i in ("fewshot_cryoet.plugins", "fewshot_cryoet.metrics", "fewshot_cryoet.scoring")]
+        if module.startswith("fewshot_cryoet.datasets."):
+            offenders += [(module, i) for i in imports if i.startswith(
+                ("fewshot_cryoet.episodes", "fewshot_cryoet.metrics", "fewshot_cryoet.segmentation",
+                 "fewshot_cryoet.scoring"))]
+    assert not offenders, offenders
+
+
+def test_api_results_are_plain_data(tiny_dataset, tmp_path):
+    from fewshot_cryoet import api
+
+    frame = api.bench("xcorr", dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, queries_per_class=2,
+                      params={"xcorr": {"angular_step": 60}}, store=tmp_path / "r.sqlite")
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 3 and frame.attrs["failures"] == []
