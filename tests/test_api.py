@@ -71,3 +71,19 @@ def test_api_results_are_plain_data(tiny_dataset, tmp_path):
     frame = api.bench("xcorr", dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, queries_per_class=2,
                       params={"xcorr": {"angular_step": 60}}, store=tmp_path / "r.sqlite")
     assert isinstance(frame, pd.DataFrame) and len(frame) == 3 and frame.attrs["failures"] == []
+
+
+def test_every_option_has_help():
+    import click
+
+    from fewshot_cryoet.cli import main
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+
+    missing = [f"fsc {name} {param.opts[0]}" for name, command in commands(main) for param in command.params
+               if isinstance(param, click.Option) and not param.help and param.opts[0] not in ("--help",)]
+    assert not missing, missing
