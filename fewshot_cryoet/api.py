@@ -254,11 +254,15 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
           episodes: int = 600, budget: str = "1m", seed: int = 0, device: str = "auto",
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
-          tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE,
-          reporter: Reporter | None = None) -> pd.DataFrame:
+          tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
+          allow_class_overlap: bool = False, reporter: Reporter | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
-    (the rest of the grid completes)."""
+    (the rest of the grid completes).
+
+    Cross-domain: with ``train_dataset`` (a registered name, folder or data set), methods are
+    trained and selected on it and tested on ``dataset``'s test classes; rows record both data
+    sets. Classes shared between the two are refused unless ``allow_class_overlap``."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import BenchSettings, Runner
@@ -276,17 +280,22 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
         if missing:
             raise SettingError("snr", f"snr {', '.join(missing)}: {source.fixed.path} has no SNR {', '.join(missing)} "
                                       f"(it has {', '.join(source.fixed.snr_labels)})")
+    train_source = data_source(train_dataset) if train_dataset is not None else None
     results = ResultsStore(store)
     try:
         runner = Runner(results, settings, reporter, resume)
         for snr in snrs:
-            runner.run_snr(specs, source.at(snr, reporter), source.name, snr)
+            train = train_source.at(snr, reporter) if train_source is not None else None
+            runner.run_snr(specs, source.at(snr, reporter), source.name, snr, train,
+                           train_source.name if train_source is not None else "", allow_class_overlap)
         frame = results.frame()
     finally:
         results.close()
     labels = {spec.label for spec in specs}
     frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
-                  & frame["seed"].eq(seed) & frame["dataset"].eq(source.name)].reset_index(drop=True)
+                  & frame["seed"].eq(seed) & frame["dataset"].eq(source.name)
+                  & frame["train_dataset"].eq(train_source.name if train_source is not None else "")
+                  ].reset_index(drop=True)
     frame.attrs["failures"] = list(runner.failures)
     return frame
 

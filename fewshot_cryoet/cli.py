@@ -166,10 +166,15 @@ def info(dataset, verify) -> None:
 @click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
               help="Results store (SQLite file).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (or join one running) in --store.")
+@click.option("--train-dataset", default=None, help="Cross-domain: train and select on this data set (name or "
+              "folder), test on --dataset / --templates.")
+@click.option("--allow-class-overlap", is_flag=True, help="With --train-dataset: allow training classes that are "
+              "also test classes (refused by default).")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
-          test_classes, per_class, budget, episodes, seed, device, store, resume) -> None:
+          test_classes, per_class, budget, episodes, seed, device, store, resume, train_dataset,
+          allow_class_overlap) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
-    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, summarise
+    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
     out = Console()
     if episodes < LEADERBOARD_EPISODES:
@@ -180,10 +185,12 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             snrs=snrs(snr_texts), ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
             test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=budget,
-            episodes=episodes, seed=seed, device=device, store=store, resume=resume, reporter=RichReporter(progress))
+            episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
+            allow_class_overlap=allow_class_overlap, reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
         accuracy = accuracy_table(summarise(frame)).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
-        print_table(accuracy.reset_index(names="method"), f"{frame['dataset'].iloc[0]}: accuracy ± 95% CI over "
+        where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])
+        print_table(accuracy.reset_index(names="method"), f"{where}: accuracy ± 95% CI over "
                     f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
     say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
     failures = frame.attrs.get("failures", [])

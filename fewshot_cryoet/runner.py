@@ -106,6 +106,21 @@ def fit_context(dataset: SubtomogramDataset, snr: float, segments: bool, budget:
     return FitContext(train, validator(validation), budget, device, seed, progress, report)
 
 
+def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_class_overlap: bool = False) -> None:
+    """A cross-domain pair must be comparable (same box and voxel size) and, unless asked for,
+    keep few-shot honest: no class the model trains or selects on may be a test class."""
+    if (train.box, train.voxel_size) != (test.box, test.voxel_size):
+        raise SettingError("train_dataset", f"train_dataset {train.path} has {train.box}³ boxes at {train.voxel_size:g} Å, "
+                                            f"the test data set {test.path} {test.box}³ at {test.voxel_size:g} Å; "
+                                            "simulate both on one grid")
+    seen = set(train.splits.get("train", [])) | set(train.splits.get("val", []))
+    shared = sorted(seen & set(test.splits.get("test", [])))
+    if shared and not allow_class_overlap:
+        raise SettingError("train_dataset", f"train_dataset {train.path} trains or selects on {', '.join(shared)}, "
+                                            f"which are test classes of {test.path}; use data sets with disjoint "
+                                            "classes, or allow class overlap (--allow-class-overlap) to measure that on purpose")
+
+
 class Runner:
     """Runs a benchmark grid into a results store."""
 
@@ -122,7 +137,7 @@ class Runner:
         self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
-              snr: float) -> dict[tuple[int, int], Cell]:
+              snr: float, train: SubtomogramDataset | None = None, train_name: str = "") -> dict[tuple[int, int], Cell]:
         return {
             (n, k): Cell(
                 method=method.name, variant=method.variant, label=spec.label or method.label,
@@ -131,6 +146,8 @@ class Runner:
                 budget=str(self.settings.budget) if method.trainable else "",
                 dataset=dataset_name, dataset_hash=dataset.content_hash, snr=snr_label(snr),
                 n_way=n, k_shot=k, q_query=self.settings.queries, seed=self.settings.seed,
+                train_dataset=train_name if train is not None else "",
+                train_dataset_hash=train.content_hash if train is not None else "",
             )
             for n in self.settings.ways for k in self.settings.shots
         }
@@ -146,13 +163,19 @@ class Runner:
                 "(--resume) or choose another store"
             )
 
-    def run_snr(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float) -> None:
-        """Fit and evaluate every method at one SNR level of ``dataset``."""
+    def run_snr(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float,
+                train: SubtomogramDataset | None = None, train_name: str = "",
+                allow_class_overlap: bool = False) -> None:
+        """Fit and evaluate every method at one SNR level of ``dataset``. With ``train`` (cross-domain),
+        methods are trained and selected on ``train`` and tested on ``dataset``'s test classes."""
         settings = self.settings
         dataset.check()  # an edited manifest or damaged files are refused before any training
+        if train is not None:
+            train.check()
+            check_domains(train, dataset, allow_class_overlap)
         test_sets = test_episode_sets(dataset, settings)  # validates N and K+Q before training
         methods = [(spec, spec.cls(spec.params, spec.variant, self.device)) for spec in specs]
-        all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr) for spec, m in methods}
+        all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr, train, train_name) for spec, m in methods}
         self.check_fresh([c for cells in all_cells.values() for c in cells.values()])
         for spec, method in methods:
             cells = all_cells[id(method)]
@@ -164,7 +187,7 @@ class Runner:
                 self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
                 continue
             try:
-                report, checkpoint = self.fit(method, dataset, snr, cells)
+                report, checkpoint = self.fit(method, train if train is not None else dataset, snr, cells)
                 for key, missing in todo.items():
                     if missing:
                         self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report,
@@ -175,15 +198,16 @@ class Runner:
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
             cells: dict[tuple[int, int], Cell]) -> tuple[FitReport, str | None]:
-        """(fit report, checkpoint hash): trains the method once per store, whatever the number
-        of processes running the same grid. The first process claims the fit in the store and
+        """(fit report, checkpoint hash): trains the method on ``dataset`` (the training domain) once
+        per store, whatever the number of processes running the same grid, and whatever the number
+        of domains it is then tested on. The first process claims the fit in the store and
         trains it (a heartbeat keeps the claim); the others wait for its checkpoint and reuse it,
         saying so. A crashed trainer's claim goes stale and is taken over."""
         if not method.trainable:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
         identity = f"{any_cell.method}-{any_cell.variant}-{any_cell.params_hash}-{any_cell.budget}-" \
-                   f"{any_cell.dataset_hash}-{any_cell.snr}-{any_cell.seed}"
+                   f"{any_cell.train_dataset_hash or any_cell.dataset_hash}-{any_cell.snr}-{any_cell.seed}"
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     predict_seconds REAL NOT NULL, fit_seconds REAL, fit_episodes INTEGER, val_accuracy REAL,
     device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
     checkpoint TEXT,
+    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',
     UNIQUE (cell, episode)
 );
 CREATE TABLE IF NOT EXISTS query_dice (
@@ -60,8 +61,12 @@ CREATE TABLE IF NOT EXISTS fits (
     pid INTEGER NOT NULL, heartbeat REAL NOT NULL, checkpoint_hash TEXT, report TEXT
 );
 """
-#: What schema version 1 lacks (added in place when a version-1 store is opened).
-MIGRATE_1_TO_2 = "ALTER TABLE episodes ADD COLUMN checkpoint TEXT;"
+#: What each older schema version lacks (added in place when such a store is opened).
+MIGRATIONS = {
+    1: "ALTER TABLE episodes ADD COLUMN checkpoint TEXT;",
+    2: "ALTER TABLE episodes ADD COLUMN train_dataset TEXT NOT NULL DEFAULT ''; "
+       "ALTER TABLE episodes ADD COLUMN train_dataset_hash TEXT NOT NULL DEFAULT '';",
+}
 OUR_TABLES = {"meta", "episodes", "query_dice", "fits"}
 #: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
 STALE_SECONDS = 120.0
@@ -86,10 +91,15 @@ class Cell:
     k_shot: int
     q_query: int
     seed: int
+    #: Cross-domain cells: the data set the method was trained and selected on ("" = ``dataset``).
+    train_dataset: str = ""
+    train_dataset_hash: str = ""
 
     @property
     def key(self) -> str:
-        identity = {k: v for k, v in asdict(self).items() if k not in ("label", "params", "dataset")}
+        identity = {k: v for k, v in asdict(self).items() if k not in ("label", "params", "dataset", "train_dataset")}
+        if not self.train_dataset_hash:  # in-domain cells keep the keys they had before cross-domain runs
+            identity.pop("train_dataset_hash")
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -151,8 +161,9 @@ class ResultsStore:
             if version is None:
                 self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA
                                               + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
-            elif version == 1:
-                self.connection.executescript("BEGIN IMMEDIATE;" + MIGRATE_1_TO_2 + SCHEMA
+            elif version in MIGRATIONS:
+                steps = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+                self.connection.executescript("BEGIN IMMEDIATE;" + steps + SCHEMA
                                               + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
                                                 "WHERE key = 'schema_version'; COMMIT;")
             elif version != SCHEMA_VERSION:
@@ -278,7 +289,7 @@ class ResultsStore:
 
     def query_dice_frame(self) -> pd.DataFrame:
         return pd.read_sql_query(
-            "SELECT q.*, e.label, e.snr, e.n_way, e.k_shot, e.dataset FROM query_dice q "
+            "SELECT q.*, e.label, e.snr, e.n_way, e.k_shot, e.dataset, e.train_dataset FROM query_dice q "
             "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode", self.connection)
 
 
