@@ -79,7 +79,10 @@ def _protected(path: Path) -> str | None:
         return "is the file-system root"
     if resolved == cwd or resolved in cwd.parents:
         return "is the working directory or one of its parents"
-    home = Path.home().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder known (a bare container): nothing more to protect
+        return None
     if resolved == home or resolved in home.parents:
         return "is your home folder or one of its parents"
     return None
