@@ -189,13 +189,15 @@ def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: 
              snrs: Sequence[float] = (1000.0,), per_class: int = 200, config: SimulationConfig | None = None,
              split: Sequence[float] = (0.4, 0.2, 0.4), val_classes: Sequence[str] | None = None,
              test_classes: Sequence[str] | None = None, seed: int = 0, workers: int = 1, overwrite: bool = False,
-             reporter: Reporter | None = None) -> SubtomogramDataset:
-    """Simulate a data set of subtomograms with ground-truth masks into ``out``."""
+             preset: str | None = None, reporter: Reporter | None = None) -> SubtomogramDataset:
+    """Simulate a data set of subtomograms with ground-truth masks into ``out``; a named imaging
+    ``preset`` (``datasets.presets.PRESETS``) replaces the matching settings of ``config``."""
     from fewshot_cryoet.datasets.build import simulate_dataset
     from fewshot_cryoet.datasets.dataset import check_output_folder
+    from fewshot_cryoet.datasets.presets import apply_preset
     from fewshot_cryoet.datasets.simulate import SimulationConfig
 
-    config = config or SimulationConfig()
+    config = apply_preset(config or SimulationConfig(), preset)
     explicit = {k: list(v) for k, v in (("val", val_classes), ("test", test_classes)) if v}
     check_output_folder(Path(out), overwrite)  # fail before the slow part
     loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,

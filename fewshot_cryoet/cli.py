@@ -24,6 +24,7 @@ from fewshot_cryoet.cli_options import (
 from fewshot_cryoet.terminal import (
     RichReporter, console, error_text, print_error, print_table, print_warning, progress_bars, say,
 )
+from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.errors import FscError
 
 
@@ -84,22 +85,49 @@ def main() -> None:
 @click.option("--crowding", default="0", show_default=True, help="Neighbour particles per subtomogram: N or MIN-MAX in 0-4.")
 @click.option("--max-shift", type=float, default=1.0, show_default=True, help="Random shift per axis (voxels).")
 @click.option("--contour", type=float, default=0.1, show_default=True, help="Mask contour, fraction of the template maximum.")
+@click.option("--amplitude-contrast", default="0.07", show_default=True, help="Amplitude contrast: a value or MIN-MAX per particle.")
+@click.option("--envelope", default="0.4", show_default=True,
+              help="CTF envelope σ, fraction of Nyquist (smaller = stronger B-factor): a value or MIN-MAX per particle.")
+@click.option("--lowpass", default=None, help="Extra Gaussian low-pass: resolution (Å) where the amplitude halves, "
+              "a value or MIN-MAX per particle [none].")
+@click.option("--background", type=float, default=0.0, show_default=True,
+              help="Share of the noise variance from a structured 1/f background, in [0, 1).")
+@click.option("--contrast", type=click.Choice(["positive", "negative"]), default="positive", show_default=True,
+              help="negative: dark particles on a bright background, as in raw tomograms.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="Named shifted imaging (see README); options given here override it.")
 @click.option("--split", "split_text", default="0.4,0.2,0.4", show_default=True, help="Class fractions train,val,test.")
 @click.option("--val-classes", default=None, help="Comma-separated validation classes (overrides --split).")
 @click.option("--test-classes", default=None, help="Comma-separated test classes (overrides --split).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Simulation processes.")
 def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, per_class, out, overwrite,
-             route, box, voxel_size, tilt_range, tilt_step, defocus, no_ctf, crowding, max_shift, contour, split_text,
-             val_classes, test_classes, seed, workers) -> None:
+             route, box, voxel_size, tilt_range, tilt_step, defocus, no_ctf, crowding, max_shift, contour,
+             amplitude_contrast, envelope, lowpass, background, contrast, preset, split_text, val_classes,
+             test_classes, seed, workers) -> None:
     """Simulate a data set of subtomograms with ground-truth masks."""
+    from fewshot_cryoet.datasets.presets import apply_preset
     from fewshot_cryoet.datasets.simulate import SimulationConfig
 
+    def value_or_range(text, option):
+        low, high = parse_range(text, option)
+        return low if low == high else (low, high)
+
     tilt_min, tilt_max = parse_range(tilt_range, "--tilt-range")
-    config = SimulationConfig(
-        box=box, voxel_size=voxel_size, route=route, tilt_min=tilt_min, tilt_max=tilt_max, tilt_step=tilt_step,
-        ctf=not no_ctf, defocus_um=parse_range(defocus, "--defocus"), max_shift=max_shift,
-        crowding=parse_range(crowding, "--crowding", int), contour=contour)
+    chosen = {  # option → the config settings it sets
+        "box": {"box": box}, "voxel_size": {"voxel_size": voxel_size}, "route": {"route": route},
+        "tilt_range": {"tilt_min": tilt_min, "tilt_max": tilt_max}, "tilt_step": {"tilt_step": tilt_step},
+        "no_ctf": {"ctf": not no_ctf}, "defocus": {"defocus_um": parse_range(defocus, "--defocus")},
+        "max_shift": {"max_shift": max_shift}, "crowding": {"crowding": parse_range(crowding, "--crowding", int)},
+        "contour": {"contour": contour}, "background": {"background": background}, "contrast": {"contrast": contrast},
+        "amplitude_contrast": {"amplitude_contrast": value_or_range(amplitude_contrast, "--amplitude-contrast")},
+        "envelope": {"envelope_sigma": value_or_range(envelope, "--envelope")},
+        "lowpass": {"lowpass_angstrom": value_or_range(lowpass, "--lowpass") if lowpass else None},
+    }
+    ctx = click.get_current_context()
+    given = {k: v for option, settings in chosen.items() for k, v in settings.items()
+             if preset is None or ctx.get_parameter_source(option) is click.core.ParameterSource.COMMANDLINE}
+    config = apply_preset(SimulationConfig(), preset, given)
     with progress_bars() as progress:
         dataset = api.simulate(
             out, templates=templates, classes=classes, synthetic_seed=synthetic_seed,

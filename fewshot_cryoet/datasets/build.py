@@ -159,6 +159,7 @@ def _labels_table(
             "defocus_um": plan.defocus_um,
             "n_neighbours": [len(nb) for nb in plan.neighbours],
             "neighbours": [";".join(names[i] for i, _, _ in nb) for nb in plan.neighbours],
+            **plan.variations,  # per-particle draws of settings given as ranges (none by default)
         }
     )
     tables = []

@@ -38,20 +38,58 @@ def electron_wavelength(voltage_kv: float) -> float:
     return 12.2643 / math.sqrt(volts * (1 + 0.978476e-6 * volts))
 
 
-def ctf(k: torch.Tensor, defocus_angstrom: torch.Tensor, optics: Microscope, voxel_size: float) -> torch.Tensor:
+def ctf(k: torch.Tensor, defocus_angstrom: torch.Tensor, optics: Microscope, voxel_size: float,
+        amplitude_contrast: torch.Tensor | None = None, envelope_sigma: torch.Tensor | None = None) -> torch.Tensor:
     """CTF at spatial frequency magnitude ``k`` (1/Å) for underfocus ``defocus_angstrom`` > 0.
 
-    ``defocus_angstrom`` broadcasts against ``k``. CTF(k) = −[√(1−A²)·sin χ + A·cos χ]·E(k),
+    ``defocus_angstrom`` (and per-particle ``amplitude_contrast`` / ``envelope_sigma``, which
+    override the microscope's) broadcast against ``k``. CTF(k) = −[√(1−A²)·sin χ + A·cos χ]·E(k),
     χ = π·λ·Δf·k² − (π/2)·Cs·λ³·k⁴: negative at low k, so protein appears dark, as in real data.
     """
     lam = electron_wavelength(optics.voltage_kv)
     cs = optics.cs_mm * 1e7
     k2 = k * k
     chi = math.pi * lam * defocus_angstrom * k2 - 0.5 * math.pi * cs * lam**3 * k2 * k2
-    a = optics.amplitude_contrast
+    a = optics.amplitude_contrast if amplitude_contrast is None else amplitude_contrast
+    root = math.sqrt(1 - a * a) if amplitude_contrast is None else torch.sqrt(1 - a * a)
+    sigma = optics.envelope_sigma if envelope_sigma is None else envelope_sigma
     k_nyquist = 0.5 / voxel_size
-    envelope = torch.exp(-((k / (optics.envelope_sigma * k_nyquist)) ** 2))
-    return -(math.sqrt(1 - a * a) * torch.sin(chi) + a * torch.cos(chi)) * envelope
+    envelope = torch.exp(-((k / (sigma * k_nyquist)) ** 2))
+    return -(root * torch.sin(chi) + a * torch.cos(chi)) * envelope
+
+
+@dataclass
+class ParticleOptics:
+    """Imaging settings drawn per particle from ranges, each ``(B,)`` or None (then the microscope's
+    value, or no low-pass): amplitude contrast, CTF envelope σ (fraction of Nyquist) and an extra
+    Gaussian low-pass given as the resolution in Å where it halves the amplitude."""
+
+    amplitude_contrast: torch.Tensor | None = None
+    envelope_sigma: torch.Tensor | None = None
+    lowpass_angstrom: torch.Tensor | None = None
+
+
+def lowpass(k: torch.Tensor, resolution_angstrom: torch.Tensor) -> torch.Tensor:
+    """Gaussian low-pass exp(−ln 2·(k·d)²): 1/2 at k = 1/d."""
+    return torch.exp(-math.log(2) * (k * resolution_angstrom) ** 2)
+
+
+def particle_transfer(k: torch.Tensor, defocus_angstrom: torch.Tensor, optics: Microscope | None,
+                      voxel_size: float, particle: ParticleOptics | None = None) -> torch.Tensor | None:
+    """The per-particle transfer (−CTF, so protein is positive, times any low-pass) at ``k``, or
+    None when there is neither CTF nor low-pass. Per-particle values broadcast as ``(B, 1, 1, 1)``."""
+    def per_particle(values):
+        return None if values is None else values.view(-1, 1, 1, 1)
+
+    particle = particle or ParticleOptics()
+    transfer = None
+    if optics is not None:
+        transfer = -ctf(k, defocus_angstrom.view(-1, 1, 1, 1), optics, voxel_size,
+                        per_particle(particle.amplitude_contrast), per_particle(particle.envelope_sigma))
+    if particle.lowpass_angstrom is not None:
+        attenuation = lowpass(k, per_particle(particle.lowpass_angstrom))
+        transfer = attenuation if transfer is None else transfer * attenuation
+    return transfer
 
 
 def ctf_zeros(defocus_angstrom: float, optics: Microscope, k_max: float) -> np.ndarray:
@@ -111,6 +149,7 @@ def fourier_image(
     tilt_range: tuple[float, float],
     box: int,
     padding: float = 1.5,
+    particle: ParticleOptics | None = None,
 ) -> torch.Tensor:
     """Fourier route: F⁻¹[F(v) · CTF(|k|) · W(k)] for a batch of fields ``(B, F, F, F)``.
 
@@ -122,10 +161,10 @@ def fourier_image(
     shape = (padded_size,) * 3
     spectrum = torch.fft.rfftn(field, s=shape, dim=(-3, -2, -1))
     transfer = wedge_mask(shape, *tilt_range)
-    if optics is not None:
-        k = radial_frequency(shape, voxel_size)
-        transfer = transfer * ctf(k, defocus_angstrom.view(-1, 1, 1, 1), optics, voxel_size)
-        transfer = -transfer  # contrast flip: protein positive
+    particle_part = particle_transfer(radial_frequency(shape, voxel_size), defocus_angstrom, optics, voxel_size,
+                                      particle)
+    if particle_part is not None:
+        transfer = transfer * particle_part  # −CTF: contrast flipped so protein is positive
     image = torch.fft.irfftn(spectrum * transfer, s=shape, dim=(-3, -2, -1))
     return crop_centre(image[..., :size, :size, :size], box)
 
@@ -166,16 +205,13 @@ class TiltSeriesImager:
         # ramp's kernel wraps around; sizes rounded to FFT-friendly lengths.
         self._filter_shape = (fft_friendly_size(field + 16), fft_friendly_size(self.detector + 16))
         ramp = _ramp_filter(self._filter_shape[1])
-        if optics is None:
-            self._signal_filter = ramp.view(1, 1, 1, -1)
-        else:
-            k = radial_frequency(self._filter_shape, voxel_size)
-            self._k = k
-            self._signal_filter = None
+        self._signal_filter = ramp.view(1, 1, 1, -1)
+        self._k = radial_frequency(self._filter_shape, voxel_size)
         self._ramp = ramp
 
     def image(
-        self, fields: torch.Tensor, defocus_angstrom: torch.Tensor, noise_seeds: list[int] | None
+        self, fields: torch.Tensor, defocus_angstrom: torch.Tensor, noise_seeds: list[int] | None,
+        particle: ParticleOptics | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Reconstruct ``fields`` ``(B, F, F, F)`` and, when ``noise_seeds`` (one per field) are
         given, the reconstruction of unit white noise added to every projection pixel after the
@@ -186,11 +222,8 @@ class TiltSeriesImager:
         projections = torch.sparse.mm(self.project_matrix, columns)  # (t·u, b·y)
         projections = projections.view(t, u, batch, f).permute(2, 0, 3, 1)  # (b, t, y, u)
         # CTF and ramp in one 2D filter; the minus sign flips contrast so protein is positive.
-        if self.optics is None:
-            transfer = self._signal_filter
-        else:
-            transfer = -ctf(self._k, defocus_angstrom.view(-1, 1, 1, 1), self.optics, self.voxel_size)
-            transfer = transfer * self._ramp
+        particle_part = particle_transfer(self._k, defocus_angstrom, self.optics, self.voxel_size, particle)
+        transfer = self._signal_filter if particle_part is None else particle_part * self._ramp
         spectrum = torch.fft.rfft2(projections, s=self._filter_shape)
         filtered = torch.fft.irfft2(spectrum * transfer, s=self._filter_shape)
         lo = (f - self.box) // 2

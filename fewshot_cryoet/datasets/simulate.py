@@ -20,9 +20,11 @@ import torch
 
 from fewshot_cryoet.datasets.imaging import (
     Microscope,
+    ParticleOptics,
     TiltSeriesImager,
     crop_centre,
     fourier_image,
+    radial_frequency,
     tilt_angles,
 )
 from fewshot_cryoet.datasets.placement import (
@@ -36,6 +38,8 @@ from fewshot_cryoet.datasets.templates import Template
 from fewshot_cryoet.errors import FscError, SettingError
 
 Route = Literal["tilt-series", "fourier"]
+#: Settings that take a (min, max) range drawn per particle, besides defocus.
+RANGED = ("amplitude_contrast", "envelope_sigma", "lowpass_angstrom")
 ROUTES: tuple[str, ...] = ("tilt-series", "fourier")
 
 
@@ -52,13 +56,23 @@ class SimulationConfig:
     ctf: bool = True
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
-    amplitude_contrast: float = 0.07
-    envelope_sigma: float = 0.4
+    #: A value, or a (min, max) range drawn uniformly per particle (as are envelope and low-pass).
+    amplitude_contrast: float | tuple[float, float] = 0.07
+    #: CTF envelope exp(−(k / (σ·k_Nyquist))²): σ as a fraction of Nyquist (smaller = stronger B-factor).
+    envelope_sigma: float | tuple[float, float] = 0.4
     defocus_um: tuple[float, float] = (2.0, 6.0)
     max_shift: float = 1.0
     crowding: tuple[int, int] = (0, 0)
     contour: float = 0.1
     fourier_padding: float = 1.5
+    #: Extra Gaussian low-pass of each particle, as the resolution (Å) where it halves the
+    #: amplitude (a lower-resolution map or a stronger B-factor); None: none.
+    lowpass_angstrom: float | tuple[float, float] | None = None
+    #: "negative" images dark particles on a bright background, as raw tomograms show them.
+    contrast: str = "positive"
+    #: Share of the noise variance given to a structured 1/f (pink) background beside the
+    #: reconstructed white noise, in [0, 1).
+    background: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +95,21 @@ class SimulationConfig:
             problems.append(("contour", f"contour {self.contour} leaves an empty or full mask; use a value in (0, 1)"))
         if self.max_shift < 0:
             problems.append(("max_shift", f"max_shift must be ≥ 0 voxels, got {self.max_shift}"))
+        for name, low, high, text in (("amplitude_contrast", 0.0, 1.0, "in [0, 1)"),
+                                      ("envelope_sigma", 0.0, math.inf, "positive"),
+                                      ("lowpass_angstrom", 0.0, math.inf, "positive")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            lo, hi = value if isinstance(value, tuple) else (value, value)
+            inside = (low <= lo if name == "amplitude_contrast" else low < lo) and hi < high
+            if lo > hi or not inside:
+                problems.append((name, f"{name} must be a value or a min-max range with min ≤ max, {text}; "
+                                       f"got {value}"))
+        if self.contrast not in ("positive", "negative"):
+            problems.append(("contrast", f"contrast must be positive or negative, got {self.contrast!r}"))
+        if not 0 <= self.background < 1:
+            problems.append(("background", f"background must be a share of the noise in [0, 1), got {self.background}"))
         if problems:  # every problem at once; the first names the setting the command line shows as its option
             raise SettingError(problems[0][0], "; ".join(text for _, text in problems))
 
@@ -88,7 +117,12 @@ class SimulationConfig:
     def microscope(self) -> Microscope | None:
         if not self.ctf:
             return None
-        return Microscope(self.voltage_kv, self.cs_mm, self.amplitude_contrast, self.envelope_sigma)
+        return Microscope(self.voltage_kv, self.cs_mm, _low(self.amplitude_contrast), _low(self.envelope_sigma))
+
+    def ranged(self) -> dict[str, tuple[float, float]]:
+        """The settings drawn per particle: those given as a range with min < max."""
+        return {name: value for name in RANGED if isinstance(value := getattr(self, name), tuple)
+                and value[0] < value[1]}
 
     @property
     def tilts(self) -> np.ndarray:
@@ -104,8 +138,8 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> SimulationConfig:
         data = dict(data)
-        for key in ("defocus_um", "crowding"):
-            if key in data:
+        for key in ("defocus_um", "crowding", *RANGED):
+            if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         return cls(**data)
 
@@ -121,6 +155,8 @@ class ParticlePlan:
     defocus_um: np.ndarray
     noise_seeds: np.ndarray
     neighbours: list[list[tuple[int, np.ndarray, np.ndarray]]] = field(default_factory=list)
+    #: Per-particle draws of the settings given as ranges (``SimulationConfig.ranged``).
+    variations: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.class_index)
@@ -153,7 +189,11 @@ def make_plan(
         neighbours.append(
             [(int(others[c]), centre + shifts[i], q) for (c, centre), q in zip(chosen, quats)]
         )
-    return ParticlePlan(class_index, quaternions, shifts, defocus, noise_seeds, neighbours)
+    # Drawn from a stream of their own, after everything else: a configuration without ranges
+    # simulates exactly the bytes it did before ranges existed.
+    extra = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    variations = {name: extra.uniform(lo, hi, size=n) for name, (lo, hi) in sorted(config.ranged().items())}
+    return ParticlePlan(class_index, quaternions, shifts, defocus, noise_seeds, neighbours, variations)
 
 
 @dataclass
@@ -212,16 +252,31 @@ class Simulator:
             )
         defocus = torch.from_numpy(plan.defocus_um[indices] * 1e4).to(torch.float32)
         seeds = [int(s) for s in plan.noise_seeds[indices]] if with_noise else None
+        particle = self._particle_optics(plan, indices)
         if c.route == "tilt-series":
-            signal, noise = self.tilt_imager.image(fields, defocus, seeds)
+            signal, noise = self.tilt_imager.image(fields, defocus, seeds, particle)
         else:
             signal = fourier_image(
                 fields, defocus, c.microscope, c.voxel_size, (c.tilt_min, c.tilt_max), c.box,
-                c.fourier_padding,
+                c.fourier_padding, particle,
             )
             noise = _white_noise(seeds, c.box) if seeds is not None else None
+        if noise is not None and c.background > 0:
+            noise = _unit(noise) * math.sqrt(1 - c.background) + _unit(_pink_noise(seeds, c.box)) * math.sqrt(c.background)
+        if c.contrast == "negative":
+            signal = -signal
         mask = mask_from_density(crop_centre(central, c.box), c.contour)
         return SimulatedBatch(signal.contiguous(), noise, mask.contiguous())
+
+    def _particle_optics(self, plan: ParticlePlan, indices: np.ndarray) -> ParticleOptics | None:
+        """Per-particle amplitude contrast, envelope and low-pass, where the config asks for them."""
+        c = self.config
+        values = {name: torch.from_numpy(plan.variations[name][indices]).to(torch.float32)
+                  for name in plan.variations}
+        if isinstance(c.lowpass_angstrom, (int, float)) or (
+                isinstance(c.lowpass_angstrom, tuple) and "lowpass_angstrom" not in values):
+            values["lowpass_angstrom"] = torch.full((len(indices),), float(_low(c.lowpass_angstrom)))
+        return ParticleOptics(**values) if values else None
 
     def particle_density(self, plan: ParticlePlan, indices: np.ndarray) -> torch.Tensor:
         """The noise-free density of the central particles on the box grid (for checks)."""
@@ -230,6 +285,29 @@ class Simulator:
             self.config.field,
         )
         return crop_centre(central, self.config.box)
+
+
+def _low(value):
+    """A setting's value, or the lower end of a degenerate range."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _unit(volumes: torch.Tensor) -> torch.Tensor:
+    """Each volume scaled to unit variance (noise components are mixed by variance share)."""
+    return volumes / _row_variance(volumes.flatten(1)).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def _pink_noise(seeds: list[int], box: int) -> torch.Tensor:
+    """3D noise with power ∝ 1/k² (a structured, ice- and crowding-like background), one
+    generator per particle, independent of its white noise."""
+    k = radial_frequency((box,) * 3, 1.0)
+    amplitude = torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
+    volumes = []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
+        white = torch.randn((box,) * 3, generator=generator)
+        volumes.append(torch.fft.irfftn(torch.fft.rfftn(white) * amplitude, s=(box,) * 3))
+    return torch.stack(volumes)
 
 
 def _white_noise(seeds: list[int], box: int) -> torch.Tensor:
