@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,12 +39,14 @@ MARKER = ".fsc-output.json"
 @dataclass(frozen=True)
 class OutputKind:
     """One kind of folder we write: what it is called in messages, the file that identifies a
-    folder of this kind written before markers existed, and its own top-level entries."""
+    folder of this kind written before markers existed, its own top-level entries, and the file
+    names its sub-folders hold (folders without a marker may hold nothing else)."""
 
     name: str
     signature: str
     entries: frozenset[str]
     is_signature_ours: Callable[[Path], bool] = lambda path: True
+    contents: dict[str, str] = field(default_factory=dict)  # sub-folder → glob of the files we put there
 
 
 def _json_has(*keys: str) -> Callable[[Path], bool]:
@@ -60,14 +62,16 @@ def _json_has(*keys: str) -> Callable[[Path], bool]:
 KINDS: dict[str, OutputKind] = {
     "dataset": OutputKind("a data set", "manifest.json",
                           frozenset({"manifest.json", "labels.csv", "masks.npy", "volumes", MARKER}),
-                          _json_has("format", "content_hash")),
+                          _json_has("format", "content_hash"), {"volumes": "snr_*.npy"}),
     "model": OutputKind("a model folder", "model.json", frozenset({"model.json", "weights.pt", MARKER}),
                         _json_has("method", "normalisation")),
     "predictions": OutputKind("a predictions folder", "predictions.csv",
                               frozenset({"predictions.csv", "predictions.star", "summary.png", "segmentations",
-                                         "probabilities", "skipped.csv", MARKER})),
+                                         "probabilities", "skipped.csv", MARKER}),
+                              contents={"segmentations": "*.mrc", "probabilities": "*.mrc"}),
     "export": OutputKind("an export folder", "particles.star",
-                         frozenset({"particles.star", "subtomograms", "masks", MARKER})),
+                         frozenset({"particles.star", "subtomograms", "masks", MARKER}),
+                         contents={"subtomograms": "*.mrc", "masks": "*.mrc"}),
 }
 
 
@@ -112,12 +116,21 @@ def check_writable_parent(out: Path, setting: str = "out") -> None:
         raise SettingError(setting, f"{setting} {out}: cannot write into {ancestor} ({reason}); choose another {setting}")
 
 
+def _marker(folder: Path) -> dict | None:
+    """``folder``'s marker, or None when it has no readable one."""
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def marker_files(folder: Path) -> list[str] | None:
     """The files and folders listed in ``folder``'s marker, or None when it has no readable marker."""
     try:
-        data = json.loads((folder / MARKER).read_text())
+        data = _marker(folder)
         return [str(f) for f in data["files"]] + [str(f) for f in data.get("folders", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return None
 
 
@@ -137,6 +150,13 @@ def _foreign_entry(out: Path, kind: OutputKind) -> str | None:
     for entry in sorted(out.iterdir()):
         if entry.name not in kind.entries:
             return entry.name
+        if entry.is_dir() and not entry.is_symlink():  # a folder from before markers: only our files inside
+            pattern = kind.contents.get(entry.name)
+            if pattern is None:
+                return entry.name
+            for inner in sorted(entry.iterdir()):
+                if inner.is_symlink() or not inner.is_file() or not inner.match(pattern):
+                    return inner.relative_to(out).as_posix()
     return None
 
 
@@ -157,7 +177,9 @@ def check_output_folder(out: Path, overwrite: bool, kind: str, setting: str = "o
     except PermissionError:
         raise SettingError(setting, f"{setting} {out}: cannot read the folder (permission denied); choose another {setting}") from None
     if not empty:
-        ours = (out / MARKER).is_file() or ((out / spec.signature).is_file() and spec.is_signature_ours(out / spec.signature))
+        marker = _marker(out)
+        ours = (marker.get("kind") == kind if marker is not None else
+                (out / spec.signature).is_file() and spec.is_signature_ours(out / spec.signature))
         if not ours:
             raise SettingError(setting, f"{setting} {out}: folder is not empty and is not {spec.name} written by fsc; "
                            f"choose another {setting}")
@@ -230,17 +252,8 @@ class AtomicFolder:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a file atomically (a unique temporary sibling, then rename): a reader never sees a
-    half-written file, and an interrupted write leaves the old one intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write a text file atomically (see :func:`save_atomic`)."""
+    return save_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, data: Any, default: Callable | None = str) -> Path:
@@ -249,7 +262,9 @@ def write_json(path: Path, data: Any, default: Callable | None = str) -> Path:
 
 
 def save_atomic(path: Path, save: Callable[[Path], None]) -> Path:
-    """Atomic version of any writer that takes a path (``torch.save``, ``starfile.write``...)."""
+    """Atomic version of any writer that takes a path (``torch.save``, ``savefig``, text...): it
+    writes a unique temporary sibling, then renames it, so a reader never sees a half-written file
+    and an interrupted write leaves the old one intact."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

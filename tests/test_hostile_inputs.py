@@ -116,6 +116,14 @@ def world(tiny_dataset, tmp_path_factory):
     torch.save(payload, w / "poisoned" / "weights.pt")
     torch.save(payload, w / "poisoned.pt")
 
+    predicted = _fsc("predict", "--model", w / "model", "--support", w / "support.csv", "--queries", w / "queries.csv",
+                     "--out", w / "predictions")
+    assert predicted.exit_code == 0, predicted.output
+    legacy = w / "legacy-export" / "subtomograms"  # an export from before markers, with a user's file inside
+    legacy.mkdir(parents=True)
+    (w / "legacy-export" / "particles.star").write_text("data_particles\n")
+    write_volume(legacy / "000000_a.mrc", np.ones((4, 4, 4), np.float32), 20.0)
+    (legacy / "notes.txt").write_text("mine")
     (w / "victim").mkdir()
     (w / "victim" / "thesis.txt").write_text("four years of work")
     (w / "cwd" / "deeper").mkdir(parents=True)
@@ -174,6 +182,11 @@ CASES = [
     ("overwrite-root", ["predict", "--model", "{w}/model", "--support", "{w}/support.csv", "--queries",
                         "{w}/queries.csv", "--out", "/", "--overwrite"], 2, "file-system root"),
     ("overwrite-home", ["export", "{data}", "--out", "~", "--overwrite"], 2, "home folder"),
+    ("overwrite-other-kind", ["train", "--method", "protonet", *PROTONET, "--dataset", "{data}", "--snr", "1",
+                              "--budget", "2ep", "--out", "{w}/predictions", "--overwrite"], 2,
+     "not empty and is not a model folder"),
+    ("overwrite-legacy-with-user-file", ["export", "{data}", "--out", "{w}/legacy-export", "--overwrite"], 2,
+     "holds 'subtomograms/notes.txt', which fsc did not write"),
     ("out-is-a-file", ["predict", "--model", "{w}/model", "--support", "{w}/support.csv", "--queries",
                        "{w}/queries.csv", "--out", "{w}/plain.txt"], 2, "exists and is not a folder"),
     ("out-unwritable", ["predict", "--model", "{w}/model", "--support", "{w}/support.csv", "--queries",
