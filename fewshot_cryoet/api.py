@@ -26,6 +26,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from fewshot_cryoet.model_dir import ModelCard
     from fewshot_cryoet.runner import MethodSpec
 
-DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
 DEFAULT_STORE = "fsc-results.sqlite"
 #: Subtomograms per class when a data set is simulated on demand and none is asked for.
 DEFAULT_PER_CLASS = 100

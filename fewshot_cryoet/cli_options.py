@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
-DEFAULT_STORAGE = "sqlite:///fsc-tune.sqlite"
 
 
 def parse_list(text: str | None, option: str, cast=str) -> list | None:

@@ -216,12 +216,13 @@ class Runner:
         checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}"
-        if checkpoint.exists() and report_path.exists() and self.store.claim_fit(identity).state == "mine":
-            # trained by a version that kept no claims: record it as this store's fit
-            self.store.finish_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
         waited = False
         while True:
             claim = self.store.claim_fit(identity)
+            if claim.state == "mine" and checkpoint.exists() and report_path.exists():
+                # trained by a version that kept no claims: record it as this store's fit
+                self.store.finish_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
+                continue
             if claim.state == "done":
                 if not checkpoint.exists() or file_hash(checkpoint) != claim.checkpoint_hash:
                     raise FscError(f"{checkpoint}: missing or changed since it was trained (hash "

@@ -79,18 +79,21 @@ def files_hash(folder: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for path in data_files(folder):
         digest.update(path.relative_to(folder).as_posix().encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
+        _feed(digest, path)
     return digest.hexdigest()
 
 
-def _blake2b_file(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+def _feed(digest, path: Path):
+    """``digest`` updated with a file's bytes, read in chunks (volumes can be gigabytes)."""
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 24):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
+
+
+def file_blake2b(path: Path, digest_size: int = 16) -> str:
+    """BLAKE2b of one file's bytes."""
+    return _feed(hashlib.blake2b(digest_size=digest_size), path).hexdigest()
 
 
 def definition_hash(manifest: dict) -> str:
@@ -134,7 +137,7 @@ class DatasetWriter:
         manifest["files_hash"] = files_hash(self.tmp)
         manifest["files"] = {p.relative_to(self.tmp).as_posix(): {"bytes": p.stat().st_size}
                              for p in data_files(self.tmp)}
-        manifest["labels_blake2b"] = _blake2b_file(self.tmp / LABELS)
+        manifest["labels_blake2b"] = file_blake2b(self.tmp / LABELS)
         manifest["content_hash"] = definition_hash(manifest)
         manifest["complete"] = True
         write_json(self.tmp / MANIFEST, manifest, default=_json_default)

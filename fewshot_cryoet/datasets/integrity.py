@@ -99,13 +99,13 @@ def _check_arrays(dataset: SubtomogramDataset) -> None:
 
 
 def _check_labels(dataset: SubtomogramDataset) -> None:
-    from fewshot_cryoet.datasets.dataset import LABELS, _blake2b_file
+    from fewshot_cryoet.datasets.dataset import LABELS, file_blake2b
 
     path = dataset.path / LABELS
     if not path.is_file():
         raise FscError(f"{path}: is missing; the data set is incomplete, re-run fsc simulate")
     stored = dataset.manifest.get("labels_blake2b")
-    if stored is not None and _blake2b_file(path) != stored:
+    if stored is not None and file_blake2b(path) != stored:
         raise FscError(f"{path}: changed since the data set was written; re-run fsc simulate instead of editing it")
     try:
         labels = dataset.labels
