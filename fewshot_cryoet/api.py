@@ -68,7 +68,7 @@ def method_specs(methods: str | Sequence[str], params: dict[str, dict[str, Any]]
     for entry, name, cls in zip(entries, names, classes):
         variant, resolved = cls.resolve(params.get(name), entry.split("/", 1)[1] if "/" in entry else None)
         specs.append(MethodSpec(cls, variant, dict(params.get(name, {})), str(plugins.methods.origin(name)),
-                                cls.label_for(variant, resolved)))
+                                cls.display_label(variant, resolved)))
     for source in tuned:
         from fewshot_cryoet.tuning import resolve_params
 
@@ -92,7 +92,7 @@ def apply_tuned(specs: list[MethodSpec], tuned) -> list[MethodSpec]:
         except FscError as exc:
             raise FscError(f"{tuned.source}: {exc}") from None
         specs[i] = replace(spec, variant=variant, params=merged,
-                           label=f"{spec.cls.label_for(variant, resolved)} · tuned ({tuned.trials} trials)")
+                           label=f"{spec.cls.display_label(variant, resolved)} · tuned ({tuned.trials} trials)")
     return specs
 
 
@@ -320,7 +320,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     import fewshot_cryoet
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.model_dir import NORMALISATION, ModelCard, save_model
+    from fewshot_cryoet.model_dir import ModelCard, save_model
     from fewshot_cryoet.outputs import check_output_folder
     from fewshot_cryoet.runner import fit_context, resolve_device
 
@@ -343,7 +343,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     task.update(1.0)
     card = ModelCard(
         method=instance.name, variant=instance.variant, params=instance.params, box=data.box,
-        voxel_size=data.voxel_size, normalisation=NORMALISATION, dataset=source.name, dataset_hash=data.content_hash,
+        voxel_size=data.voxel_size, normalisation=instance.inputs.describe(), dataset=source.name, dataset_hash=data.content_hash,
         snr=snr_label(snr), budget=str(budget_), package_version=fewshot_cryoet.__version__,
         train_classes=list(context.train.classes), fit={**asdict(report), "label": spec.label or instance.label},
     )

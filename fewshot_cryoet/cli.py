@@ -19,7 +19,8 @@ from rich.text import Text
 import fewshot_cryoet
 from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import (
-    data_options, method_options, out_options, parse_list, parse_range, queries_per_class_option, run_options, snrs,
+    data_options, method_options, out_options, parse_list, parse_range, parse_value_or_range, queries_per_class_option,
+    run_options, snrs,
 )
 from fewshot_cryoet.terminal import (
     RichReporter, console, error_text, print_error, print_table, print_warning, progress_bars, say,
@@ -78,8 +79,13 @@ def main() -> None:
               help="Imaging: tilt series + weighted back-projection, or the fast Fourier-space model.")
 @click.option("--box", type=int, default=32, show_default=True, help="Subtomogram edge (voxels).")
 @click.option("--voxel-size", type=float, default=10.0, show_default=True, help="Voxel size (Å).")
-@click.option("--tilt-range", default="-60,60", show_default=True, help="Tilt range in degrees, min,max.")
-@click.option("--tilt-step", type=float, default=2.0, show_default=True, help="Tilt increment (degrees).")
+@click.option("--tilt-range", default="-60,60", show_default=True,
+              help="Tilt range in degrees, MIN,MAX; each end may be a range drawn per particle, e.g. -70..-50,50..70.")
+@click.option("--tilt-step", default="2", show_default=True, help="Tilt increment (degrees): a value or MIN..MAX per particle.")
+@click.option("--alignment-jitter", default="0", show_default=True,
+              help="Residual tilt-series misalignment: random shift per projection (voxels, SD), a value or MIN..MAX.")
+@click.option("--acquisition-voxel-size", default=None,
+              help="Image each particle at this pixel size (Å), a value or MIN..MAX, then resample to --voxel-size [same].")
 @click.option("--defocus", default="2-6", show_default=True, help="Underfocus range (µm), uniform per particle.")
 @click.option("--no-ctf", is_flag=True, help="Image without CTF (pure projection and missing wedge).")
 @click.option("--crowding", default="0", show_default=True, help="Neighbour particles per subtomogram: N or MIN-MAX in 0-4.")
@@ -102,21 +108,22 @@ def main() -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Simulation processes.")
 def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, per_class, out, overwrite,
-             route, box, voxel_size, tilt_range, tilt_step, defocus, no_ctf, crowding, max_shift, contour,
+             route, box, voxel_size, tilt_range, tilt_step, alignment_jitter, acquisition_voxel_size, defocus, no_ctf, crowding, max_shift, contour,
              amplitude_contrast, envelope, lowpass, background, contrast, preset, split_text, val_classes,
              test_classes, seed, workers) -> None:
     """Simulate a data set of subtomograms with ground-truth masks."""
     from fewshot_cryoet.datasets.presets import apply_preset
     from fewshot_cryoet.datasets.simulate import SimulationConfig
 
-    def value_or_range(text, option):
-        low, high = parse_range(text, option)
-        return low if low == high else (low, high)
-
-    tilt_min, tilt_max = parse_range(tilt_range, "--tilt-range")
+    value_or_range = parse_value_or_range
+    tilt_min, tilt_max = _tilt_range(tilt_range)
     chosen = {  # option → the config settings it sets
         "box": {"box": box}, "voxel_size": {"voxel_size": voxel_size}, "route": {"route": route},
-        "tilt_range": {"tilt_min": tilt_min, "tilt_max": tilt_max}, "tilt_step": {"tilt_step": tilt_step},
+        "tilt_range": {"tilt_min": tilt_min, "tilt_max": tilt_max},
+        "tilt_step": {"tilt_step": value_or_range(tilt_step, "--tilt-step")},
+        "alignment_jitter": {"alignment_jitter": value_or_range(alignment_jitter, "--alignment-jitter")},
+        "acquisition_voxel_size": {"acquisition_voxel_size": value_or_range(acquisition_voxel_size, "--acquisition-voxel-size")
+                                   if acquisition_voxel_size else None},
         "no_ctf": {"ctf": not no_ctf}, "defocus": {"defocus_um": parse_range(defocus, "--defocus")},
         "max_shift": {"max_shift": max_shift}, "crowding": {"crowding": parse_range(crowding, "--crowding", int)},
         "contour": {"contour": contour}, "background": {"background": background}, "contrast": {"contrast": contrast},
@@ -136,6 +143,15 @@ def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution
             test_classes=parse_list(test_classes, "--test-classes"), seed=seed, workers=workers, overwrite=overwrite,
             reporter=RichReporter(progress))
     _print_summary(dataset)
+
+
+def _tilt_range(text: str) -> tuple:
+    """``-60,60`` → (-60, 60); ``-70..-50,50..70`` → ((-70, -50), (50, 70)); ``-60,60`` may also
+    be written ``-60-60``, as before ranges existed."""
+    parts = text.split(",")
+    if len(parts) == 2 and ".." in text:
+        return tuple(parse_value_or_range(p.strip(), "--tilt-range") for p in parts)
+    return parse_range(text, "--tilt-range")
 
 
 def _print_summary(dataset) -> None:

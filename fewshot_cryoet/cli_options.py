@@ -39,6 +39,21 @@ def parse_range(text: str, option: str, cast=float) -> tuple:
     return low, high
 
 
+def parse_value_or_range(text: str, option: str):
+    """``"0.07"`` → 0.07; ``"0.05..0.2"`` or ``"0.05-0.2"`` → (0.05, 0.2): a setting drawn per particle."""
+    if ".." in text:
+        parts = text.split("..")
+        try:
+            low, high = (float(p) for p in parts)
+        except ValueError:
+            raise FscError(f"{option} {text!r}: expected a number or a range such as 2..6 or -70..-50") from None
+        if low > high:
+            raise FscError(f"{option} {text!r}: expected a range low..high with low ≤ high")
+    else:
+        low, high = parse_range(text, option)
+    return low if low == high else (low, high)
+
+
 def method_params(param_texts, method: str | None) -> dict | None:
     """The --param overrides of the one method a command runs; others are refused, not ignored."""
     from fewshot_cryoet.api import parse_param_overrides

@@ -20,8 +20,6 @@ import torch
 from fewshot_cryoet.errors import FscError
 
 MODEL_FORMAT = 1
-#: How training volumes were normalised; ``fsc predict`` applies the same to user volumes.
-NORMALISATION = "per-volume zero mean and unit variance over the whole box; particle density positive"
 
 
 @dataclass
@@ -74,15 +72,16 @@ def load_model(folder: Path, device: str | torch.device = "cpu"):
     if card.format > MODEL_FORMAT:
         raise FscError(f"{folder}: model format {card.format} was written by a newer fewshot-cryoet "
                        f"({card.package_version}); this is {fewshot_cryoet.__version__} (format {MODEL_FORMAT}): upgrade")
-    if card.normalisation != NORMALISATION:
-        raise FscError(f"{folder}: model expects volumes normalised as {card.normalisation!r}, which this "
-                       f"version cannot reproduce")
     cls = require_methods([card.method])[0]
     unknown = sorted(set(card.params) - set(cls.defaults))
     if unknown:
         raise FscError(f"{card_path}: hyper-parameters {', '.join(unknown)} are unknown to {card.method} "
                        f"in this version ({fewshot_cryoet.__version__}); was the model made by another version?")
     method = cls(card.params, card.variant, device)
+    if card.normalisation != method.inputs.describe():  # the card's words must be what this code does
+        raise FscError(f"{folder}: model expects volumes normalised as {card.normalisation!r}, which this "
+                       f"version ({fewshot_cryoet.__version__}) cannot apply; use the version that made it "
+                       f"({card.package_version})")
     if method.trainable:
         weights = folder / "weights.pt"
         if not weights.exists():

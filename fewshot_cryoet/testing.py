@@ -85,8 +85,8 @@ def check_method(method_cls: type[FewShotMethod], params: dict | None = None) ->
             method = method_cls(params, variant)
             require(torch.equal(before, torch.random.get_rng_state()), variant,
                     "constructing it leaves the global random state alone")
-            require(method.label == method_cls.label_for(method.variant, method.params), variant,
-                    "label equals label_for of its settings")
+            require(method.label == method_cls.display_label(method.variant, method.params), variant,
+                    "label equals display_label of its settings")
             train = EpisodeSource(dataset, "train", 1.0, with_masks=method.segments)
             context = FitContext(train, validator(validation), Budget(episodes=2), torch.device("cpu"), seed=0)
             report = method.fit(context)

@@ -146,12 +146,13 @@ def fourier_image(
     defocus_angstrom: torch.Tensor,
     optics: Microscope | None,
     voxel_size: float,
-    tilt_range: tuple[float, float],
+    tilt_range: tuple[float, float] | tuple[np.ndarray, np.ndarray],
     box: int,
     padding: float = 1.5,
     particle: ParticleOptics | None = None,
 ) -> torch.Tensor:
-    """Fourier route: F⁻¹[F(v) · CTF(|k|) · W(k)] for a batch of fields ``(B, F, F, F)``.
+    """Fourier route: F⁻¹[F(v) · CTF(|k|) · W(k)] for a batch of fields ``(B, F, F, F)``;
+    ``tilt_range`` is one (min, max) or per-particle arrays of both (one wedge each).
 
     The field is zero-padded to at least ``padding`` × ``box`` first so the CTF's point spread
     does not wrap around into the box; the result is cropped to ``box`` and made protein-positive.
@@ -160,7 +161,11 @@ def fourier_image(
     padded_size = max(size, int(2 * math.ceil(box * padding / 2)))
     shape = (padded_size,) * 3
     spectrum = torch.fft.rfftn(field, s=shape, dim=(-3, -2, -1))
-    transfer = wedge_mask(shape, *tilt_range)
+    low, high = tilt_range
+    if np.ndim(low):
+        transfer = torch.stack([wedge_mask(shape, float(a), float(b)) for a, b in zip(low, high)])
+    else:
+        transfer = wedge_mask(shape, low, high)
     particle_part = particle_transfer(radial_frequency(shape, voxel_size), defocus_angstrom, optics, voxel_size,
                                       particle)
     if particle_part is not None:
@@ -211,11 +216,16 @@ class TiltSeriesImager:
 
     def image(
         self, fields: torch.Tensor, defocus_angstrom: torch.Tensor, noise_seeds: list[int] | None,
-        particle: ParticleOptics | None = None,
+        particle: ParticleOptics | None = None, tilt_weights: torch.Tensor | None = None,
+        misalignment: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Reconstruct ``fields`` ``(B, F, F, F)`` and, when ``noise_seeds`` (one per field) are
         given, the reconstruction of unit white noise added to every projection pixel after the
-        CTF. Returns ``(signal, noise_response)``, each ``(B, box, box, box)``."""
+        CTF. Returns ``(signal, noise_response)``, each ``(B, box, box, box)``.
+
+        ``tilt_weights`` ``(B, T)`` (0 or 1) keeps only each particle's own tilts of the imager's
+        grid; ``misalignment`` ``(B, T, 2)`` shifts each projection by (y, u) voxels before
+        back-projection, as a residual error of tilt-series alignment does."""
         batch, f = fields.shape[0], self.field
         t, u = len(self.tilts), self.detector
         columns = fields.permute(1, 3, 0, 2).reshape(f * f, batch * f)  # (z·x, b·y)
@@ -225,15 +235,27 @@ class TiltSeriesImager:
         particle_part = particle_transfer(self._k, defocus_angstrom, self.optics, self.voxel_size, particle)
         transfer = self._signal_filter if particle_part is None else particle_part * self._ramp
         spectrum = torch.fft.rfft2(projections, s=self._filter_shape)
+        if misalignment is not None:
+            transfer = transfer * self._shift_phase(misalignment)
         filtered = torch.fft.irfft2(spectrum * transfer, s=self._filter_shape)
         lo = (f - self.box) // 2
         filtered = filtered[:, :, lo : lo + self.box, :u]
         if noise_seeds is not None:
             filtered = torch.cat([filtered, self._filtered_noise(noise_seeds)], dim=0)
+        if tilt_weights is not None:
+            weights = tilt_weights if noise_seeds is None else torch.cat([tilt_weights, tilt_weights])
+            filtered = filtered * weights[:, :, None, None]
         volumes = self._backproject(filtered)
         if noise_seeds is None:
             return volumes, None
         return volumes[:batch], volumes[batch:]
+
+    def _shift_phase(self, offsets: torch.Tensor) -> torch.Tensor:
+        """``(B, T, Fy, Fu)`` Fourier phase that shifts each projection by its (y, u) offset."""
+        ky = torch.fft.fftfreq(self._filter_shape[0]).view(1, 1, -1, 1)
+        ku = torch.fft.rfftfreq(self._filter_shape[1]).view(1, 1, 1, -1)
+        dy, du = offsets[..., 0, None, None], offsets[..., 1, None, None]
+        return torch.polar(torch.ones(()), -2 * math.pi * (ky * dy + ku * du))
 
     def _filtered_noise(self, seeds: list[int]) -> torch.Tensor:
         """Ramp-filtered unit white noise on the box rows of every projection, drawn directly in

@@ -70,9 +70,11 @@ class TemplateBank:
         quaternions: np.ndarray,
         shifts_voxels: np.ndarray,
         field: int,
+        scale: float = 1.0,
     ) -> torch.Tensor:
         """Render templates ``indices`` rotated by ``quaternions`` and moved by ``shifts_voxels``
-        ((x, y, z), from the field centre) into fields ``(B, field, field, field)``."""
+        ((x, y, z), template voxels from the field centre) into fields ``(B, field, field, field)``
+        whose voxels are ``scale`` × the templates' (a particle imaged at another pixel size)."""
         rot = torch.from_numpy(Rotation.from_quat(quaternions).as_matrix()).to(torch.float32)
         shift = torch.from_numpy(np.asarray(shifts_voxels, dtype=np.float64)).to(torch.float32)
         # Field point p (voxels from the centre) samples the template at Rᵀ(p − s) + offset;
@@ -80,7 +82,7 @@ class TemplateBank:
         half_field = (field - 1) / 2.0
         half_bank = (self.size - 1) / 2.0
         rot_t = rot.transpose(1, 2)
-        linear = rot_t * (half_field / half_bank)
+        linear = rot_t * (half_field * scale / half_bank)
         translation = -(rot_t @ shift.unsqueeze(-1)).squeeze(-1) / half_bank
         theta = torch.cat([linear, translation.unsqueeze(-1)], dim=2)
         grid = F.affine_grid(theta, [len(indices), 1, field, field, field], align_corners=True)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fewshot_cryoet.datasets.imaging import (
     Microscope,
@@ -39,7 +40,15 @@ from fewshot_cryoet.errors import FscError, SettingError
 
 Route = Literal["tilt-series", "fourier"]
 #: Settings that take a (min, max) range drawn per particle, besides defocus.
-RANGED = ("amplitude_contrast", "envelope_sigma", "lowpass_angstrom")
+RANGED = ("amplitude_contrast", "envelope_sigma", "lowpass_angstrom", "tilt_min", "tilt_max", "tilt_step",
+          "alignment_jitter", "acquisition_voxel_size")
+#: Tilt settings drawn per particle; then angles and steps are whole degrees on a 1° grid.
+TILT_SETTINGS = ("tilt_min", "tilt_max", "tilt_step")
+#: Acquisition voxel sizes drawn per particle are rounded to this (Å), so that particles share
+#: imaging operators (one per distinct size).
+ACQUISITION_VOXEL_QUANTUM = 0.25
+#: Settings added after data sets were first hashed: omitted from the manifest at their defaults.
+LATER_SETTINGS = ("alignment_jitter", "acquisition_voxel_size")
 ROUTES: tuple[str, ...] = ("tilt-series", "fourier")
 
 
@@ -50,9 +59,11 @@ class SimulationConfig:
     box: int = 32
     voxel_size: float = 10.0
     route: Route = "tilt-series"
-    tilt_min: float = -60.0
-    tilt_max: float = 60.0
-    tilt_step: float = 2.0
+    #: Tilt range and increment (degrees): values, or (min, max) ranges drawn per particle, which
+    #: are then rounded to whole degrees (every particle's tilts lie on one 1° grid).
+    tilt_min: float | tuple[float, float] = -60.0
+    tilt_max: float | tuple[float, float] = 60.0
+    tilt_step: float | tuple[float, float] = 2.0
     ctf: bool = True
     voltage_kv: float = 300.0
     cs_mm: float = 2.7
@@ -73,6 +84,12 @@ class SimulationConfig:
     #: Share of the noise variance given to a structured 1/f (pink) background beside the
     #: reconstructed white noise, in [0, 1).
     background: float = 0.0
+    #: Residual misalignment of the tilt series: each projection shifted by a random offset
+    #: (voxels, standard deviation per axis) before back-projection; tilt-series route only.
+    alignment_jitter: float | tuple[float, float] = 0.0
+    #: The pixel size (Å) the particle is imaged at before it is resampled to ``voxel_size``, as a
+    #: user's data taken at another magnification are; None: imaged at ``voxel_size``.
+    acquisition_voxel_size: float | tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,9 +99,14 @@ class SimulationConfig:
             problems.append(("voxel_size", f"voxel_size must be positive, got {self.voxel_size}"))
         if self.route not in ROUTES:
             problems.append(("route", f"route must be one of {', '.join(ROUTES)}, got {self.route!r}"))
-        if not (-90 < self.tilt_min < self.tilt_max <= 90) or not self.tilt_step > 0:
+        (min_lo, min_hi), (max_lo, max_hi), (step_lo, step_hi) = (_bounds(getattr(self, n)) for n in TILT_SETTINGS)
+        if not (-90 < min_lo <= min_hi < max_lo <= max_hi <= 90) or not 0 < step_lo <= step_hi:
             problems.append(("tilt_range", f"tilt_range {self.tilt_min}..{self.tilt_max} step {self.tilt_step} must "
-                                           "satisfy -90 < min < max ≤ 90 with a positive step"))
+                                           "satisfy -90 < min < max ≤ 90 with a positive step (ranges: low ≤ high, "
+                                           "every minimum below every maximum)"))
+        elif self.tilt_ranged and step_lo < 0.5:
+            problems.append(("tilt_step", f"tilt_step {self.tilt_step}: with tilts drawn per particle, steps are "
+                                          "whole degrees; use at least 1"))
         lo, hi = self.defocus_um
         if not 0 < lo <= hi:
             problems.append(("defocus", f"defocus range must be 0 < min ≤ max µm, got {lo}..{hi}"))
@@ -97,12 +119,14 @@ class SimulationConfig:
             problems.append(("max_shift", f"max_shift must be ≥ 0 voxels, got {self.max_shift}"))
         for name, low, high, text in (("amplitude_contrast", 0.0, 1.0, "in [0, 1)"),
                                       ("envelope_sigma", 0.0, math.inf, "positive"),
-                                      ("lowpass_angstrom", 0.0, math.inf, "positive")):
+                                      ("lowpass_angstrom", 0.0, math.inf, "positive"),
+                                      ("alignment_jitter", 0.0, math.inf, "≥ 0 voxels"),
+                                      ("acquisition_voxel_size", 0.0, math.inf, "positive (Å)")):
             value = getattr(self, name)
             if value is None:
                 continue
-            lo, hi = value if isinstance(value, tuple) else (value, value)
-            inside = (low <= lo if name == "amplitude_contrast" else low < lo) and hi < high
+            lo, hi = _bounds(value)
+            inside = (low <= lo if name in ("amplitude_contrast", "alignment_jitter") else low < lo) and hi < high
             if lo > hi or not inside:
                 problems.append((name, f"{name} must be a value or a min-max range with min ≤ max, {text}; "
                                        f"got {value}"))
@@ -110,6 +134,12 @@ class SimulationConfig:
             problems.append(("contrast", f"contrast must be positive or negative, got {self.contrast!r}"))
         if not 0 <= self.background < 1:
             problems.append(("background", f"background must be a share of the noise in [0, 1), got {self.background}"))
+        if self.route == "fourier" and _bounds(self.alignment_jitter)[1] > 0:
+            problems.append(("alignment_jitter", "alignment_jitter shifts the projections of a tilt series; "
+                                                 "use route tilt-series"))
+        if self.acquisition_voxel_size is not None and _bounds(self.acquisition_voxel_size)[1] > 4 * self.voxel_size:
+            problems.append(("acquisition_voxel_size", f"acquisition_voxel_size {self.acquisition_voxel_size} Å is "
+                                                       f"over 4× the data set's {self.voxel_size} Å; nothing would be left"))
         if problems:  # every problem at once; the first names the setting the command line shows as its option
             raise SettingError(problems[0][0], "; ".join(text for _, text in problems))
 
@@ -125,15 +155,31 @@ class SimulationConfig:
                 and value[0] < value[1]}
 
     @property
+    def tilt_ranged(self) -> bool:
+        """Whether the tilt scheme is drawn per particle."""
+        return any(name in self.ranged() for name in TILT_SETTINGS)
+
+    @property
     def tilts(self) -> np.ndarray:
-        return tilt_angles(self.tilt_min, self.tilt_max, self.tilt_step)
+        """The tilt angles; when they are drawn per particle, the 1° grid every particle's tilts
+        are taken from (see :func:`tilt_weights`)."""
+        if not self.tilt_ranged:
+            return tilt_angles(_low(self.tilt_min), _low(self.tilt_max), _low(self.tilt_step))
+        low, high = round(_bounds(self.tilt_min)[0]), round(_bounds(self.tilt_max)[1])
+        return np.arange(low, high + 1, dtype=np.float64)
 
     @property
     def field(self) -> int:
         return field_size(self.box, self.crowding[1])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings for the manifest; those added later are left out at their defaults, so a
+        data set simulated as before keeps its hash."""
+        data = asdict(self)
+        for name in LATER_SETTINGS:
+            if data[name] == type(self).__dataclass_fields__[name].default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> SimulationConfig:
@@ -193,6 +239,13 @@ def make_plan(
     # simulates exactly the bytes it did before ranges existed.
     extra = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     variations = {name: extra.uniform(lo, hi, size=n) for name, (lo, hi) in sorted(config.ranged().items())}
+    if config.tilt_ranged:  # whole degrees, and every particle's full scheme recorded
+        for name in TILT_SETTINGS:
+            value = variations.get(name, np.full(n, float(_low(getattr(config, name)))))
+            variations[name] = np.maximum(np.round(value), 1.0) if name == "tilt_step" else np.round(value)
+    if "acquisition_voxel_size" in variations:
+        q = ACQUISITION_VOXEL_QUANTUM
+        variations["acquisition_voxel_size"] = np.round(variations["acquisition_voxel_size"] / q) * q
     return ParticlePlan(class_index, quaternions, shifts, defocus, noise_seeds, neighbours, variations)
 
 
@@ -221,58 +274,108 @@ class Simulator:
                 )
         self.config = config
         self.bank = TemplateBank(templates)
-        self._tilt_imager: TiltSeriesImager | None = None
+        self._tilt_imagers: dict[float, TiltSeriesImager] = {}
 
-    @property
-    def tilt_imager(self) -> TiltSeriesImager:
-        if self._tilt_imager is None:
-            c = self.config
-            self._tilt_imager = TiltSeriesImager(c.field, c.box, c.tilts, c.voxel_size, c.microscope)
-        return self._tilt_imager
+    def tilt_imager(self, voxel_size: float | None = None) -> TiltSeriesImager:
+        """The tilt-series imager for particles imaged at ``voxel_size`` (default: the data set's),
+        built once per size."""
+        c = self.config
+        voxel = c.voxel_size if voxel_size is None else voxel_size
+        if voxel not in self._tilt_imagers:
+            field, box = self._grid(voxel)
+            self._tilt_imagers[voxel] = TiltSeriesImager(field, box, c.tilts, voxel, c.microscope)
+        return self._tilt_imagers[voxel]
+
+    def _grid(self, voxel: float) -> tuple[int, int]:
+        """(field, box) in voxels of ``voxel`` Å covering the data set's field and box, plus a
+        margin of 2 voxels for resampling when ``voxel`` is not the data set's."""
+        c = self.config
+        if voxel == c.voxel_size:
+            return c.field, c.box
+        scale = c.voxel_size / voxel
+        box = int(2 * math.ceil(c.box * scale / 2)) + 2
+        return max(box, int(2 * math.ceil(c.field * scale / 2)) + 2), box
 
     def simulate(self, plan: ParticlePlan, indices: np.ndarray, with_noise: bool = True) -> SimulatedBatch:
         """Simulate the particles ``indices`` of ``plan``."""
         c = self.config
         indices = np.asarray(indices)
-        field = c.field
-        central = self.bank.render(
-            plan.class_index[indices], plan.quaternions[indices], plan.shifts_voxels[indices], field
-        )
-        fields = central.clone()
+        voxels = plan.variations.get("acquisition_voxel_size")
+        if voxels is None and c.acquisition_voxel_size is not None:
+            voxels = np.full(len(plan), float(_low(c.acquisition_voxel_size)))
+        if voxels is None:
+            signal, noise = self._image(plan, indices, c.voxel_size, with_noise)
+        else:  # each group of particles imaged at its own pixel size, then resampled to the data set's
+            signal = torch.empty((len(indices),) + (c.box,) * 3)
+            noise = torch.empty_like(signal) if with_noise else None
+            for voxel in np.unique(voxels[indices]):
+                rows = np.flatnonzero(voxels[indices] == voxel)
+                part_signal, part_noise = self._image(plan, indices[rows], float(voxel), with_noise)
+                signal[rows] = resample(part_signal, float(voxel) / c.voxel_size, c.box)
+                if noise is not None:
+                    noise[rows] = resample(part_noise, float(voxel) / c.voxel_size, c.box)
+        seeds = [int(s) for s in plan.noise_seeds[indices]] if with_noise else None
+        if noise is not None and c.background > 0:
+            noise = _unit(noise) * math.sqrt(1 - c.background) + _unit(_pink_noise(seeds, c.box)) * math.sqrt(c.background)
+        if c.contrast == "negative":
+            signal = -signal
+        mask = mask_from_density(self.particle_density(plan, indices), c.contour)
+        return SimulatedBatch(signal.contiguous(), noise, mask.contiguous())
+
+    def _image(self, plan: ParticlePlan, indices: np.ndarray, voxel: float,
+               with_noise: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Signal and unit-noise response of particles imaged at ``voxel`` Å on that size's grid."""
+        c = self.config
+        field, box = self._grid(voxel)
+        scale = voxel / c.voxel_size
+        fields = self.bank.render(plan.class_index[indices], plan.quaternions[indices], plan.shifts_voxels[indices],
+                                  field, scale)
         for slot in range(c.crowding[1]):
             rows = [r for r, i in enumerate(indices) if len(plan.neighbours[i]) > slot]
             if not rows:
                 break
             picks = [plan.neighbours[indices[r]][slot] for r in rows]
             fields[rows] += self.bank.render(
-                np.array([p[0] for p in picks]),
-                np.stack([p[2] for p in picks]),
-                np.stack([p[1] for p in picks]),
-                field,
+                np.array([p[0] for p in picks]), np.stack([p[2] for p in picks]), np.stack([p[1] for p in picks]),
+                field, scale,
             )
         defocus = torch.from_numpy(plan.defocus_um[indices] * 1e4).to(torch.float32)
         seeds = [int(s) for s in plan.noise_seeds[indices]] if with_noise else None
         particle = self._particle_optics(plan, indices)
+        tilts = self._tilt_schemes(plan, indices)
         if c.route == "tilt-series":
-            signal, noise = self.tilt_imager.image(fields, defocus, seeds, particle)
-        else:
-            signal = fourier_image(
-                fields, defocus, c.microscope, c.voxel_size, (c.tilt_min, c.tilt_max), c.box,
-                c.fourier_padding, particle,
-            )
-            noise = _white_noise(seeds, c.box) if seeds is not None else None
-        if noise is not None and c.background > 0:
-            noise = _unit(noise) * math.sqrt(1 - c.background) + _unit(_pink_noise(seeds, c.box)) * math.sqrt(c.background)
-        if c.contrast == "negative":
-            signal = -signal
-        mask = mask_from_density(crop_centre(central, c.box), c.contour)
-        return SimulatedBatch(signal.contiguous(), noise, mask.contiguous())
+            imager = self.tilt_imager(voxel)
+            weights = None if tilts is None else tilt_weights(imager.tilts, *tilts)
+            shifts = self._jitter(plan, indices, len(imager.tilts))
+            return imager.image(fields, defocus, seeds, particle, weights, shifts)
+        ranges = (_low(c.tilt_min), _low(c.tilt_max)) if tilts is None else (tilts[0], tilts[1])
+        signal = fourier_image(fields, defocus, c.microscope, voxel, ranges, box, c.fourier_padding, particle)
+        return signal, (_white_noise(seeds, box) if seeds is not None else None)
+
+    def _tilt_schemes(self, plan: ParticlePlan, indices: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """Per-particle (min, max, step) when the tilt scheme is drawn per particle."""
+        if not self.config.tilt_ranged:
+            return None
+        return tuple(plan.variations[name][indices] for name in TILT_SETTINGS)
+
+    def _jitter(self, plan: ParticlePlan, indices: np.ndarray, tilts: int) -> torch.Tensor | None:
+        """``(B, T, 2)`` per-tilt (y, u) offsets in voxels, or None without misalignment; drawn
+        from each particle's own stream, so batching never changes them."""
+        c = self.config
+        sigma = plan.variations.get("alignment_jitter")
+        if sigma is None:
+            if not _low(c.alignment_jitter) > 0:
+                return None
+            sigma = np.full(len(plan), float(_low(c.alignment_jitter)))
+        offsets = [np.random.default_rng(np.random.SeedSequence([int(plan.noise_seeds[i]), 13])).normal(size=(tilts, 2))
+                   * sigma[i] for i in indices]
+        return torch.from_numpy(np.stack(offsets)).to(torch.float32)
 
     def _particle_optics(self, plan: ParticlePlan, indices: np.ndarray) -> ParticleOptics | None:
         """Per-particle amplitude contrast, envelope and low-pass, where the config asks for them."""
         c = self.config
         values = {name: torch.from_numpy(plan.variations[name][indices]).to(torch.float32)
-                  for name in plan.variations}
+                  for name in ParticleOptics.__dataclass_fields__ if name in plan.variations}
         if isinstance(c.lowpass_angstrom, (int, float)) or (
                 isinstance(c.lowpass_angstrom, tuple) and "lowpass_angstrom" not in values):
             values["lowpass_angstrom"] = torch.full((len(indices),), float(_low(c.lowpass_angstrom)))
@@ -280,16 +383,41 @@ class Simulator:
 
     def particle_density(self, plan: ParticlePlan, indices: np.ndarray) -> torch.Tensor:
         """The noise-free density of the central particles on the box grid (for checks)."""
-        central = self.bank.render(
-            plan.class_index[indices], plan.quaternions[indices], plan.shifts_voxels[indices],
-            self.config.field,
-        )
+        central = self.bank.render(plan.class_index[indices], plan.quaternions[indices], plan.shifts_voxels[indices],
+                                   self.config.field)
         return crop_centre(central, self.config.box)
 
 
 def _low(value):
     """A setting's value, or the lower end of a degenerate range."""
     return value[0] if isinstance(value, tuple) else value
+
+
+def _bounds(value) -> tuple[float, float]:
+    """(low, high) of a value or a range."""
+    return (value[0], value[1]) if isinstance(value, tuple) else (value, value)
+
+
+def tilt_weights(tilts: np.ndarray, tilt_min: np.ndarray, tilt_max: np.ndarray, tilt_step: np.ndarray) -> torch.Tensor:
+    """``(B, T)``: 1 where grid tilt ``t`` belongs to particle ``b``'s scheme (from its minimum to
+    its maximum in its step), else 0; whole degrees, as :func:`make_plan` draws them."""
+    grid = np.asarray(tilts)[None, :]
+    lo, hi, step = (np.asarray(v, dtype=np.float64)[:, None] for v in (tilt_min, tilt_max, tilt_step))
+    offset = grid - lo
+    inside = (offset >= -1e-6) & (grid <= hi + 1e-6) & (np.abs(offset - step * np.round(offset / step)) < 1e-6)
+    return torch.from_numpy(inside.astype(np.float32))
+
+
+def resample(volumes: torch.Tensor, scale: float, box: int) -> torch.Tensor:
+    """Volumes ``(B, n, n, n)`` with voxels ``scale`` × the target size, trilinearly resampled onto
+    the central ``box``³ of the target grid (both centred at (n − 1) / 2), as a user's data at
+    another pixel size are rescaled to ours."""
+    n = volumes.shape[-1]
+    span = (box - 1) / 2.0 / scale / ((n - 1) / 2.0)  # target half-width in normalised input units
+    theta = torch.zeros(len(volumes), 3, 4)
+    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = span
+    grid = F.affine_grid(theta, [len(volumes), 1, box, box, box], align_corners=True)
+    return F.grid_sample(volumes.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
 
 def _unit(volumes: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,9 @@ import torch
 
 from fewshot_cryoet.episodes import Episode, EpisodeSource
 from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.methods.inputs import (
+    INPUT_DEFAULTS, INPUT_RULES, WEDGE_PRESERVING_FLIPS, InputNormalisation, rotated,
+)
 from fewshot_cryoet.params import Param, check_params, timm_optimizers
 from fewshot_cryoet.segmentation.crf import CRFParams
 
@@ -133,6 +136,11 @@ class FewShotMethod(ABC):
 
     ``defaults``, ``param_rules`` and ``crf_hyperparameters`` of a subclass are merged with its
     parent's automatically, so a subclass lists only what it adds or changes.
+
+    Every method also has the input hyper-parameters of ``methods.inputs`` (normalisation and
+    test-time augmentation). The base class wraps each subclass's ``fit`` and ``predict`` so that
+    they always receive normalised volumes, however they are called (bench, train, tune, predict,
+    or a user's script); a subclass never normalises by itself.
     """
 
     name: ClassVar[str] = ""
@@ -141,11 +149,11 @@ class FewShotMethod(ABC):
     trainable: ClassVar[bool] = False
     #: What ``Prediction.scores`` are (see :class:`ScoreKind`).
     score_kind: ClassVar[ScoreKind] = ScoreKind.LOGITS
-    defaults: ClassVar[dict[str, Any]] = {}
+    defaults: ClassVar[dict[str, Any]] = dict(INPUT_DEFAULTS)
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
     #: a rule are checked against the type of their default.
-    param_rules: ClassVar[dict[str, Param]] = {}
+    param_rules: ClassVar[dict[str, Param]] = dict(INPUT_RULES)
     #: Hyper-parameters that set the dense CRF refining this method's masks: key → ``CRFParams``
     #: field. Fields not mapped keep the CRF's defaults.
     crf_hyperparameters: ClassVar[dict[str, str]] = {}
@@ -160,7 +168,10 @@ class FewShotMethod(ABC):
         unknown = sorted(set(cls.crf_hyperparameters.values()) - set(CRFParams.__dataclass_fields__))
         if unknown:
             raise TypeError(f"{cls.__name__}.crf_hyperparameters maps to unknown CRF settings {unknown}")
-
+        if "predict" in cls.__dict__:
+            cls.predict = _with_inputs_for_predict(cls.__dict__["predict"])
+        if "fit" in cls.__dict__:
+            cls.fit = _with_inputs_for_fit(cls.__dict__["fit"])
     def __init__(self, params: dict[str, Any] | None = None, variant: str | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.variant, self.params = self.resolve(params, variant)
@@ -191,12 +202,30 @@ class FewShotMethod(ABC):
         """Human-readable row name for leaderboards, from resolved settings (nothing is built)."""
         return cls.name if variant == "default" else f"{cls.name}/{variant}"
 
+    @classmethod
+    def display_label(cls, variant: str, params: dict[str, Any]) -> str:
+        """:meth:`label_for`, plus the input settings where they differ from the defaults, so
+        rows that saw differently prepared volumes are never merged under one name."""
+        changed = [f"{key}={params[key]}" for key in INPUT_DEFAULTS if params.get(key, INPUT_DEFAULTS[key])
+                   != INPUT_DEFAULTS[key]]
+        base = cls.label_for(variant, params)
+        return f"{base} [{', '.join(changed)}]" if changed else base
+
     @property
     def label(self) -> str:
-        return self.label_for(self.variant, self.params)
+        return self.display_label(self.variant, self.params)
+
+    @property
+    def inputs(self) -> InputNormalisation:
+        """How this method's volumes are normalised before it sees them."""
+        return InputNormalisation.from_params(self.params)
 
     def params_hash(self) -> str:
-        text = json.dumps(self.params, sort_keys=True, default=str)
+        """Hash of the hyper-parameters. Input settings at their defaults are left out: they were
+        added later and reproduce the volumes as before, so earlier results and checkpoints of the
+        same configuration keep their hash."""
+        kept = {k: v for k, v in self.params.items() if not (k in INPUT_DEFAULTS and v == INPUT_DEFAULTS[k])}
+        text = json.dumps(kept, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @classmethod
@@ -266,6 +295,79 @@ class FewShotMethod(ABC):
         if not isinstance(payload.get("state"), dict):
             raise FscError(f"{path}: checkpoint has no state")
         self.load_state(payload["state"])
+
+
+def _with_inputs_for_predict(predict: Callable[[FewShotMethod, Episode], Prediction]):
+    """``predict`` that first normalises the episode and, with ``tta`` 4, averages over the
+    wedge-preserving turns of the queries. Only the outermost call acts, so a subclass calling
+    ``super().predict`` never normalises twice."""
+    import functools
+
+    @functools.wraps(predict)
+    def wrapper(self: FewShotMethod, episode: Episode) -> Prediction:
+        if getattr(self, "_inputs_applied", False):
+            return predict(self, episode)
+        self._inputs_applied = True
+        try:
+            episode = self.inputs.episode(episode)
+            if int(self.params.get("tta", 1)) == 1:
+                return predict(self, episode)
+            return _averaged_over_turns(self, predict, episode)
+        finally:
+            self._inputs_applied = False
+
+    wrapper._inputs_wrapped = True
+    return wrapper
+
+
+def _averaged_over_turns(method: FewShotMethod, predict, episode: Episode) -> Prediction:
+    """Mean scores (probabilities for logits, so scales stay comparable) and mean masks turned
+    back, over the wedge-preserving rotations of the queries."""
+    scores, masks = [], []
+    for flips in WEDGE_PRESERVING_FLIPS:
+        prediction = predict(method, rotated(episode, flips))
+        value = prediction.scores.float()
+        scores.append(torch.log_softmax(value, dim=1).exp() if method.score_kind == ScoreKind.LOGITS else value)
+        if prediction.probabilities is not None:
+            masks.append(prediction.probabilities.flip(flips) if flips else prediction.probabilities)
+    mean = torch.stack(scores).mean(0)
+    if method.score_kind == ScoreKind.LOGITS:
+        mean = mean.clamp_min(1e-12).log()  # back to logits: softmax of these is the mean probability
+    return Prediction(mean, torch.stack(masks).mean(0) if masks else None)
+
+
+def _with_inputs_for_fit(fit: Callable[[FewShotMethod, FitContext], FitReport]):
+    """``fit`` whose training episodes are normalised (validation goes through ``predict``,
+    which normalises itself)."""
+    import functools
+
+    @functools.wraps(fit)
+    def wrapper(self: FewShotMethod, context: FitContext) -> FitReport:
+        if getattr(self, "_fit_inputs_applied", False) or self.inputs.identity:
+            return fit(self, context)
+        self._fit_inputs_applied = True
+        try:
+            from dataclasses import replace as _replace
+
+            return fit(self, _replace(context, train=NormalisedSource(context.train, self.inputs)))
+        finally:
+            self._fit_inputs_applied = False
+
+    return wrapper
+
+
+class NormalisedSource:
+    """An episode source whose sampled episodes are normalised; everything else is the source's."""
+
+    def __init__(self, source: EpisodeSource, inputs: InputNormalisation) -> None:
+        self._source = source
+        self._inputs = inputs
+
+    def sample(self, *args, **kwargs) -> Episode:
+        return self._inputs.episode(self._source.sample(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
 
 
 def _cpu_has_bf16() -> bool:
