@@ -37,12 +37,27 @@ PRESETS: dict[str, Preset] = {
                                     {"background": 0.5}),
     "inverted": Preset("dark particles on a bright background, as raw tomograms show them",
                        {"contrast": "negative"}),
+    "misaligned": Preset("residual tilt-series misalignment: every projection shifted by 0.5–1.5 voxels (SD, "
+                         "drawn per particle) before back-projection", {"alignment_jitter": (0.5, 1.5)}),
+    "pixel-size": Preset("imaged at 13–16 Å per pixel (per particle), then resampled to the data set's 10 Å",
+                         {"acquisition_voxel_size": (13.0, 16.0)}),
 }
+#: The shifted domains that ``all-shifted`` combines (all but the contrast sign, which ``fsc
+#: predict --invert`` undoes).
+COMBINED = ("near-focus", "strong-envelope", "amplitude-contrast", "low-resolution", "narrow-tilts",
+            "structured-background", "misaligned", "pixel-size")
 PRESETS["all-shifted"] = Preset(
     "every shift above at once except the contrast sign (near focus, strong envelope, more amplitude "
-    "contrast, low resolution, narrow tilts, structured background)",
-    {k: v for name in ("near-focus", "strong-envelope", "amplitude-contrast", "low-resolution", "narrow-tilts",
-                       "structured-background") for k, v in PRESETS[name].settings.items()})
+    "contrast, low resolution, narrow tilts, structured background, misalignment, another pixel size)",
+    {k: v for name in COMBINED for k, v in PRESETS[name].settings.items()})
+PRESETS["randomised"] = Preset(
+    "for domain-randomised training: wide ranges of every imaging setting, drawn per particle (0.5–8 µm "
+    "underfocus, envelope σ 0.15–0.5, 5–20% amplitude contrast, low-pass 12–40 Å, tilt ends ±40–70° in "
+    "1–3° steps, 0–1.5 voxels misalignment, 8–16 Å pixels, 30% 1/f background). Its ranges cover every "
+    "shifted domain above",
+    {"defocus_um": (0.5, 8.0), "envelope_sigma": (0.15, 0.5), "amplitude_contrast": (0.05, 0.2),
+     "lowpass_angstrom": (12.0, 40.0), "tilt_min": (-70.0, -40.0), "tilt_max": (40.0, 70.0), "tilt_step": (1.0, 3.0),
+     "alignment_jitter": (0.0, 1.5), "acquisition_voxel_size": (8.0, 16.0), "background": 0.3})
 
 
 def apply_preset(config, name: str | None, overrides: dict[str, Any] | None = None):

@@ -1,0 +1,145 @@
+"""The input normalisation and test-time augmentation every method inherits: what they do to
+volumes, that the base class applies them exactly once on every path, and that they travel with
+the method's settings (hash, label, model folder)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fewshot_cryoet import api
+from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
+from fewshot_cryoet.methods.inputs import INPUT_DEFAULTS, InputNormalisation, _sphere
+from fewshot_cryoet.plugins import require_methods
+
+
+def _volumes(seed: int = 0, count: int = 3, size: int = 16) -> torch.Tensor:
+    return torch.randn((count, 1, size, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def _radial_filter(volumes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Volumes seen through a Gaussian envelope exp(−(k/σ)²), k in cycles per voxel."""
+    k = torch.sqrt(torch.fft.fftfreq(16).view(-1, 1, 1) ** 2 + torch.fft.fftfreq(16).view(1, -1, 1) ** 2
+                   + torch.fft.rfftfreq(16).view(1, 1, -1) ** 2)
+    return torch.fft.irfftn(torch.fft.rfftn(volumes, dim=(-3, -2, -1)) * torch.exp(-(k / sigma) ** 2),
+                            s=(16,) * 3, dim=(-3, -2, -1))
+
+
+def test_default_inputs_leave_volumes_as_stored():
+    volumes = _volumes()
+    assert InputNormalisation().identity and InputNormalisation()(volumes, 10.0) is volumes
+
+
+def test_sphere_zscore_ignores_the_corners():
+    volumes = _volumes()
+    volumes[..., :3, :3, :3] += 50.0  # a bright neighbour in a corner
+    out = InputNormalisation(sphere=0.8)(volumes, 10.0)
+    weights = _sphere((16, 16, 16), 0.8, "cpu")
+    inside = out[..., weights > 0.999]
+    assert torch.allclose(inside.mean(-1), torch.zeros(3), atol=0.05)
+    assert torch.allclose(out[..., :3, :3, :3], torch.zeros(1))  # outside the sphere: zero
+    assert abs(float(inside.std()) - 1) < 0.1
+
+
+def test_whitening_undoes_an_envelope_the_model_never_saw():
+    """Two views of the same volumes through different CTF envelopes agree far better after
+    whitening: what a B-factor change does to a model's input is removed."""
+    volumes = _radial_filter(_volumes(), 0.3)
+    sharp, blurred = volumes, _radial_filter(volumes, 0.15)
+
+    def agreement(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).mean())
+
+    plain = InputNormalisation(sphere=0.0, lowpass=40.0)
+    whitened = InputNormalisation(whiten=True, lowpass=40.0)
+    assert agreement(whitened(sharp, 10.0), whitened(blurred, 10.0)) > agreement(plain(sharp, 10.0), plain(blurred, 10.0)) + 0.05
+
+
+def test_lowpass_halves_the_amplitude_at_the_stated_resolution():
+    volumes = torch.zeros(1, 1, 16, 16, 16)
+    volumes[0, 0, 0, 0, 4] = 1.0  # a delta: flat spectrum
+    out = InputNormalisation(lowpass=40.0)(volumes, 10.0)  # 1/40 Å⁻¹ = 4 steps of 1/160 Å⁻¹ on a 16-voxel grid
+    amplitude = torch.fft.rfftn(out[0, 0]).abs()
+    assert math.isclose(float(amplitude[0, 0, 4] / amplitude[0, 0, 1]), 0.5 / math.exp(-math.log(2) / 16), rel_tol=1e-3)
+
+
+class Recorder(FewShotMethod):
+    """Records the volumes it is given; its 'segmentation' is the query itself, which makes the
+    test-time augmentation's un-turning checkable exactly."""
+
+    name = "recorder"
+    description = "records its inputs (tests only)"
+    segments = True
+    score_kind = ScoreKind.LOGITS
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def predict(self, episode):
+        self.seen.append(episode.query.clone())
+        scores = episode.query.flatten(1)[:, : episode.n_way] * 1.0  # depends on the turn
+        return Prediction(scores, episode.query.clamp(0, 1))
+
+
+class CallsSuper(Recorder):
+    name = "calls-super"
+
+    def predict(self, episode):
+        return super().predict(episode)
+
+
+def _episode(dataset):
+    return load_episode(dataset, sample_episodes(dataset, EpisodeSpec("test", 3, 1, 2), 1), 0, 1.0, with_masks=True)
+
+
+def test_the_base_class_normalises_exactly_once_even_through_super(tiny_dataset):
+    episode = _episode(tiny_dataset)
+    params = {"input_lowpass": 50.0, "input_sphere": 0.9}
+    expected = InputNormalisation(lowpass=50.0, sphere=0.9)(episode.query, episode.voxel_size)
+    for cls in (Recorder, CallsSuper):
+        method = cls(params)
+        method.predict(episode)
+        assert len(method.seen) == 1 and torch.allclose(method.seen[0], expected, atol=1e-6)
+
+
+def test_test_time_augmentation_turns_the_queries_and_turns_masks_back(tiny_dataset):
+    episode = _episode(tiny_dataset)
+    method = Recorder({"tta": 4})
+    prediction = method.predict(episode)
+    assert len(method.seen) == 4  # identity and three 180° turns that keep the wedge in place
+    assert not torch.equal(method.seen[1], method.seen[0])
+    assert torch.allclose(prediction.probabilities, episode.query.clamp(0, 1), atol=1e-6)  # un-turned exactly
+    probabilities = torch.stack([torch.softmax(s.flatten(1)[:, :3], 1) for s in method.seen]).mean(0)
+    assert torch.allclose(torch.softmax(prediction.scores, 1), probabilities, atol=1e-5)
+
+
+def test_inputs_change_label_and_hash_but_defaults_keep_the_old_hash():
+    protonet = require_methods(["protonet"])[0]
+    plain, robust = protonet(), protonet({"input_whiten": True, "input_lowpass": 30.0})
+    assert plain.label == "protonet" and robust.label == "protonet [input_lowpass=30.0, input_whiten=True]"
+    assert plain.params_hash() != robust.params_hash()
+    without_inputs = {k: v for k, v in plain.params.items() if k not in INPUT_DEFAULTS}
+    import hashlib
+
+    assert plain.params_hash() == hashlib.sha256(json.dumps(without_inputs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_a_model_folder_records_its_inputs_and_refuses_what_it_cannot_apply(tiny_val2_dataset, tmp_path):
+    card = api.train("protonet", tmp_path / "model", dataset=tiny_val2_dataset, snr=1.0, budget="2ep",
+                     params={"input_whiten": True, "input_lowpass": 60.0, "tta": 4})
+    assert "whitened" in card.normalisation and "60 Å" in card.normalisation
+    method = api.load_method(tmp_path / "model", device="cpu")
+    assert method.params["tta"] == 4 and method.inputs == InputNormalisation(60.0, True, 0.0)
+    path = tmp_path / "model" / "model.json"
+    data = json.loads(path.read_text())
+    data["normalisation"] = "v9: histogram equalisation"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FscError, match="cannot apply") as info:
+        api.load_method(tmp_path / "model", device="cpu")
+    assert str(tmp_path / "model") in str(info.value) and "\n" not in str(info.value)
