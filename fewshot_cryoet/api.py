@@ -311,12 +311,16 @@ def _specs(methods, params, tuned, storage) -> list[MethodSpec]:
 
 
 def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates: Sequence[str | Path] = (),
-          test_classes: Sequence[str] | None = None, per_class: int | None = None, snr: float = 1000.0,
-          budget: str = "30m", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
+          test_classes: Sequence[str] | None = None, per_class: int | None = None,
+          snr: float | Sequence[float] = 1000.0, budget: str = "30m", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
           overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
-          storage: str = DEFAULT_STORAGE, reporter: Reporter | None = None) -> ModelCard:
+          storage: str = DEFAULT_STORAGE, inputs: str = "robust", reporter: Reporter | None = None) -> ModelCard:
     """Meta-train a method on a data set's training classes (model selection on its validation
-    classes) into a self-describing model folder ``out``; returns the folder's card."""
+    classes) into a self-describing model folder ``out``; returns the folder's card. ``snr`` may
+    list several levels of one data set: each training episode then draws its level, for a model
+    meant for data whose noise is not known. ``inputs="robust"`` (the default) starts from the input
+    settings that held up best when the imaging changed (``methods.inputs.ROBUST_INPUTS``; see
+    leaderboards/robustness); ``"plain"`` from the method's own defaults. ``params`` win over both."""
     import fewshot_cryoet
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
@@ -324,8 +328,17 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     from fewshot_cryoet.outputs import check_output_folder
     from fewshot_cryoet.runner import fit_context, resolve_device
 
-    spec = method if not isinstance(method, str) else method_specs(
-        [method], {method.split("/")[0]: params} if params else None, [tuned] if tuned else [], storage)[0]
+    from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
+
+    if inputs not in ("robust", "plain"):
+        raise SettingError("inputs", f"inputs {inputs!r}: use robust or plain")
+    if isinstance(method, str):
+        start = dict(ROBUST_INPUTS) if inputs == "robust" else {}
+        merged = {**start, **(params or {})}
+        spec = method_specs([method], {method.split("/")[0]: merged} if merged else None, [tuned] if tuned else [],
+                            storage)[0]
+    else:
+        spec = method
     if not spec.cls.trainable:
         raise SettingError("method", f"method {spec.cls.name} needs no training; use it directly "
                                      f"(fsc predict --method {spec.cls.name})")
@@ -334,17 +347,23 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     torch_device = resolve_device(device)
     source = data_source(dataset, templates, per_class, test_classes)
     reporter = as_reporter(reporter)
-    data = source.at(snr, reporter)
+    levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
+    if len(levels) > 1 and source.fixed is None:  # refused before anything is simulated
+        raise SettingError("snr", f"snr {','.join(snr_label(s) for s in levels)}: training at several SNR levels "
+                                  "needs one data set holding them all (fsc simulate --snr A --snr B, then dataset)")
+    data = source.at(levels[0], reporter)
+    for level in levels[1:]:
+        source.at(level, reporter)  # each level must be in the data set
     instance = spec.cls(spec.params, spec.variant, torch_device)
     task = reporter.task(f"train {instance.label}", total=1.0)
-    context = fit_context(data, snr, instance.segments, budget_, torch_device, queries_per_class, seed,
-                          progress=lambda fraction, _: task.update(fraction))
+    context = fit_context(data, levels if len(levels) > 1 else snr, instance.segments, budget_, torch_device,
+                          queries_per_class, seed, progress=lambda fraction, _: task.update(fraction))
     report = instance.fit(context)
     task.update(1.0)
     card = ModelCard(
         method=instance.name, variant=instance.variant, params=instance.params, box=data.box,
         voxel_size=data.voxel_size, normalisation=instance.inputs.describe(), dataset=source.name, dataset_hash=data.content_hash,
-        snr=snr_label(snr), budget=str(budget_), package_version=fewshot_cryoet.__version__,
+        snr=",".join(snr_label(s) for s in levels), budget=str(budget_), package_version=fewshot_cryoet.__version__,
         train_classes=list(context.train.classes), fit={**asdict(report), "label": spec.label or instance.label},
     )
     save_model(instance, card, Path(out), overwrite)

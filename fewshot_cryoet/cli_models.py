@@ -18,22 +18,27 @@ from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, 
 @method_options(single=True)
 @click.option("--variant", default=None, help="The method's variant [its first] (same as METHOD/VARIANT).")
 @data_options
-@click.option("--snr", default="1000", show_default=True, help="SNR level to train at.")
+@click.option("--snr", default="1000", show_default=True,
+              help="SNR level to train at, or several comma-separated levels of one --dataset (each episode draws one).")
 @click.option("--budget", default="30m", show_default=True, help="Training budget: 30m, 2000ep, 2000ep,30m.")
+@click.option("--inputs", type=click.Choice(["robust", "plain"]), default="robust", show_default=True,
+              help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
+                   "or the method's own defaults; --param wins over both.")
 @queries_per_class_option
 @run_options
 @out_options("Model folder")
 def train(methods, param_texts, tuned, storage, variant, dataset, templates, test_classes, per_class, snr, budget,
-          queries_per_class, seed, device, out, overwrite) -> None:
+          inputs, queries_per_class, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
     from fewshot_cryoet.datasets.dataset import parse_snr
 
+    levels = [parse_snr(text) for text in parse_list(snr, "--snr")]
     method = f"{methods.split('/', 1)[0]}/{variant}" if variant else methods
     with progress_bars() as progress:
         card = api.train(method, out, params=method_params(param_texts, method), tuned=tuned, storage=storage,
                          dataset=dataset, templates=templates, test_classes=parse_list(test_classes, "--test-classes"),
-                         per_class=per_class, snr=parse_snr(snr), budget=budget, queries_per_class=queries_per_class,
-                         seed=seed, device=device, overwrite=overwrite, reporter=RichReporter(progress))
+                         per_class=per_class, snr=levels if len(levels) > 1 else levels[0], budget=budget, queries_per_class=queries_per_class,
+                         seed=seed, device=device, overwrite=overwrite, inputs=inputs, reporter=RichReporter(progress))
     from fewshot_cryoet.methods.base import FitReport
 
     say(f"{card.fit['label']}: {FitReport.from_dict(card.fit).describe()}; model in {out}")

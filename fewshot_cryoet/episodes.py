@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -187,16 +188,19 @@ def _ids(dataset: SubtomogramDataset, snr: float | str, indices: np.ndarray) -> 
 
 
 class EpisodeSource:
-    """Random episodes from one split at one SNR, for training: the split's volumes (and masks)
-    are read into memory once, then every ``sample`` is a cheap in-memory gather."""
+    """Random episodes from one split at one SNR, or at several (each episode then draws its level:
+    training for data whose noise is unknown), for training: the split's volumes (and masks) are
+    read into memory once, then every ``sample`` is a cheap in-memory gather."""
 
-    def __init__(self, dataset: SubtomogramDataset, split: str, snr: float | str, with_masks: bool = True) -> None:
+    def __init__(self, dataset: SubtomogramDataset, split: str, snr: float | str | Sequence[float | str],
+                 with_masks: bool = True) -> None:
         self.classes = split_classes(dataset, split)
         self.voxel_size = dataset.voxel_size
-        self.snr = parse_snr(snr)
+        self.snrs = [parse_snr(s) for s in (snr if isinstance(snr, (list, tuple)) else [snr])]
+        self.snr = self.snrs[0]
         self.split = split
         indices = np.sort(np.concatenate([dataset.indices(class_name=c) for c in self.classes]))
-        self._volumes = torch.from_numpy(np.asarray(dataset.volumes(snr)[indices]))
+        self._levels = [torch.from_numpy(np.asarray(dataset.volumes(s)[indices])) for s in self.snrs]
         self._masks = torch.from_numpy(np.asarray(dataset.masks[indices])) if with_masks else None
         position = {int(p): i for i, p in enumerate(indices)}
         self._rows = {c: np.array([position[int(p)] for p in dataset.indices(class_name=c)]) for c in self.classes}
@@ -215,15 +219,16 @@ class EpisodeSource:
             blocks.append(rng.choice(rows, size=need, replace=len(rows) < need))
         block = np.stack(blocks)
         support, query = block[:, :k_shot].reshape(-1), block[:, k_shot:].reshape(-1)
-        masks = self._masks
+        level = int(rng.integers(len(self.snrs))) if len(self.snrs) > 1 else 0  # one level: the stream as before
+        volumes, masks = self._levels[level], self._masks
         return Episode(
-            support=self._volumes[support].unsqueeze(1),
+            support=volumes[support].unsqueeze(1),
             support_labels=torch.arange(n_way).repeat_interleave(k_shot),
-            query=self._volumes[query].unsqueeze(1),
+            query=volumes[query].unsqueeze(1),
             query_labels=torch.arange(n_way).repeat_interleave(q_query),
             classes=tuple(self.classes[c] for c in chosen),
             voxel_size=self.voxel_size,
-            snr=self.snr,
+            snr=self.snrs[level],
             support_masks=masks[support].unsqueeze(1) if masks is not None else None,
             query_masks=masks[query].unsqueeze(1) if masks is not None else None,
         )

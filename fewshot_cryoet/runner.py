@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -79,27 +79,32 @@ def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> d
     }
 
 
-def validation_episodes(dataset: SubtomogramDataset, snr: float, shot: int, queries: int, seed: int,
+def validation_episodes(dataset: SubtomogramDataset, snr: float | Sequence[float], shot: int, queries: int, seed: int,
                         with_masks: bool = False):
+    """The fixed validation-class episodes; with several SNR levels, episode i is at level
+    i mod (number of levels), so selection weighs every level alike."""
     classes = dataset.splits.get("val", [])
     if len(classes) < 2:
         return []
+    levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
     spec = EpisodeSpec("val", min(5, len(classes)), shot, queries, seed + 1)
     episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
-    return [load_episode(dataset, episodes, i, snr, with_masks=with_masks) for i in range(len(episodes))]
+    return [load_episode(dataset, episodes, i, levels[i % len(levels)], with_masks=with_masks)
+            for i in range(len(episodes))]
 
 
-def fit_data(dataset: SubtomogramDataset, snr: float, segments: bool, queries: int = 5, seed: int = 0,
-             shot: int = 1) -> tuple[EpisodeSource, list]:
+def fit_data(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, queries: int = 5,
+             seed: int = 0, shot: int = 1) -> tuple[EpisodeSource, list]:
     """What every fit gets (fsc bench, fsc train, each fsc tune trial): episodes from the training
-    classes, and the validation-class episodes used for model selection."""
+    classes, and the validation-class episodes used for model selection; ``snr`` may list several
+    levels (each training episode draws one)."""
     train = EpisodeSource(dataset, "train", snr, with_masks=segments)
     if train.n_classes < 2:
         raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
     return train, validation_episodes(dataset, snr, shot, queries, seed, with_masks=segments)
 
 
-def fit_context(dataset: SubtomogramDataset, snr: float, segments: bool, budget: Budget, device: torch.device,
+def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, budget: Budget, device: torch.device,
                 queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
     """The one way a fit is set up: training-class episodes, validation through the scorer."""
     train, validation = fit_data(dataset, snr, segments, queries, seed, shot)

@@ -14,7 +14,7 @@ from fewshot_cryoet import api
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
-from fewshot_cryoet.methods.inputs import INPUT_DEFAULTS, InputNormalisation, _sphere
+from fewshot_cryoet.methods.inputs import INPUT_DEFAULTS, ROBUST_INPUTS, InputNormalisation, _sphere
 from fewshot_cryoet.plugins import require_methods
 
 
@@ -132,7 +132,7 @@ def test_inputs_change_label_and_hash_but_defaults_keep_the_old_hash():
 
 def test_a_model_folder_records_its_inputs_and_refuses_what_it_cannot_apply(tiny_val2_dataset, tmp_path):
     card = api.train("protonet", tmp_path / "model", dataset=tiny_val2_dataset, snr=1.0, budget="2ep",
-                     params={"input_whiten": True, "input_lowpass": 60.0, "tta": 4})
+                     params={"input_whiten": True, "input_lowpass": 60.0, "tta": 4}, inputs="plain")
     assert "whitened" in card.normalisation and "60 Å" in card.normalisation
     method = api.load_method(tmp_path / "model", device="cpu")
     assert method.params["tta"] == 4 and method.inputs == InputNormalisation(60.0, True, 0.0)
@@ -143,3 +143,23 @@ def test_a_model_folder_records_its_inputs_and_refuses_what_it_cannot_apply(tiny
     with pytest.raises(FscError, match="cannot apply") as info:
         api.load_method(tmp_path / "model", device="cpu")
     assert str(tmp_path / "model") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_training_at_several_snr_levels_draws_each_and_is_recorded(tiny_val2_dataset, tmp_path):
+    import numpy as np
+
+    from fewshot_cryoet.episodes import EpisodeSource
+
+    one = EpisodeSource(tiny_val2_dataset, "train", 1.0, with_masks=False)
+    same = EpisodeSource(tiny_val2_dataset, "train", [1.0], with_masks=False)
+    a, b = (s.sample(2, 1, 2, np.random.default_rng(5)) for s in (one, same))
+    assert torch.equal(a.query, b.query)  # a single level keeps the random stream it always had
+    mixed = EpisodeSource(tiny_val2_dataset, "train", [math.inf, 1.0], with_masks=False)
+    rng = np.random.default_rng(0)
+    assert {mixed.sample(2, 1, 2, rng).snr for _ in range(20)} == {math.inf, 1.0}
+    card = api.train("protonet", tmp_path / "m", dataset=tiny_val2_dataset, snr=[math.inf, 1.0], budget="2ep")
+    assert card.snr == "inf,1"
+    assert {k: card.params[k] for k in ROBUST_INPUTS} == ROBUST_INPUTS  # fsc train's default: the robust inputs
+    assert card.normalisation == InputNormalisation.from_params(ROBUST_INPUTS).describe()
+    with pytest.raises(FscError, match="one data set holding them all"):
+        api.train("protonet", tmp_path / "n", snr=[math.inf, 1.0], budget="2ep", per_class=2)
