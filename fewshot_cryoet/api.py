@@ -91,8 +91,8 @@ def apply_tuned(specs: list[MethodSpec], tuned) -> list[MethodSpec]:
             variant, resolved = spec.cls.resolve(merged, tuned.variant)
         except FscError as exc:
             raise FscError(f"{tuned.source}: {exc}") from None
-        specs[i] = replace(spec, variant=variant, params=merged,
-                           label=f"{spec.cls.display_label(variant, resolved)} · tuned ({tuned.trials} trials)")
+        explicit = spec.cls.display_label(variant, spec.cls.resolve(spec.params, variant)[1])
+        specs[i] = replace(spec, variant=variant, params=merged, label=f"{explicit} · tuned ({tuned.trials} trials)")
     return specs
 
 

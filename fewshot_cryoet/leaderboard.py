@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.metrics import mean_ci95, significantly_worse
 from fewshot_cryoet.outputs import write_text
 
@@ -24,13 +25,27 @@ def domain(train_dataset: str, dataset: str) -> str:
     return f"{train_dataset} → {dataset}" if train_dataset else dataset
 
 
+#: What makes two results rows the same leaderboard row: the configuration (method, variant,
+#: hyper-parameter hash, budget, seed), the data (domain and hashes) and the setting.
+ROW_KEYS = ["dataset", "dataset_hash", "train_dataset", "train_dataset_hash", "method", "variant", "params_hash",
+            "label", "budget", "seed", "snr", "n_way", "k_shot", "q_query"]
+#: The configuration part of a row's key, beside its label.
+CONFIGURATION = ["method", "variant", "params_hash", "budget", "seed"]
+
+
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (domain, method row, SNR, N, K): accuracy mean ± CI, Dice mean ± std, n."""
+    """One row per (domain, configuration, SNR, N, K): accuracy mean ± CI, Dice mean ± std, n.
+    Rows of different configurations never merge, even under one label: where a label covers
+    several, the label says what differs (budget, seed or hyper-parameter hash). An episode
+    index appears at most once per row; anything else is refused, since it would narrow the CI."""
     frame = frame.assign(**{c: frame[c].fillna("") if c in frame else "" for c in ("train_dataset", "train_dataset_hash")})
-    keys = ["dataset", "dataset_hash", "train_dataset", "train_dataset_hash", "label", "budget", "snr", "n_way",
-            "k_shot", "q_query"]
+    frame = _distinct_labels(frame)
+    keys = ROW_KEYS
     rows = []
     for key, group in frame.groupby(keys, sort=False):
+        if group["episode"].duplicated().any():
+            raise FscError(f"results row {dict(zip(keys, key))['label']!r} holds episode "
+                           f"{int(group['episode'][group['episode'].duplicated()].iloc[0])} twice; the store is damaged")
         accuracy, ci = mean_ci95(group["accuracy"])
         dice = group["dice"].dropna()
         dice_crf = group["dice_crf"].dropna()
@@ -43,11 +58,57 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             "dice_crf_std": float(dice_crf.std(ddof=1)) if len(dice_crf) > 1 else math.nan,
             "predict_ms": 1000 * float(group["predict_seconds"].mean()),
             "fit_seconds": float(group["fit_seconds"].dropna().mean()) if group["fit_seconds"].notna().any() else math.nan,
+            "fit_episodes": float(group["fit_episodes"].dropna().mean()) if group["fit_episodes"].notna().any() else math.nan,
+            "examples_seen": _examples_seen(group),
             "val_accuracy": float(group["val_accuracy"].dropna().mean()) if group["val_accuracy"].notna().any() else math.nan,
             "device": group["device"].iloc[0], "package_version": group["package_version"].iloc[0],
             "plugin": group["plugin"].iloc[0],
         })
     return pd.DataFrame(rows)
+
+
+def _examples_seen(group: pd.DataFrame) -> float:
+    """Training volumes a row's model saw: episodes × ways × (shots + queries) of its settings."""
+    episodes = group["fit_episodes"].dropna()
+    if episodes.empty:
+        return math.nan
+    import json
+
+    params = json.loads(group["params"].iloc[0]) if "params" in group and group["params"].iloc[0] else {}
+    per_episode = params.get("train_way", 0) * (params.get("train_shot", 0) + params.get("train_query", 0))
+    return float(episodes.mean() * per_episode) if per_episode else math.nan
+
+
+def _training(part: pd.DataFrame) -> str:
+    """What training each row got, in words: its budget and, per SNR, episodes, examples and time."""
+    texts = []
+    for label, rows in part.groupby("label", sort=False):
+        budget = rows["budget"].iloc[0]
+        if not budget:
+            texts.append(f"{label}: none")
+            continue
+        fits = rows.drop_duplicates("snr").sort_values("snr", key=lambda c: c.map(_snr_order))
+        done = "; ".join(f"SNR {r['snr']}: {r['fit_episodes']:.0f} episodes, {r['examples_seen']:,.0f} examples, "
+                         f"{r['fit_seconds']:.0f} s" for _, r in fits.iterrows() if not math.isnan(r["fit_episodes"]))
+        texts.append(f"{label}: {budget}" + (f" ({done})" if done else ""))
+    return "; ".join(texts)
+
+
+def _distinct_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Labels made unique per configuration: a label shared by configurations that differ gets
+    what differs appended (`` · budget 2m``, `` · seed 1``, `` · params 1a2b3c``)."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    for label, part in frame.groupby("label", sort=False):
+        configurations = part[CONFIGURATION].drop_duplicates()
+        if len(configurations) < 2:
+            continue
+        differing = [c for c in ("budget", "seed", "params_hash", "variant", "method") if configurations[c].nunique() > 1]
+        suffix = part[differing].astype(str).apply(
+            lambda r: " · ".join(f"{'params' if c == 'params_hash' else c} {v or 'none'}" for c, v in r.items()), axis=1)
+        frame.loc[part.index, "label"] = label + " · " + suffix
+    return frame
 
 
 def _snr_order(text: str) -> float:
@@ -175,9 +236,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                   f"Test episodes per cell: {episodes.min()}–{episodes.max()}"
                   + (f" — **quick run: fewer than {LEADERBOARD_EPISODES}, not leaderboard grade**" if quick else "")
                   + f"; queries per class: {', '.join(map(str, sorted(part['q_query'].unique())))}; "
-                  + "training budget per method and SNR: "
-                  + ", ".join(f"{label} {budget or 'none'}" for label, budget in
-                              dict(zip(part["label"], part["budget"])).items()), "",
+                  + "training budget per method and SNR, and what it gave: " + _training(part) + ".", "",
                   "### Accuracy", "", accuracy_table(part).to_markdown(), ""]
         dice = dice_table(part)
         if dice is not None:

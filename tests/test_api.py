@@ -24,7 +24,7 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
     frame, predictions, card = namespace["frame"], namespace["predictions"], namespace["card"]
-    assert set(frame["label"]) == {"protonet", "xcorr"} and len(frame) == 40
+    assert set(frame["method"]) == {"protonet", "xcorr"} and len(frame) == 40
     assert frame.groupby("label")["episode"].nunique().eq(20).all()  # both scored on the same 20 episodes
     assert card.method == "protonet" and card.fit["episodes"] == 20
     assert len(predictions) == 2 * 10 - 2 and set(predictions["predicted_class"]) <= {"syn000", "syn001"}

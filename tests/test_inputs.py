@@ -122,7 +122,7 @@ def test_test_time_augmentation_turns_the_queries_and_turns_masks_back(tiny_data
 def test_inputs_change_label_and_hash_but_defaults_keep_the_old_hash():
     protonet = require_methods(["protonet"])[0]
     plain, robust = protonet(), protonet({"input_whiten": True, "input_lowpass": 30.0})
-    assert plain.label == "protonet" and robust.label == "protonet [input_lowpass=30.0, input_whiten=True]"
+    assert plain.label == "protonet" and robust.label == "protonet (input_lowpass=30, input_whiten=True)"
     assert plain.params_hash() != robust.params_hash()
     without_inputs = {k: v for k, v in plain.params.items() if k not in INPUT_DEFAULTS}
     import hashlib

@@ -39,12 +39,13 @@ def test_every_method_scored_on_the_same_episodes_with_full_rows(tiny_dataset, t
     runner.run_snr(specs, tiny_dataset, "tiny", 1.0)
     frame = store.frame()
     assert len(frame) == 2 * 2 * 5
-    assert set(frame["label"]) == {"protonet", "xcorr"}
+    assert set(frame["method"]) == {"protonet", "xcorr"}
+    assert set(frame["label"]) == {"protonet (channels=[4, 8, 8, 8], val_every=2)", "xcorr (angular_step=60)"}
     assert (frame["dataset_hash"] == tiny_dataset.content_hash).all() and (frame["device"] == "cpu").all()
     assert frame["package_version"].notna().all() and set(frame["plugin"]) == {"built-in"}
-    trained = frame[frame["label"] == "protonet"]
+    trained = frame[frame["method"] == "protonet"]
     assert (trained["fit_episodes"] == 3).all() and trained["budget"].eq("3ep").all()
-    assert frame[frame["label"] == "xcorr"]["budget"].eq("").all()
+    assert frame[frame["method"] == "xcorr"]["budget"].eq("").all()
     assert ((frame["accuracy"] >= 0) & (frame["accuracy"] <= 1)).all()
     checkpoints = list((tmp_path / "r.models").glob("*.pt"))
     assert len(checkpoints) == 1  # only the trainable method has a model

@@ -154,6 +154,8 @@ class FewShotMethod(ABC):
     #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
     #: a rule are checked against the type of their default.
     param_rules: ClassVar[dict[str, Param]] = dict(INPUT_RULES)
+    #: Hyper-parameters that :meth:`label_for` already shows (not repeated by :meth:`display_label`).
+    label_keys: ClassVar[tuple[str, ...]] = ()
     #: Hyper-parameters that set the dense CRF refining this method's masks: key → ``CRFParams``
     #: field. Fields not mapped keep the CRF's defaults.
     crf_hyperparameters: ClassVar[dict[str, str]] = {}
@@ -204,12 +206,17 @@ class FewShotMethod(ABC):
 
     @classmethod
     def display_label(cls, variant: str, params: dict[str, Any]) -> str:
-        """:meth:`label_for`, plus the input settings where they differ from the defaults, so
-        rows that saw differently prepared volumes are never merged under one name."""
-        changed = [f"{key}={params[key]}" for key in INPUT_DEFAULTS if params.get(key, INPUT_DEFAULTS[key])
-                   != INPUT_DEFAULTS[key]]
+        """:meth:`label_for`, plus every hyper-parameter that differs from the variant's defaults
+        (``xcorr (angular_step=20)``), so that rows of different configurations never share a name
+        on a leaderboard. Keys in ``label_keys`` are already part of :meth:`label_for`."""
+        _, defaults = cls.resolve(None, variant)
+        def shown(value: Any) -> str:
+            return f"{value:g}" if isinstance(value, float) else str(value)
+
+        changed = [f"{key}={shown(params[key])}" for key in sorted(params)
+                   if key in defaults and key not in cls.label_keys and params[key] != defaults[key]]
         base = cls.label_for(variant, params)
-        return f"{base} [{', '.join(changed)}]" if changed else base
+        return f"{base} ({', '.join(changed)})" if changed else base
 
     @property
     def label(self) -> str:
@@ -221,10 +228,14 @@ class FewShotMethod(ABC):
         return InputNormalisation.from_params(self.params)
 
     def params_hash(self) -> str:
-        """Hash of the hyper-parameters. Input settings at their defaults are left out: they were
-        added later and reproduce the volumes as before, so earlier results and checkpoints of the
-        same configuration keep their hash."""
-        kept = {k: v for k, v in self.params.items() if not (k in INPUT_DEFAULTS and v == INPUT_DEFAULTS[k])}
+        return self.hash_params(self.params)
+
+    @staticmethod
+    def hash_params(params: dict[str, Any]) -> str:
+        """Hash of resolved hyper-parameters (what results and checkpoints are keyed by). Input
+        settings at their defaults are left out: they were added later and reproduce the volumes
+        as before, so earlier results and checkpoints of the same configuration keep their hash."""
+        kept = {k: v for k, v in params.items() if not (k in INPUT_DEFAULTS and v == INPUT_DEFAULTS[k])}
         text = json.dumps(kept, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

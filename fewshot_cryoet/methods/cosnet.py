@@ -187,6 +187,8 @@ class COSNet(TorchMethod):
         return {**params, "channels": params["channels"] or sizes.get("channels"),
                 "embedding": params["embedding"] or sizes.get("embedding")}
 
+    label_keys = ("profile",)
+
     @classmethod
     def label_for(cls, variant: str, params: dict[str, Any]) -> str:
         return f"COS-Net {VARIANT_TITLES.get(variant, variant)} ({params['profile']})"
