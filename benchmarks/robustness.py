@@ -86,10 +86,12 @@ def run(folders: dict[str, Path], store: Path, snrs: list[float], episodes: int,
                     raise SystemExit("; ".join(frame.attrs["failures"]))
 
 
-def _label(row: Row) -> str:
-    """The label the store gives this row's method and settings."""
+def _configuration(row: Row) -> tuple[str, str, str]:
+    """(method, variant, hyper-parameter hash) of a row, as the store keys its results."""
     name = row.method.split("/")[0]
-    return api.method_specs([row.method], {name: dict(row.params)} if row.params else None)[0].label
+    spec = api.method_specs([row.method], {name: dict(row.params)} if row.params else None)[0]
+    variant, resolved = spec.cls.resolve(spec.params, spec.variant)
+    return spec.cls.name, variant, spec.cls.hash_params(resolved)
 
 
 def table(store: Path, budget: str) -> tuple[pd.DataFrame, str]:
@@ -103,7 +105,9 @@ def table(store: Path, budget: str) -> tuple[pd.DataFrame, str]:
     summary = summarise(frame)
     rows, lines = [], []
     for row in ROWS:
-        part = summary[summary["label"] == _label(row)]
+        method, variant, params_hash = _configuration(row)
+        part = summary[(summary["method"] == method) & (summary["variant"] == variant)
+                       & (summary["params_hash"] == params_hash)]
         for snr in part["snr"].unique():
             at = part[part["snr"] == snr]
 
@@ -126,7 +130,7 @@ def table(store: Path, budget: str) -> tuple[pd.DataFrame, str]:
                     record[f"{name}_dice"] = float(shifted["dice"].iloc[0])
             rows.append(record)
     data = pd.DataFrame(rows)
-    episodes = frame.groupby(["label", "snr", "dataset", "train_dataset"])["episode"].nunique()
+    episodes = frame.groupby(["method", "params_hash", "snr", "dataset", "train_dataset"])["episode"].nunique()
     quick = episodes.min() < LEADERBOARD_EPISODES if len(episodes) else True
     header = ["row", "trained on", "default", *SHIFTED, "worst / default"]
     for snr in sorted(data["snr"].unique(), key=lambda t: -math.inf if t == "inf" else -float(t)):
@@ -158,9 +162,10 @@ def table(store: Path, budget: str) -> tuple[pd.DataFrame, str]:
             + (f" — **fewer than {LEADERBOARD_EPISODES}: not leaderboard grade**" if quick else "") + ".")
     fits = frame[frame["train_dataset"].isin(["", "randomised"]) & frame["fit_episodes"].notna()]
     fits = fits[(fits["train_dataset"] != "") | (fits["dataset"] == "default")]
-    described = "; ".join(f"{label} on {train or 'default'} at SNR {snr}: {int(part['fit_episodes'].iloc[0])} "
-                          f"episodes in {part['fit_seconds'].iloc[0]:.0f} s"
-                          for (label, train, snr), part in fits.groupby(["label", "train_dataset", "snr"]))
+    names = {_configuration(row)[2] + row.train: row.name for row in ROWS}
+    described = "; ".join(f"{names.get(params_hash + (train or 'default'), params_hash)} at SNR {snr}: "
+                          f"{int(part['fit_episodes'].iloc[0])} episodes in {part['fit_seconds'].iloc[0]:.0f} s"
+                          for (params_hash, train, snr), part in fits.groupby(["params_hash", "train_dataset", "snr"]))
     return data, "\n".join([note, "", f"Training (one checkpoint per row and SNR serves every column): {described}.",
                             "", *lines])
 

@@ -254,7 +254,7 @@ def load_method(path: str | Path, device: str = "auto"):
 def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None, snrs: Sequence[float] = (1000.0,),
           ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
-          episodes: int = 600, budget: str = "1m", seed: int = 0, device: str = "auto",
+          episodes: int = 600, budget: str = "300ep", seed: int = 0, device: str = "auto",
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
           allow_class_overlap: bool = False, reporter: Reporter | None = None) -> pd.DataFrame:
@@ -312,7 +312,7 @@ def _specs(methods, params, tuned, storage) -> list[MethodSpec]:
 
 def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
-          snr: float | Sequence[float] = 1000.0, budget: str = "30m", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
+          snr: float | Sequence[float] = 1000.0, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
           overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
           storage: str = DEFAULT_STORAGE, inputs: str = "robust", reporter: Reporter | None = None) -> ModelCard:
     """Meta-train a method on a data set's training classes (model selection on its validation
@@ -373,7 +373,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
 def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | None = None, snr: float = 1000.0,
          ways: int = 4, shots: int = 1, queries_per_class: int = 5, val_episodes: int = 100, dataset=None,
          templates: Sequence[str | Path] = (), test_classes: Sequence[str] | None = None,
-         per_class: int | None = None, budget: str = "1m", trials: int = 20, timeout: str | None = None,
+         per_class: int | None = None, budget: str = "300ep", trials: int = 20, timeout: str | None = None,
          storage: str = DEFAULT_STORAGE, study: str | None = None, sampler: str = "tpe", pruner: str = "median",
          objective: str = "accuracy", seed: int = 0, device: str = "auto", reporter: Reporter | None = None,
          on_trial: Callable[[Any], None] | None = None) -> optuna.Study:
@@ -495,8 +495,10 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     return frame
 
 
-def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path = "leaderboards") -> list[Path]:
-    """Markdown, CSV and PNG leaderboards from a results store; returns the files written."""
+def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None) -> list[Path]:
+    """Markdown, CSV and PNG leaderboards from a results store; returns the files written. By
+    default they go to ``leaderboards/<data set name>/`` (the store's name when it holds several
+    test data sets), so two stores never overwrite each other's tables."""
     from fewshot_cryoet.leaderboard import render
     from fewshot_cryoet.store import ResultsStore
 
@@ -508,6 +510,10 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path = "leaderboar
         frame = results.frame()
         if frame.empty:
             raise SettingError("store", f"store {store}: holds no results yet; run bench first")
+        if out is None:
+            names = frame["dataset"].unique()
+            name = str(names[0]) if len(names) == 1 else store.stem
+            out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or store.stem)
         return render(frame, results.query_dice_frame(), Path(out), store.name)
     finally:
         results.close()

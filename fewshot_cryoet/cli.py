@@ -204,7 +204,8 @@ def info(dataset, verify) -> None:
 @click.option("--shots", default="1", show_default=True, help="K-shot settings, comma-separated.")
 @queries_per_class_option
 @data_options
-@click.option("--budget", default="1m", show_default=True, help="Training budget per method and SNR: 10m, 500ep, 500ep,10m.")
+@click.option("--budget", default="300ep", show_default=True,
+              help="Training budget per method and SNR: episodes (reproducible on any machine), a time, or both as a cap: 500ep, 10m, 500ep,10m.")
 @click.option("--episodes", type=click.IntRange(min=1), default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
 @run_options
 @click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
@@ -251,8 +252,8 @@ def list_methods() -> None:
 @main.command()
 @click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
               help="Results store to read.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
-              help="Folder for the Markdown, CSV and PNG tables.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the Markdown, CSV and PNG tables [leaderboards/<data set name>/].")
 def leaderboard(store, out) -> None:
     """Render Markdown, CSV and PNG leaderboards from a results store."""
     for path in api.leaderboard(store, out):

@@ -52,7 +52,7 @@ def tune() -> None:
 @click.option("--val-episodes", type=click.IntRange(min=1), default=100, show_default=True,
               help="Fixed validation-class episodes scored per trial.")
 @data_options
-@click.option("--budget", default="1m", show_default=True, help="Training budget per trial.")
+@click.option("--budget", default="300ep", show_default=True, help="Training budget per trial: episodes, a time, or both.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold (a rerun continues up to this number).")
 @click.option("--timeout", default=None, help="Stop this worker after e.g. 2h, 30m.")

@@ -68,15 +68,11 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _examples_seen(group: pd.DataFrame) -> float:
-    """Training volumes a row's model saw: episodes × ways × (shots + queries) of its settings."""
-    episodes = group["fit_episodes"].dropna()
-    if episodes.empty:
+    """Training volumes a row's model saw (supports and queries over every episode), where the
+    store recorded it (stores from before it did leave it empty)."""
+    if "fit_examples" not in group or not group["fit_examples"].notna().any():
         return math.nan
-    import json
-
-    params = json.loads(group["params"].iloc[0]) if "params" in group and group["params"].iloc[0] else {}
-    per_episode = params.get("train_way", 0) * (params.get("train_shot", 0) + params.get("train_query", 0))
-    return float(episodes.mean() * per_episode) if per_episode else math.nan
+    return float(group["fit_examples"].dropna().mean())
 
 
 def _training(part: pd.DataFrame) -> str:
@@ -88,8 +84,9 @@ def _training(part: pd.DataFrame) -> str:
             texts.append(f"{label}: none")
             continue
         fits = rows.drop_duplicates("snr").sort_values("snr", key=lambda c: c.map(_snr_order))
-        done = "; ".join(f"SNR {r['snr']}: {r['fit_episodes']:.0f} episodes, {r['examples_seen']:,.0f} examples, "
-                         f"{r['fit_seconds']:.0f} s" for _, r in fits.iterrows() if not math.isnan(r["fit_episodes"]))
+        done = "; ".join(f"SNR {r['snr']}: {r['fit_episodes']:.0f} episodes, "
+                         + ("" if math.isnan(r["examples_seen"]) else f"{r['examples_seen']:,.0f} examples, ")
+                         + f"{r['fit_seconds']:.0f} s" for _, r in fits.iterrows() if not math.isnan(r["fit_episodes"]))
         texts.append(f"{label}: {budget}" + (f" ({done})" if done else ""))
     return "; ".join(texts)
 

@@ -288,6 +288,7 @@ class Runner:
             self.store.add(
                 cell, result, fit_seconds=report.seconds if method.trainable else None,
                 fit_episodes=report.episodes if method.trainable else None,
+                fit_examples=report.examples if method.trainable else None,
                 val_accuracy=report.best_validation_accuracy, device=str(self.device),
                 package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
             )

@@ -30,7 +30,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
     checkpoint TEXT,
     train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',
+    fit_examples INTEGER,
     UNIQUE (cell, episode)
 );
 CREATE TABLE IF NOT EXISTS query_dice (
@@ -66,6 +67,7 @@ MIGRATIONS = {
     1: "ALTER TABLE episodes ADD COLUMN checkpoint TEXT;",
     2: "ALTER TABLE episodes ADD COLUMN train_dataset TEXT NOT NULL DEFAULT ''; "
        "ALTER TABLE episodes ADD COLUMN train_dataset_hash TEXT NOT NULL DEFAULT '';",
+    3: "ALTER TABLE episodes ADD COLUMN fit_examples INTEGER;",
 }
 OUR_TABLES = {"meta", "episodes", "query_dice", "fits"}
 #: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
@@ -214,14 +216,14 @@ class ResultsStore:
 
     def add(self, cell: Cell, result: EpisodeResult, *, fit_seconds: float | None, fit_episodes: int | None,
             val_accuracy: float | None, device: str, package_version: str, plugin: str,
-            checkpoint: str | None = None) -> bool:
+            checkpoint: str | None = None, fit_examples: int | None = None) -> bool:
         """Write one episode (and its per-query Dice) in a single transaction; False when another
         process already stored that episode (the same fit gives the same numbers)."""
         row = asdict(cell)
         row.update(
             cell=cell.key, episode=result.episode, accuracy=result.accuracy, dice=result.dice,
             dice_crf=result.dice_crf, predict_seconds=result.predict_seconds, fit_seconds=fit_seconds,
-            fit_episodes=fit_episodes, val_accuracy=val_accuracy, device=device,
+            fit_episodes=fit_episodes, fit_examples=fit_examples, val_accuracy=val_accuracy, device=device,
             package_version=package_version, plugin=plugin, checkpoint=checkpoint,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )

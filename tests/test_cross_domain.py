@@ -78,7 +78,8 @@ def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
     from fewshot_cryoet.store import SCHEMA, SCHEMA_VERSION, ResultsStore
 
     old = SCHEMA.replace("    checkpoint TEXT,\n", "").replace(
-        "    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',\n", "")
+        "    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',\n", "").replace(
+        "    fit_examples INTEGER,\n", "")
     old = old[:old.index("CREATE TABLE IF NOT EXISTS fits")]
     path = tmp_path / "v1.sqlite"
     with sqlite3.connect(path) as db:
@@ -91,5 +92,5 @@ def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
     store = ResultsStore(path)
     frame = store.frame()
     assert len(frame) == 1 and frame["accuracy"].iloc[0] == 0.75
-    assert frame["train_dataset"].iloc[0] == "" and frame["checkpoint"].isna().all()
+    assert frame["train_dataset"].iloc[0] == "" and frame["checkpoint"].isna().all() and frame["fit_examples"].isna().all()
     assert store.connection.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)

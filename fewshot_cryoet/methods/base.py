@@ -111,6 +111,7 @@ class FitContext:
 class FitReport:
     episodes: int = 0
     seconds: float = 0.0
+    examples: int = 0  # training volumes seen (supports + queries over every episode)
     best_validation_accuracy: float | None = None
     best_validation_dice: float | None = None
     skipped_steps: int = 0  # training steps skipped for non-finite gradients
@@ -537,6 +538,7 @@ class TorchMethod(FewShotMethod):
             self._weights_changed()
             self.network.train()
             episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
+            report.examples += len(episode.support) + len(episode.query)
             with self.autocast(training=True):
                 loss = self.training_loss(episode)
             optimizer.zero_grad(set_to_none=True)

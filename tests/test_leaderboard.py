@@ -1,0 +1,62 @@
+"""Leaderboards never merge different configurations, never count an episode twice, say what
+training each row got, and go to a folder of their own by default."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from fewshot_cryoet import api
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.leaderboard import summarise
+from fewshot_cryoet.store import ResultsStore
+
+
+@pytest.fixture(scope="module")
+def two_configurations(tiny_val2_dataset, tmp_path_factory):
+    """One store: xcorr at two angular steps and protonet, on the same 10 episodes."""
+    store = tmp_path_factory.mktemp("boards") / "two.sqlite"
+    common = dict(dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=10, queries_per_class=2, store=store)
+    api.bench(["xcorr"], params={"xcorr": {"angular_step": 60}}, **common)
+    api.bench(["xcorr", "protonet"], params={"xcorr": {"angular_step": 90}, "protonet": {"channels": [4, 8]}},
+              budget="4ep", resume=True, **common)
+    return store
+
+
+def test_configurations_sharing_a_method_stay_separate_rows(two_configurations):
+    frame = ResultsStore(two_configurations).frame()
+    summary = summarise(frame)
+    xcorr = summary[summary["method"] == "xcorr"]
+    assert sorted(xcorr["label"]) == ["xcorr (angular_step=60)", "xcorr (angular_step=90)"]
+    assert (summary["episodes"] == 10).all()  # each row counts its own 10 episodes, not 20
+
+
+def test_a_label_shared_by_configurations_says_what_differs(two_configurations):
+    frame = ResultsStore(two_configurations).frame()
+    frame.loc[frame["method"] == "xcorr", "label"] = "xcorr"  # e.g. rows written before labels showed settings
+    labels = set(summarise(frame)["label"])
+    assert {label for label in labels if label.startswith("xcorr")} == {
+        f"xcorr · params {h}" for h in frame.loc[frame["method"] == "xcorr", "params_hash"].unique()}
+
+
+def test_an_episode_counted_twice_in_a_row_is_refused(two_configurations):
+    frame = ResultsStore(two_configurations).frame()
+    damaged = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)
+    with pytest.raises(FscError, match="twice"):
+        summarise(damaged)
+
+
+def test_rows_show_training_and_default_folder_is_the_data_set(two_configurations, tmp_path):
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        written = api.leaderboard(two_configurations)
+    finally:
+        os.chdir(here)
+    assert written[0] == __import__("pathlib").Path("leaderboards/tiny-val2/leaderboard.md")
+    text = (tmp_path / written[0]).read_text()
+    # 4 episodes × 2 ways (the split has 2 training classes, fewer than train_way 5) × (1 + 5) volumes
+    assert "protonet (channels=[4, 8]): 4ep (SNR 1: 4 episodes, 48 examples," in text
+    assert "xcorr (angular_step=60): none" in text
