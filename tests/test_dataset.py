@@ -162,3 +162,16 @@ def test_export_to_mrc_and_star(tmp_path, paired_dataset):
     assert set(table["fscClass"]) == set(paired_dataset.classes)
     with pytest.raises(FscError, match="already holds an export"):
         export_dataset(paired_dataset, tmp_path / "export", "0.5")
+
+
+def test_particles_larger_than_the_box_are_reported_by_class(tmp_path):
+    from fewshot_cryoet import api
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
+    from fewshot_cryoet.reporting import CallbackReporter
+
+    lines: list[str] = []
+    api.simulate(tmp_path / "small-box", classes=3, per_class=2, snrs=[1.0], seed=0,
+                 config=SimulationConfig(box=8, voxel_size=20.0, route="fourier"),
+                 reporter=CallbackReporter(on_progress=None, on_log=lines.append))
+    clipped = [line for line in lines if "clipped" in line]
+    assert clipped and all(line.startswith("warning: syn00") and "of 2 particles" in line for line in clipped)

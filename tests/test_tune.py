@@ -208,3 +208,14 @@ def test_bad_input_gives_one_line_errors(val2_dataset, tmp_path):
     assert missing.exit_code == 2 and "--methods protonet/default" in missing.output
     no_study = _fsc("tune", "show", "nope", "--storage", storage)
     assert no_study.exit_code == 2 and "no study 'nope'" in no_study.output
+
+
+def test_showing_a_study_that_does_not_exist_creates_no_database(tmp_path):
+    from click.testing import CliRunner
+
+    from fewshot_cryoet.cli import main
+
+    storage = tmp_path / "never.sqlite"
+    result = CliRunner().invoke(main, ["tune", "show", "nothing", "--storage", f"sqlite:///{storage}"])
+    assert result.exit_code == 2 and "no such tuning database" in result.output
+    assert not storage.exists()

@@ -122,6 +122,7 @@ def simulate_dataset(
             pool.shutdown()
             pool = None
         _worker_state.clear()
+        _warn_clipped(writer.masks, plan, names, config, as_reporter(reporter))
         labels = _labels_table(templates, plan, splits, snrs, measured, config)
         manifest = _manifest(templates, config, splits, snrs, per_class, seed, n, extra_manifest)
         path = writer.commit(labels, manifest, overwrite)
@@ -132,6 +133,23 @@ def simulate_dataset(
         writer.abort()
         raise
     return SubtomogramDataset(path)
+
+
+def _warn_clipped(masks: np.ndarray, plan: ParticlePlan, names: list[str], config: SimulationConfig,
+                  reporter: Reporter) -> None:
+    """Say which classes have particles cut by the box (mask on a face of the box), and how many:
+    a complex larger than the box is imaged and segmented only in part."""
+    faces = np.zeros(len(plan), dtype=bool)
+    for axis in (1, 2, 3):
+        for index in (0, -1):
+            faces |= np.take(masks, index, axis=axis).reshape(len(plan), -1).any(axis=1)
+    for c, name in enumerate(names):
+        of_class = plan.class_index == c
+        count = int(faces[of_class].sum())
+        if count:
+            reporter.log(f"warning: {name}: {count} of {int(of_class.sum())} particles reach the edge of the "
+                         f"{config.box}³ box ({config.box * config.voxel_size:g} Å) and are clipped; use a larger --box "
+                         "to image them whole")
 
 
 def _labels_table(

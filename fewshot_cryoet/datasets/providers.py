@@ -49,6 +49,14 @@ class DatasetProvider:
         if (folder / MANIFEST).exists():
             return SubtomogramDataset(folder)
         templates = self.make_templates(self.config.voxel_size)
+        count, box = len(templates) * self.per_class, self.config.box
+        size = count * box**3 * 5  # float32 volumes plus uint8 masks
+        from fewshot_cryoet.reporting import as_reporter
+
+        as_reporter(reporter).log(
+            f"first use of {self.name} at SNR {snr_label(snr)}: simulating {len(templates)} classes × {self.per_class} "
+            f"subtomograms ({box}³ at {self.config.voxel_size:g} Å) into {folder} (about {size / 2**20:.0f} MiB; "
+            "later runs reuse it; FSC_CACHE_DIR moves the cache)")
         return simulate_dataset(
             templates, folder, [snr], self.per_class, self.config, self.seed,
             explicit_splits=self.explicit_splits, reporter=reporter,

@@ -5,6 +5,7 @@ print the password."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewshot_cryoet.errors import FscError, SettingError
@@ -24,9 +25,11 @@ def safe_url(url: str) -> str:
     return mask_secrets(url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so killed trials get marked failed), or a clear one-line
-    error saying which host could not be reached and how to fix it, without the password."""
+    error saying which host could not be reached and how to fix it, without the password.
+    ``must_exist`` (for reading studies) refuses a SQLite file that is not there instead of
+    creating an empty database as a side effect."""
     import optuna
     import sqlalchemy.exc
 
@@ -37,6 +40,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception:
         raise SettingError("storage", f"storage {safe_url(url)!r}: not a database URL (e.g. sqlite:///fsc-tune.sqlite or "
                        "postgresql://user:password@host:5432/db)") from None
+    if must_exist and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        raise SettingError("storage", f"storage {safe_url(url)}: no such tuning database ({parsed.database}); "
+                                      "run fsc tune run first, or give the storage it used")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # fsc reports trials itself
     url = _with_installed_postgres_driver(parsed)
     try:

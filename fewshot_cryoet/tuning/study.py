@@ -192,7 +192,7 @@ def _check_identity(study: optuna.Study, name: str, settings: TuneSettings) -> N
 def load_study(storage_url: str, name: str) -> optuna.Study:
     import optuna
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, must_exist=True)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
