@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.text import Text
 
 import fewshot_cryoet
@@ -23,7 +22,7 @@ from fewshot_cryoet.cli_options import (
     run_options, snrs,
 )
 from fewshot_cryoet.terminal import (
-    RichReporter, console, error_text, print_error, print_table, print_warning, progress_bars, say,
+    RichReporter, console, error_text, make_console, print_error, print_table, print_warning, progress_bars, say,
 )
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.errors import FscError
@@ -221,7 +220,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
-    out = Console()
+    out = make_console()
     if episodes < LEADERBOARD_EPISODES:
         say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
     with progress_bars() as progress:

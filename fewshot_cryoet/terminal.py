@@ -4,6 +4,8 @@ DataFrames the API returns."""
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
@@ -15,7 +17,20 @@ from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.redact import mask_secrets
 from fewshot_cryoet.reporting import Reporter, Task
 
-console = Console(stderr=True)
+#: Width of output that goes to a file or pipe (nohup, CI logs): wide enough that tables and
+#: paths do not wrap at rich's default of 80 columns.
+PIPE_WIDTH = 200
+#: How often a task prints a plain progress line when output is not a terminal.
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that uses the terminal's width, or :data:`PIPE_WIDTH` when output is piped."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+console = make_console(stderr=True)
 
 
 def print_error(message: object) -> None:
@@ -31,7 +46,7 @@ def print_warning(message: object) -> None:
 
 def say(message: object, console_: Console | None = None) -> None:
     """A plain line (paths, labels, numbers) printed literally, credentials masked."""
-    (console_ or Console()).print(mask_secrets(str(message)), markup=False, highlight=False, soft_wrap=True)
+    (console_ or make_console()).print(mask_secrets(str(message)), markup=False, highlight=False, soft_wrap=True)
 
 
 def error_text(exc: FscError) -> str:
@@ -42,16 +57,37 @@ def error_text(exc: FscError) -> str:
 
 
 class RichReporter(Reporter):
-    """Library progress as rich progress bars, log lines printed above them."""
+    """Library progress as rich progress bars, log lines printed above them. When output is not a
+    terminal (nohup, pipes, CI logs), bars cannot redraw, so each task also prints a plain line
+    when it starts, every :data:`PLAIN_PROGRESS_SECONDS`, and when it ends."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self.plain = not progress.console.is_terminal
+        self._printed: dict[int, float] = {}
 
     def _start(self, task: Task) -> object:
-        return self.progress.add_task(task.description, total=task.total, completed=task.completed)
+        key = self.progress.add_task(task.description, total=task.total, completed=task.completed)
+        if self.plain:
+            self._plain_line(task, force=True)
+        return key
 
     def _update(self, task: Task) -> None:
         self.progress.update(task.key, completed=task.completed)
+        if self.plain:
+            self._plain_line(task, force=task.total is not None and task.completed >= task.total)
+
+    def _plain_line(self, task: Task, force: bool) -> None:
+        now = time.monotonic()
+        last = self._printed.get(id(task))
+        if not force and last is not None and now - last < PLAIN_PROGRESS_SECONDS:
+            return
+        self._printed[id(task)] = now
+        if task.total:
+            done = f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
+        else:
+            done = f"{task.completed:g}"
+        say(f"{task.description}: {done}", self.progress.console)
 
     def log(self, message: str) -> None:
         say(message, self.progress.console)
@@ -65,10 +101,12 @@ def progress_bars() -> Progress:
 def print_table(frame: pd.DataFrame, title: str, console_: Console | None = None, markup_columns: tuple = ()) -> None:
     """A DataFrame as a rich table: text columns left, numbers right, cells printed literally
     except ``markup_columns`` (cells the program formatted itself, e.g. bold ties)."""
-    table = Table(title=escape(title))
+    out = console_ or make_console()
+    out.print(Text(mask_secrets(title), style="italic"), soft_wrap=True)  # a title line never wraps to the table's width
+    table = Table()
     for column in frame.columns:
         table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left",
                          overflow="fold")
     for row in frame.itertuples(index=False):
         table.add_row(*(str(v) if c in markup_columns else escape(str(v)) for c, v in zip(frame.columns, row)))
-    (console_ or Console()).print(table)
+    out.print(table)

@@ -72,3 +72,13 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "o").exists()
     missing = _run("show", tmp_path / "nothing")
     assert missing.exit_code == 2 and "no such data set" in missing.output
+
+
+def test_piped_output_prints_plain_progress_lines_and_wide_tables(tmp_path):
+    """nohup, pipes and CI logs cannot redraw bars: each task says when it starts and ends."""
+    result = CliRunner().invoke(main, ["simulate", "--classes", "3", "--per-class", "2", "--box", "16",
+                                       "--voxel-size", "20", "--route", "fourier", "--snr", "1",
+                                       "--out", str(tmp_path / "a-rather-long-folder-name-for-a-data-set")])
+    assert result.exit_code == 0, result.output
+    assert "simulating: 0/6 (0%)" in result.output and "simulating: 6/6 (100%)" in result.output
+    assert "a-rather-long-folder-name-for-a-data-set  (6 subtomograms" in result.output  # the title is not wrapped
