@@ -36,8 +36,39 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
+#: Options that take several values after one flag, as users type them (``--templates maps/ model.cif``).
+LIST_OPTIONS = ("--templates",)
+
+
+def expand_list_options(args: list[str]) -> list[str]:
+    """``--templates a b --snr 1`` → ``--templates a --templates b --snr 1``: click options take one
+    value per flag, so the values after one flag are spelled out; a token starting with ``-`` ends
+    the list. No command with such an option takes positional arguments, so nothing is swallowed."""
+    out: list[str] = []
+    current: str | None = None  # the list option whose values follow
+    awaiting = False  # its own value (``--templates a``) has not come yet
+    for token in args:
+        if token.startswith("-"):
+            name = token.split("=", 1)[0]
+            current = name if name in LIST_OPTIONS else None
+            awaiting = current is not None and "=" not in token
+            out.append(token)
+        elif current is not None and not awaiting:
+            out += [current, token]
+        else:
+            awaiting = False
+            out.append(token)
+    return out
+
+
 class FscGroup(click.Group):
-    """Reports FscError as one line and exit status 2, Ctrl-C as 130, SIGTERM as 143."""
+    """Reports FscError as one line and exit status 2, Ctrl-C as 130, SIGTERM as 143; several
+    values after one list option are accepted (:func:`expand_list_options`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not ctx.parent:  # the top-level group sees every token once
+            args = expand_list_options(list(args))
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         import signal

@@ -82,3 +82,11 @@ def test_piped_output_prints_plain_progress_lines_and_wide_tables(tmp_path):
     assert result.exit_code == 0, result.output
     assert "simulating: 0/6 (0%)" in result.output and "simulating: 6/6 (100%)" in result.output
     assert "a-rather-long-folder-name-for-a-data-set  (6 subtomograms" in result.output  # the title is not wrapped
+
+
+def test_several_templates_after_one_flag(tmp_path, shared_data):
+    maps = sorted((shared_data / "templates").glob("*.mrc"))[:3]
+    result = CliRunner().invoke(main, ["simulate", "--templates", *map(str, maps), "--per-class", "1", "--snr", "1",
+                                       "--route", "fourier", "--out", str(tmp_path / "three")])
+    assert result.exit_code == 0, result.output
+    assert len(SubtomogramDataset(tmp_path / "three").manifest["classes"]) == 3
