@@ -18,7 +18,9 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
 
     from fewshot_cryoet.outputs import save_atomic
 
-    fig.tight_layout()
+    title = getattr(fig, "_suptitle", None)
+    # Leave room above the axes for a title, so the first row of images never hides it.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()) if title is not None else None)
     try:
         save_atomic(Path(out), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     except OSError as exc:
@@ -74,6 +76,9 @@ def draw_montage(
                 ax_vol.contour(mask, levels=[0.5], colors="tab:orange", linewidths=0.6, origin="lower")
             ax_mask.imshow(mask, cmap="magma", origin="lower", vmin=0, vmax=1)
         grid[row, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    for col in range(per_class):  # column headers
+        grid[0, 2 * col].set_title(f"example {col + 1}", fontsize=7)
+        grid[0, 2 * col + 1].set_title("its mask", fontsize=7)
     fig.suptitle(
         f"{dataset.path.name}: SNR {label}, central {SLICE_NAMES[axis]} slice "
         "(volume with mask outline | mask)",
