@@ -361,9 +361,11 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
     from fewshot_cryoet.episodes import Episode
 
     class_names = support.class_names
-    (tmp / "segmentations").mkdir(parents=True)
-    if options.save_probabilities:
-        (tmp / "probabilities").mkdir()
+    segments = bool(getattr(method, "segments", False))
+    if segments:  # a method that does not segment leaves no empty folder behind
+        (tmp / "segmentations").mkdir(parents=True)
+        if options.save_probabilities:
+            (tmp / "probabilities").mkdir()
     scorer = Scorer(method.crf_params() if options.crf else None, reporter.log)
     rows: dict[int, dict] = {}
     skipped: list[tuple[int, Path, str]] = []
@@ -411,7 +413,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
             row.update({f"score_{c}": float(scores[i, j]) for j, c in enumerate(class_names)})
             row.update({f"probability_{c}": float(probabilities[i, j]) for j, c in enumerate(class_names)})
             mask = None
-            if prediction.probabilities is not None:
+            if segments and prediction.probabilities is not None:
                 raw = prediction.probabilities[i, 0].float().numpy()
                 name = f"{index:06d}_{path.stem}.mrc"
                 mask = scorer.mask(raw, volume)
@@ -440,7 +442,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
         failed = inputs.iloc[[i for i, _, _ in skipped]].reset_index(drop=True)
         failed["reason"] = [reason for _, _, reason in skipped]
         failed.to_csv(tmp / "skipped.csv", index=False)
-    draw_summary(examples, tmp / "summary.png")
+    draw_summary(examples, tmp / "summary.png", segments)
     return skipped
 
 
@@ -472,8 +474,14 @@ def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in str(name).replace("-", "_").split("_"))
 
 
-def draw_summary(examples: dict[str, list], out: Path) -> Path:
-    """A montage: one row per predicted class, its first examples (central XY slice, mask outline)."""
+def _short(name: str, limit: int = 22) -> str:
+    """A file name shortened in the middle, so both its start and its distinguishing end show."""
+    return name if len(name) <= limit else f"{name[: limit // 2 - 1]}…{name[-(limit // 2):]}"
+
+
+def draw_summary(examples: dict[str, list], out: Path, segments: bool = True) -> Path:
+    """A montage: one row per predicted class, its first examples (central XY slice; the mask
+    outline only for a method that segments), each titled with its file and confidence."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -496,7 +504,8 @@ def draw_summary(examples: dict[str, list], out: Path) -> Path:
             ax.imshow(slice_, cmap="gray")
             if mask is not None and mask.any():
                 ax.contour(mask.astype(float), levels=[0.5], colors="tab:orange", linewidths=0.8)
-            ax.set_title(f"{name[:16]}\n{confidence:.2f}", fontsize=6)
-        axes[r, 0].set_ylabel(f"{class_name}\n({len(examples[class_name])} shown)", fontsize=7)
-    fig.suptitle("fsc predict: examples per predicted class (mask outline in orange)", fontsize=8)
+            ax.set_title(f"{_short(name)}\nconfidence {confidence:.2f}", fontsize=6)
+        axes[r, 0].set_ylabel(f"predicted {class_name}\n({len(examples[class_name])} shown)", fontsize=7)
+    fig.suptitle("fsc predict: examples per predicted class, central XY slice"
+                 + (" (mask outline in orange)" if segments else ""), fontsize=8)
     return save_figure(fig, out)

@@ -127,7 +127,7 @@ def test_xcorr_without_model_from_folders_with_resampling(exported, tiny_dataset
     result = _fsc("predict", "--method", "xcorr", "--support", support_dir, "--queries", query_dir, "--out", out)
     assert result.exit_code == 0, result.output
     predictions = pd.read_csv(out / "predictions.csv")
-    assert "segmentation" not in predictions.columns  # xcorr does not segment
+    assert "segmentation" not in predictions.columns and not (out / "segmentations").exists()  # xcorr does not segment
     # The same as calling the method on an in-memory episode of the same volumes.
     classes = sorted(p.name for p in support_dir.iterdir())
     support = torch.from_numpy(np.stack([read_volume(support_dir / c / "pick.mrc")[0] for c in classes]))[:, None]
