@@ -519,6 +519,22 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
         results.close()
 
 
+def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
+    """One method (a label, or a method name with one row) against another, cell by cell, on the
+    episodes both were scored on: the paired difference, its CI and a Wilcoxon test."""
+    from fewshot_cryoet.leaderboard import compare as compare_rows
+    from fewshot_cryoet.store import ResultsStore
+
+    store = Path(store)
+    if not store.exists():
+        raise SettingError("store", f"store {store}: no such results store; run bench first")
+    results = ResultsStore(store)
+    try:
+        return compare_rows(results.frame(), a, b)
+    finally:
+        results.close()
+
+
 def parse_param_overrides(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["protonet.lr=1e-3", "cosnet.channels=[8,16]"]`` → ``{"protonet": {"lr": 0.001}, ...}``;
     values are JSON where they parse as JSON, strings otherwise."""

@@ -263,7 +263,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
             allow_class_overlap=allow_class_overlap, reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
-        accuracy = accuracy_table(summarise(frame)).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
+        accuracy = accuracy_table(summarise(frame), frame).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
         where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])
         print_table(accuracy.reset_index(names="method"), f"{where}: accuracy ± 95% CI over "
                     f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
@@ -284,8 +284,14 @@ def list_methods() -> None:
               help="Results store to read.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the Markdown, CSV and PNG tables [leaderboards/<data set name>/].")
-def leaderboard(store, out) -> None:
+@click.option("--compare", nargs=2, default=None, metavar="A B",
+              help="Instead: print method A against B, cell by cell (paired test on shared episodes).")
+def leaderboard(store, out, compare) -> None:
     """Render Markdown, CSV and PNG leaderboards from a results store."""
+    if compare:
+        a, b = compare
+        print_table(api.compare(store, a, b), f"{a} against {b} (paired Wilcoxon on the same episodes, α = 0.05)")
+        return
     for path in api.leaderboard(store, out):
         say(f"wrote {path}")
 

@@ -2,7 +2,8 @@
 
 Rows are method/variant, columns are N-way per SNR (per K-shot), cells "acc ± CI". In each column
 the best cell is bold, and so is every cell not significantly worse than it (statistical ties
-share the mark). A Dice table appears when any method segments; a PNG plots accuracy against
+share the mark): every method is scored on the same episodes, so "worse" is decided by a paired
+Wilcoxon test on the per-episode accuracies (α = 0.05). A last row gives the chance level 1/N. A Dice table appears when any method segments; a PNG plots accuracy against
 N-way for each SNR. CSV files hold the same numbers in long form.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.metrics import mean_ci95, significantly_worse
 from fewshot_cryoet.outputs import write_text
 
@@ -124,20 +125,103 @@ def _ordered(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return ordered, list(dict.fromkeys(_column(r) for _, r in ordered.iterrows()))
 
 
-def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Markdown-ready table of "acc ± CI" with bold best cells and statistical ties."""
+#: What makes two rows' episodes the same episodes (so that they can be compared pairwise).
+EPISODE_SET = ["dataset_hash", "snr", "n_way", "k_shot", "q_query", "seed"]
+
+
+def episode_scores(frame: pd.DataFrame, row) -> pd.Series:
+    """Per-episode accuracy of one summary row, indexed by episode number (``frame`` with the
+    same labels as the summary, i.e. passed through :func:`_distinct_labels`)."""
+    mask = pd.Series(True, index=frame.index)
+    for key in ROW_KEYS:
+        mask &= frame[key] == row[key]
+    return frame[mask].set_index("episode")["accuracy"].sort_index()
+
+
+def _tied(best, row, frame: pd.DataFrame | None) -> bool:
+    """Whether ``row`` is not significantly worse than ``best``: the paired Wilcoxon test on their
+    common episodes when both were scored on the same episodes, else the unpaired interval test."""
+    from fewshot_cryoet.metrics import paired_comparison
+
+    same_episodes = all(best[k] == row[k] for k in EPISODE_SET)
+    if frame is not None and same_episodes:
+        a, b = episode_scores(frame, best), episode_scores(frame, row)
+        common = a.index.intersection(b.index)
+        if len(common) >= 2:
+            return not paired_comparison(a[common], b[common]).significant
+    return not significantly_worse(best["accuracy"], best["ci95"], row["accuracy"], row["ci95"])
+
+
+def accuracy_table(summary: pd.DataFrame, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Markdown-ready table of "acc ± CI" with bold best cells and statistical ties, and a last row
+    with the chance level 1/N. With the results ``frame``, ties are decided by a paired test on the
+    episodes both rows share (every method is scored on the same episodes)."""
     ordered, columns = _ordered(summary)
+    frame = _distinct_labels(frame.assign(**{c: frame[c].fillna("") for c in ("train_dataset", "train_dataset_hash")
+                                             if c in frame})) if frame is not None else None
     labels = list(dict.fromkeys(summary["label"]))
-    table = pd.DataFrame("—", index=labels, columns=columns)
+    table = pd.DataFrame("—", index=[*labels, CHANCE], columns=columns)
     for column in columns:
         cells = ordered[[_column(r) == column for _, r in ordered.iterrows()]]
         best = cells.loc[cells["accuracy"].idxmax()]
         for _, r in cells.iterrows():
             text = f"{r['accuracy']:.3f} ± {r['ci95']:.3f}" if not math.isnan(r["ci95"]) else f"{r['accuracy']:.3f}"
-            tie = not significantly_worse(best["accuracy"], best["ci95"], r["accuracy"], r["ci95"])
+            tie = r.name == best.name or _tied(best, r, frame)
             table.loc[r["label"], column] = f"**{text}**" if tie else text
+        table.loc[CHANCE, column] = f"{1 / int(best['n_way']):.3f}"
     table.index.name = "method"
     return table
+
+
+def _rows_named(summary: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Summary rows whose label is ``name``, or whose method is ``name`` when that is one label;
+    a one-line error names what the store holds otherwise."""
+    exact = summary[summary["label"] == name]
+    if not exact.empty:
+        return exact
+    by_method = summary[summary["method"] == name]
+    labels = sorted(set(by_method["label"]))
+    if len(labels) == 1:
+        return by_method
+    if len(labels) > 1:
+        raise SettingError("compare", f"compare {name!r}: the store has several rows of {name}: "
+                                      f"{'; '.join(labels)}; give one of these labels")
+    raise SettingError("compare", f"compare {name!r}: not in the store; it has {'; '.join(sorted(set(summary['label'])))}")
+
+
+def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """``a`` against ``b`` (labels, or method names with one row each), cell by cell on the
+    episodes both were scored on: means, the mean paired difference ± 95% CI, the Wilcoxon
+    p-value and the verdict ("tie" unless p < 0.05)."""
+    from fewshot_cryoet.metrics import paired_comparison
+
+    summary = summarise(frame)
+    frame = _distinct_labels(frame.assign(**{c: frame[c].fillna("") for c in ("train_dataset", "train_dataset_hash")}))
+    left, right = _rows_named(summary, a), _rows_named(summary, b)
+    place = ["train_dataset", "dataset", *EPISODE_SET]
+    rows = []
+    for _, x in left.iterrows():
+        match = right
+        for key in place:
+            match = match[match[key] == x[key]]
+        for _, y in match.iterrows():
+            sa, sb = episode_scores(frame, x), episode_scores(frame, y)
+            common = sa.index.intersection(sb.index)
+            if len(common) == 0:
+                continue
+            result = paired_comparison(sa[common], sb[common])
+            rows.append({"domain": domain(x["train_dataset"], x["dataset"]), "snr": x["snr"], "n_way": x["n_way"],
+                         "k_shot": x["k_shot"], "episodes": len(common), a: round(float(sa[common].mean()), 4),
+                         b: round(float(sb[common].mean()), 4),
+                         "difference": f"{result.mean_difference:+.3f} ± {result.ci95:.3f}",
+                         "p (Wilcoxon)": float(f"{result.p_value:.3g}"), "verdict": result.verdict(a, b)})
+    if not rows:
+        raise SettingError("compare", f"compare: {a} and {b} share no episodes (other data sets, SNRs or settings)")
+    return pd.DataFrame(rows)
+
+
+#: The last row of every accuracy table.
+CHANCE = "chance (1/N)"
 
 
 def dice_table(summary: pd.DataFrame, column: str = "dice") -> pd.DataFrame | None:
@@ -216,7 +300,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
     written = []
     lines = ["# Leaderboard", "", f"Generated by `fsc leaderboard` from `{store_name}`; do not edit by hand.",
              "Cells: accuracy over test episodes ± 95% CI (1.96·σ/√n). Bold: best in the column and every "
-             "cell not significantly worse than it.", ""]
+             "cell not significantly worse than it by a paired Wilcoxon test on the same episodes (α = 0.05).", ""]
     for (train_dataset, dataset), part in summary.groupby(["train_dataset", "dataset"], sort=False):
         episodes = part["episodes"]
         quick = episodes.min() < LEADERBOARD_EPISODES
@@ -234,7 +318,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                   + (f" — **quick run: fewer than {LEADERBOARD_EPISODES}, not leaderboard grade**" if quick else "")
                   + f"; queries per class: {', '.join(map(str, sorted(part['q_query'].unique())))}; "
                   + "training budget per method and SNR, and what it gave: " + _training(part) + ".", "",
-                  "### Accuracy", "", accuracy_table(part).to_markdown(), ""]
+                  "### Accuracy", "", accuracy_table(part, frame).to_markdown(), ""]
         dice = dice_table(part)
         if dice is not None:
             lines += ["### Segmentation Dice, raw (probability > 0.5; mean ± std over episodes)", "",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+#: Significance level of every "tie" and "better" the leaderboards state.
+ALPHA = 0.05
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -38,3 +42,40 @@ def significantly_worse(best_mean: float, best_ci: float, mean: float, ci: float
     if math.isnan(best_ci) or math.isnan(ci):
         return mean < best_mean
     return best_mean - mean > math.sqrt(best_ci**2 + ci**2)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A − B over the same episodes: mean per-episode difference, the half-width of its 95% CI,
+    and the two-sided Wilcoxon signed-rank p-value (scipy; zero differences dropped, as Wilcoxon
+    did; 1 when every difference is zero)."""
+
+    mean_difference: float
+    ci95: float
+    p_value: float
+    episodes: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+    def verdict(self, a: str = "A", b: str = "B") -> str:
+        if not self.significant:
+            return "tie"
+        return f"{a} better" if self.mean_difference > 0 else f"{b} better"
+
+
+def paired_comparison(a, b) -> PairedComparison:
+    """Compare two methods' per-episode scores on identical episodes (``a[i]`` and ``b[i]`` from
+    episode i): far more sensitive than comparing two means, since episode difficulty cancels."""
+    from scipy.stats import wilcoxon
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or len(x) == 0:
+        raise ValueError("paired comparison needs two equally long, non-empty series of the same episodes")
+    differences = x - y
+    mean, ci = mean_ci95(differences)
+    if not np.any(differences != 0):
+        return PairedComparison(mean, 0.0 if len(x) > 1 else math.nan, 1.0, len(x))
+    p_value = float(wilcoxon(x, y, zero_method="wilcox", alternative="two-sided").pvalue)
+    return PairedComparison(mean, ci, p_value, len(x))

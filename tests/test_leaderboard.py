@@ -60,3 +60,45 @@ def test_rows_show_training_and_default_folder_is_the_data_set(two_configuration
     # 4 episodes × 2 ways (the split has 2 training classes, fewer than train_way 5) × (1 + 5) volumes
     assert "protonet (channels=[4, 8]): 4ep (SNR 1: 4 episodes, 48 examples," in text
     assert "xcorr (angular_step=60): none" in text
+
+
+def test_paired_test_finds_a_difference_the_intervals_hide():
+    """Two methods whose per-episode accuracies differ by a small, consistent amount on hard and
+    easy episodes alike: overlapping intervals, yet the paired test sees it."""
+    import numpy as np
+
+    from fewshot_cryoet.metrics import paired_comparison, significantly_worse
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0.3, 1.0, size=200)
+    a = np.clip(difficulty + 0.03 + rng.normal(0, 0.01, 200), 0, 1)
+    b = np.clip(difficulty, 0, 1)
+    result = paired_comparison(a, b)
+    assert result.significant and result.verdict("a", "b") == "a better" and result.mean_difference > 0
+    ci = 1.96 * a.std(ddof=1) / np.sqrt(200)
+    assert not significantly_worse(a.mean(), ci, b.mean(), 1.96 * b.std(ddof=1) / np.sqrt(200))  # unpaired: a tie
+    same = paired_comparison(a, a)
+    assert same.p_value == 1.0 and same.verdict() == "tie"
+
+
+def test_compare_cell_by_cell_and_refuse_unknown_methods(two_configurations):
+    from click.testing import CliRunner
+
+    from fewshot_cryoet.cli import main
+
+    table = api.compare(two_configurations, "xcorr (angular_step=60)", "protonet")
+    assert len(table) == 1 and table["episodes"].iloc[0] == 10
+    assert table["verdict"].iloc[0] in {"tie", "xcorr (angular_step=60) better", "protonet better"}
+    with pytest.raises(FscError, match="several rows of xcorr"):
+        api.compare(two_configurations, "xcorr", "protonet")
+    result = CliRunner().invoke(main, ["leaderboard", "--store", str(two_configurations), "--compare", "siamese",
+                                       "protonet"])
+    assert result.exit_code == 2 and "'siamese': not in the store" in result.output
+
+
+def test_every_accuracy_table_ends_with_chance(two_configurations):
+    from fewshot_cryoet.leaderboard import CHANCE, accuracy_table
+
+    frame = ResultsStore(two_configurations).frame()
+    table = accuracy_table(summarise(frame), frame)
+    assert table.index[-1] == CHANCE and set(table.loc[CHANCE]) == {"0.500"}
