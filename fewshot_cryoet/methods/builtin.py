@@ -9,8 +9,9 @@ from fewshot_cryoet.hookspecs import hookimpl
 def fsc_register_methods(registry) -> None:
     from fewshot_cryoet.methods.cosnet import COSNet
     from fewshot_cryoet.methods.protonet import ProtoNet
+    from fewshot_cryoet.methods.radial import RadialProfile
     from fewshot_cryoet.methods.siamese import Siamese
     from fewshot_cryoet.methods.xcorr import CrossCorrelation
 
-    for method in (COSNet, ProtoNet, Siamese, CrossCorrelation):
+    for method in (COSNet, ProtoNet, Siamese, CrossCorrelation, RadialProfile):
         registry.add(method)
