@@ -257,10 +257,13 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           episodes: int = 600, budget: str = "300ep", seed: int = 0, device: str = "auto",
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
-          allow_class_overlap: bool = False, reporter: Reporter | None = None) -> pd.DataFrame:
+          allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
+          reporter: Reporter | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
-    (the rest of the grid completes).
+    (the rest of the grid completes). ``seeds`` trains each trainable method once per training
+    seed; every model is scored on the same test episodes (those of ``seed``), and the leaderboard
+    cell becomes the mean over seeds with an interval that counts both sources of variance.
 
     Cross-domain: with ``train_dataset`` (a registered name, folder or data set), methods are
     trained and selected on it and tested on ``dataset``'s test classes; rows record both data
@@ -274,7 +277,8 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     if episodes < 1 or queries_per_class < 1:
         raise SettingError("episodes", "episodes and queries_per_class must be ≥ 1")
     settings = BenchSettings(ways=list(ways), shots=list(shots), queries=queries_per_class, episodes=episodes,
-                             budget=Budget.parse(budget), seed=seed, device=device)
+                             budget=Budget.parse(budget), seed=seed, device=device,
+                             train_seeds=list(seeds) if seeds is not None else None)
     settings.torch_device  # validate the device now
     source = data_source(dataset, templates, per_class, test_classes)
     if source.fixed is not None:

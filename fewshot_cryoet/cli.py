@@ -245,9 +245,12 @@ def info(dataset, verify) -> None:
               "folder), test on --dataset / --templates.")
 @click.option("--allow-class-overlap", is_flag=True, help="With --train-dataset: allow training classes that are "
               "also test classes (refused by default).")
+@click.option("--seeds", "seed_texts", default=None, metavar="0,1,2",
+              help="Train each trainable method once per seed, all scored on the test episodes of --seed; "
+                   "cells become the mean over seeds.")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
           test_classes, per_class, budget, episodes, seed, device, store, resume, train_dataset,
-          allow_class_overlap) -> None:
+          allow_class_overlap, seed_texts) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
@@ -261,7 +264,8 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
             test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=budget,
             episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
-            allow_class_overlap=allow_class_overlap, reporter=RichReporter(progress))
+            allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
+            reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
         accuracy = accuracy_table(summarise(frame), frame).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
         where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])

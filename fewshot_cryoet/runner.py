@@ -52,6 +52,24 @@ class BenchSettings:
     budget: Budget = field(default_factory=lambda: Budget(minutes=2.0))
     seed: int = 0
     device: str = "auto"
+    #: Training seeds of trainable methods (each trains its own model, all scored on the test
+    #: episodes of ``seed``); None: trained once, with ``seed``.
+    train_seeds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_seeds is not None:
+            if not self.train_seeds:
+                raise SettingError("seeds", "seeds is empty; give at least one training seed")
+            repeated = sorted({s for s in self.train_seeds if self.train_seeds.count(s) > 1})
+            if repeated:
+                raise SettingError("seeds", f"seeds {','.join(map(str, self.train_seeds))}: "
+                                            f"{', '.join(map(str, repeated))} given twice")
+            if min(self.train_seeds) < 0:
+                raise SettingError("seeds", "seeds must be ≥ 0")
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return list(self.train_seeds) if self.train_seeds is not None else [self.seed]
 
     @property
     def torch_device(self) -> torch.device:
@@ -142,7 +160,9 @@ class Runner:
         self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
-              snr: float, train: SubtomogramDataset | None = None, train_name: str = "") -> dict[tuple[int, int], Cell]:
+              snr: float, train: SubtomogramDataset | None = None, train_name: str = "",
+              train_seed: int | None = None) -> dict[tuple[int, int], Cell]:
+        train_seed = None if not method.trainable or train_seed in (None, self.settings.seed) else train_seed
         return {
             (n, k): Cell(
                 method=method.name, variant=method.variant, label=spec.label or method.label,
@@ -153,6 +173,7 @@ class Runner:
                 n_way=n, k_shot=k, q_query=self.settings.queries, seed=self.settings.seed,
                 train_dataset=train_name if train is not None else "",
                 train_dataset_hash=train.content_hash if train is not None else "",
+                train_seed=train_seed,
             )
             for n in self.settings.ways for k in self.settings.shots
         }
@@ -179,30 +200,36 @@ class Runner:
             train.check()
             check_domains(train, dataset, allow_class_overlap)
         test_sets = test_episode_sets(dataset, settings)  # validates N and K+Q before training
-        methods = [(spec, spec.cls(spec.params, spec.variant, self.device)) for spec in specs]
-        all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr, train, train_name) for spec, m in methods}
+        methods = []  # one instance per training seed of a trainable method (each trains its own model)
+        for spec in specs:
+            cls_seeds = settings.training_seeds if spec.cls.trainable else [settings.seed]
+            methods += [(spec, spec.cls(spec.params, spec.variant, self.device), s) for s in cls_seeds]
+        all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr, train, train_name, s)
+                     for spec, m, s in methods}
         self.check_fresh([c for cells in all_cells.values() for c in cells.values()])
-        for spec, method in methods:
+        for spec, method, train_seed in methods:
             cells = all_cells[id(method)]
+            where = f"{method.label}" + (f" (training seed {train_seed})" if len(settings.training_seeds) > 1
+                                         and method.trainable else "")
             todo = {}
             for key, cell in cells.items():
                 done = self.store.done_episodes(cell)
                 todo[key] = [e for e in range(settings.episodes) if e not in done]
             if not any(todo.values()):
-                self.log(f"{method.label} at SNR {snr_label(snr)}: already complete")
+                self.log(f"{where} at SNR {snr_label(snr)}: already complete")
                 continue
             try:
-                report, checkpoint = self.fit(method, train if train is not None else dataset, snr, cells)
+                report, checkpoint = self.fit(method, train if train is not None else dataset, snr, cells, train_seed)
                 for key, missing in todo.items():
                     if missing:
                         self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report,
                                       checkpoint)
             except FscError as exc:  # one method's bad input must not stop the rest of the grid
-                self.failures.append(f"{method.label} at SNR {snr_label(snr)}: {exc}")
+                self.failures.append(f"{where} at SNR {snr_label(snr)}: {exc}")
                 self.log(f"skipped {self.failures[-1]}")
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
-            cells: dict[tuple[int, int], Cell]) -> tuple[FitReport, str | None]:
+            cells: dict[tuple[int, int], Cell], train_seed: int | None = None) -> tuple[FitReport, str | None]:
         """(fit report, checkpoint hash): trains the method on ``dataset`` (the training domain) once
         per store, whatever the number of processes running the same grid, and whatever the number
         of domains it is then tested on. The first process claims the fit in the store and
@@ -211,8 +238,9 @@ class Runner:
         if not method.trainable:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
+        seed = self.settings.seed if train_seed is None else train_seed
         identity = f"{any_cell.method}-{any_cell.variant}-{any_cell.params_hash}-{any_cell.budget}-" \
-                   f"{any_cell.train_dataset_hash or any_cell.dataset_hash}-{any_cell.snr}-{any_cell.seed}"
+                   f"{any_cell.train_dataset_hash or any_cell.dataset_hash}-{any_cell.snr}-{seed}"
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -220,7 +248,7 @@ class Runner:
                            "choose another --store") from None
         checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
         report_path = checkpoint.with_suffix(".json")
-        where = f"{method.label} at SNR {snr_label(snr)}"
+        where = f"{method.label} at SNR {snr_label(snr)}" + (f", training seed {seed}" if train_seed is not None else "")
         waited = False
         while True:
             claim = self.store.claim_fit(identity)
@@ -247,7 +275,7 @@ class Runner:
             break
         try:
             with self.store.heartbeat(identity):
-                report = self._train(method, dataset, snr)
+                report = self._train(method, dataset, snr, seed)
                 digest = method.save(checkpoint, dataset.box)
                 write_json(report_path, asdict(report))
         except BaseException:
@@ -257,11 +285,11 @@ class Runner:
         self.log(f"{where}: {report.describe()}")
         return report, digest
 
-    def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float) -> FitReport:
-        task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)}", total=1.0)
+    def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float, seed: int) -> FitReport:
+        task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)} seed {seed}", total=1.0)
         settings = self.settings
         context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
-                              settings.seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
+                              seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
         report = method.fit(context)
         task.update(1.0)
         return report

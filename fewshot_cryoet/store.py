@@ -30,7 +30,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
     checkpoint TEXT,
     train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',
-    fit_examples INTEGER,
+    fit_examples INTEGER, train_seed INTEGER,
     UNIQUE (cell, episode)
 );
 CREATE TABLE IF NOT EXISTS query_dice (
@@ -68,6 +68,7 @@ MIGRATIONS = {
     2: "ALTER TABLE episodes ADD COLUMN train_dataset TEXT NOT NULL DEFAULT ''; "
        "ALTER TABLE episodes ADD COLUMN train_dataset_hash TEXT NOT NULL DEFAULT '';",
     3: "ALTER TABLE episodes ADD COLUMN fit_examples INTEGER;",
+    4: "ALTER TABLE episodes ADD COLUMN train_seed INTEGER;",
 }
 OUR_TABLES = {"meta", "episodes", "query_dice", "fits"}
 #: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
@@ -96,12 +97,17 @@ class Cell:
     #: Cross-domain cells: the data set the method was trained and selected on ("" = ``dataset``).
     train_dataset: str = ""
     train_dataset_hash: str = ""
+    #: The seed the model was trained with, when it differs from ``seed`` (which fixes the test
+    #: episodes): several training seeds are scored on the same episodes. None: trained with ``seed``.
+    train_seed: int | None = None
 
     @property
     def key(self) -> str:
         identity = {k: v for k, v in asdict(self).items() if k not in ("label", "params", "dataset", "train_dataset")}
         if not self.train_dataset_hash:  # in-domain cells keep the keys they had before cross-domain runs
             identity.pop("train_dataset_hash")
+        if self.train_seed is None:  # so do cells trained with the episode seed, as every cell was before
+            identity.pop("train_seed")
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -79,7 +79,7 @@ def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
 
     old = SCHEMA.replace("    checkpoint TEXT,\n", "").replace(
         "    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',\n", "").replace(
-        "    fit_examples INTEGER,\n", "")
+        "    fit_examples INTEGER, train_seed INTEGER,\n", "")
     old = old[:old.index("CREATE TABLE IF NOT EXISTS fits")]
     path = tmp_path / "v1.sqlite"
     with sqlite3.connect(path) as db:

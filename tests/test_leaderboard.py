@@ -102,3 +102,21 @@ def test_every_accuracy_table_ends_with_chance(two_configurations):
     frame = ResultsStore(two_configurations).frame()
     table = accuracy_table(summarise(frame), frame)
     assert table.index[-1] == CHANCE and set(table.loc[CHANCE]) == {"0.500"}
+
+
+def test_training_seeds_share_the_test_episodes_and_widen_the_interval(tiny_val2_dataset, tmp_path):
+    store = tmp_path / "seeds.sqlite"
+    common = dict(dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=8, queries_per_class=2, store=store,
+                  params={"protonet": {"channels": [4, 8]}}, budget="3ep")
+    api.bench(["protonet", "xcorr"], **{**common, "params": {**common["params"], "xcorr": {"angular_step": 90}}})
+    frame = api.bench(["protonet"], seeds=[0, 1, 2], resume=True, **common)
+    assert sorted(frame["train_seed"].fillna(frame["seed"]).unique()) == [0, 1, 2]
+    assert frame.groupby("train_seed", dropna=False)["episode"].apply(sorted).map(tuple).nunique() == 1  # same episodes
+    models = sorted(p.name for p in (tmp_path / "seeds.models").glob("protonet-*.pt"))
+    assert len(models) == 3 and all(m.endswith(f"-{s}.pt") for m, s in zip(models, [0, 1, 2]))  # seed 0 reused
+    summary = summarise(ResultsStore(store).frame())
+    proto = summary[summary["method"] == "protonet"].iloc[0]
+    assert proto["seeds"] == 3 and proto["episodes"] == 8 and proto["ci95"] > 0
+    assert summary[summary["method"] == "xcorr"]["seeds"].iloc[0] == 1
+    with pytest.raises(FscError, match="1 given twice"):
+        api.bench(["protonet"], seeds=[0, 1, 1], resume=True, **common)
