@@ -81,8 +81,9 @@ def load_method(path: str | Path, device: str | torch.device = "cpu"):
     if "method" not in payload or not isinstance(payload.get("params"), dict):
         raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
     cls = require_methods([str(payload["method"])])[0]
-    method = cls(payload["params"], payload.get("variant"), device)
-    method.load_payload(payload, path, payload.get("box"))
+    params = cls.upgrade_checkpoint(payload["params"], payload.get("state") or {})
+    method = cls(params, payload.get("variant"), device)
+    method.load_payload({**payload, "params": params}, path, payload.get("box"))
     return method
 
 

@@ -31,9 +31,10 @@ def test_all_four_variants_pass_the_conformance_kit():
 
 
 def test_variant_labels_match_the_paper_rows():
-    labels = {v: COSNet(TINY, v).label for v in COSNet.variants}
+    labels = {v: COSNet.label_for(v, COSNet.resolve(TINY, v)[1]) for v in COSNet.variants}
     assert labels["scnn"] == "COS-Net SCNN w/o decoder (cpu)"
     assert labels["duse-decoder"] == "COS-Net DuSE-SCNN w decoder (cpu)"
+    assert COSNet(TINY, "scnn").label == "COS-Net SCNN w/o decoder (cpu) (box=16, channels=4, embedding=16)"
     assert COSNet(TINY, "duse-decoder").segments and not COSNet(TINY, "duse").segments
     paper = COSNet({"profile": "paper"}, "scnn", device="cpu")
     first = paper.network.features[1]
@@ -178,7 +179,7 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
     runner.run_snr([MethodSpec(COSNet, "scnn", {"channels": 4, "embedding": 16}),
                     MethodSpec(CrossCorrelation, params={"angular_step": 60})], tiny_dataset, "tiny", 1.0)
     assert len(runner.failures) == 1 and "--param cosnet.box=16" in runner.failures[0]
-    assert set(store.frame()["label"]) == {"xcorr"} and len(store.frame()) == 3
+    assert set(store.frame()["method"]) == {"xcorr"} and len(store.frame()) == 3
 
 
 def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
@@ -197,3 +198,47 @@ def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
     plain = COSNet({**TINY, "val_every": 5}, "duse")
     report = plain.fit(FitContext(source, validation, Budget(episodes=5), torch.device("cpu")))
     assert report.best_validation_dice is None and report.history[0][2] is None
+
+
+def test_the_paper_profile_is_the_published_network_layer_for_layer():
+    """ANCHORS.md: about 18.2 M parameters and 33 GFLOP per volume forward (decoder and DuSE on)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fewshot_cryoet.methods.cosnet import PublishedConv, PublishedNetwork
+
+    method = COSNet({"profile": "paper"}, "duse-decoder")
+    network = method.network.eval()
+    assert isinstance(network, PublishedNetwork)
+    assert abs(sum(p.numel() for p in network.parameters()) / 18.2e6 - 1) < 0.01
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        network.stream(torch.randn(1, 1, 32, 32, 32))
+    assert abs(flops.get_total_flops() / 33e9 - 1) < 0.05
+    order = [type(m).__name__ for m in network.encoder[0].convs[0]]
+    assert order == ["Conv3d", "ReLU", "BatchNorm3d"]  # the published order
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.stem)  # no BatchNorm in the stem
+    assert network.encoder[0].duse is not network.encoder[1].duse and network.encoder[2].duse is None
+    shared = COSNet({"profile": "paper", "shared_duse": True}, "duse").network
+    assert shared.encoder[0].duse is shared.encoder[1].duse  # the published code's quirk, on request
+    assert isinstance(network.decoder.levels[0].convs[0], PublishedConv) and network.decoder.output.kernel_size == (1, 1, 1)
+    residual = COSNet({"profile": "paper", "residual": True}, "scnn").network
+    assert residual.encoder[0].residual and COSNet({"profile": "paper"}, "scnn").network.decoder is None
+
+
+def test_old_paper_checkpoints_load_as_lite_and_hashes_tell_them_apart(tmp_path):
+    from fewshot_cryoet.checkpoints import load_method
+
+    lite = COSNet({"profile": "lite", "channels": 8, "embedding": 16}, "scnn")
+    lite.save(tmp_path / "old.pt", 32)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    payload["params"]["profile"] = "paper"  # as saved before paper meant the published network
+    torch.save(payload, tmp_path / "old-paper.pt")
+    with pytest.warns(UserWarning, match="loads as profile 'lite'"):
+        loaded = load_method(tmp_path / "old-paper.pt")
+    assert loaded.params["profile"] == "lite"
+    assert torch.equal(loaded.network.features[1].weight, lite.network.features[1].weight)
+    old_params = {**COSNet.resolve({"profile": "paper"}, "scnn")[1]}
+    assert COSNet.hash_params(old_params) != COSNet.hash_params({**old_params, "profile": "lite"})
+    with pytest.raises(FscError, match="expected one of paper, lite, cpu"):
+        COSNet({"profile": "huge"})
+    with pytest.raises(FscError, match="published topology"):
+        COSNet({"profile": "cpu", "residual": True})

@@ -163,7 +163,7 @@ class FewShotMethod(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        for attribute in ("defaults", "param_rules", "crf_hyperparameters"):
+        for attribute in ("defaults", "param_rules", "crf_hyperparameters", "later_defaults"):
             own = cls.__dict__.get(attribute)
             if own is not None:
                 inherited = getattr(super(cls, cls), attribute, {})
@@ -206,6 +206,13 @@ class FewShotMethod(ABC):
         return cls.name if variant == "default" else f"{cls.name}/{variant}"
 
     @classmethod
+    def upgrade_checkpoint(cls, params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """The hyper-parameters to rebuild a checkpoint's method with, given its saved ``params``
+        and ``state``: a method whose names changed meaning maps old checkpoints here (the
+        default changes nothing)."""
+        return params
+
+    @classmethod
     def display_label(cls, variant: str, params: dict[str, Any]) -> str:
         """:meth:`label_for`, plus every hyper-parameter that differs from the variant's defaults
         (``xcorr (angular_step=20)``), so that rows of different configurations never share a name
@@ -231,12 +238,17 @@ class FewShotMethod(ABC):
     def params_hash(self) -> str:
         return self.hash_params(self.params)
 
-    @staticmethod
-    def hash_params(params: dict[str, Any]) -> str:
-        """Hash of resolved hyper-parameters (what results and checkpoints are keyed by). Input
-        settings at their defaults are left out: they were added later and reproduce the volumes
-        as before, so earlier results and checkpoints of the same configuration keep their hash."""
-        kept = {k: v for k, v in params.items() if not (k in INPUT_DEFAULTS and v == INPUT_DEFAULTS[k])}
+    #: Hyper-parameters added after results were first stored, with the values that reproduce the
+    #: earlier behaviour: left out of the hash at those values (see :meth:`hash_params`).
+    later_defaults: ClassVar[dict[str, Any]] = dict(INPUT_DEFAULTS)
+
+    @classmethod
+    def hash_params(cls, params: dict[str, Any]) -> str:
+        """Hash of resolved hyper-parameters (what results and checkpoints are keyed by). Settings
+        added later (``later_defaults``, e.g. the input settings) are left out at their old-behaviour
+        values, so earlier results and checkpoints of the same configuration keep their hash."""
+        later = cls.later_defaults
+        kept = {k: v for k, v in params.items() if not (k in later and v == later[k])}
         text = json.dumps(kept, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

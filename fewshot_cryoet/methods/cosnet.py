@@ -14,13 +14,27 @@ positive and negative pairs balanced (the published code drew only ~7% positives
 of both streams' decoder outputs against the ground-truth masks; Adam.
 
 Variants are the rows of the paper's Table 1: ``scnn`` (SCNN w/o decoder), ``scnn-decoder``,
-``duse`` and ``duse-decoder``. Profiles: ``paper`` = 64 channels, 512-d (the published sizes);
-``cpu`` = 16 channels, 128-d, so a full leaderboard is practical on 2 CPU cores.
+``duse`` and ``duse-decoder``. Profiles:
+
+- ``paper``: the published network layer for layer (:class:`PublishedNetwork`; see
+  ``../shared/ANCHORS.md``): a stem convolution, two convolutions per level (conv → ReLU →
+  BatchNorm, in that order), DuSE after encoder levels 1 and 2 and after both decoder levels,
+  64 channels, a 32768 → 512 → 512 feature head, a 1×1×1 output convolution; about 18.2 M
+  parameters and 33 GFLOP per volume. ``shared_duse`` reproduces the published code's reuse of
+  level 1's DuSE at level 2 (off by default: the paper describes two blocks); ``residual`` adds
+  each level's input to its output (off, as in the paper's runs).
+- ``lite``: our shallow network (one convolution per level, a decoder of two transposed
+  convolutions) at the published widths, 64 channels and 512-d: what ``paper`` built before it
+  followed the published depth. Checkpoints saved under the old ``paper`` name load as ``lite``.
+- ``cpu``: the shallow network at 16 channels and 128-d, so a full leaderboard is practical on
+  2 CPU cores. It stays shallow until a measurement at equal budget says otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +45,11 @@ from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
 
-PROFILES = {"paper": {"channels": 64, "embedding": 512}, "cpu": {"channels": 16, "embedding": 128}}
+PROFILES = {
+    "paper": {"channels": 64, "embedding": 512, "topology": "published"},
+    "lite": {"channels": 64, "embedding": 512, "topology": "shallow"},
+    "cpu": {"channels": 16, "embedding": 128, "topology": "shallow"},
+}
 VARIANT_TITLES = {
     "scnn": "SCNN w/o decoder",
     "scnn-decoder": "SCNN w decoder",
@@ -119,6 +137,91 @@ class COSNetwork(nn.Module):
         return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
 
 
+class PublishedConv(nn.Sequential):
+    """conv 3×3×3 → ReLU → BatchNorm, the published order (BatchNorm after the non-linearity)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.BatchNorm3d(out_channels))
+
+
+class PublishedLevel(nn.Module):
+    """Two published convolutions, optionally a residual connection around them, then DuSE."""
+
+    def __init__(self, channels: int, duse: DuSE | None, residual: bool) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(PublishedConv(channels, channels), PublishedConv(channels, channels))
+        self.duse = duse
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs(x)
+        if self.residual:
+            y = y + x
+        return self.duse(y) if self.duse is not None else y
+
+
+class PublishedNetwork(nn.Module):
+    """COS-Net as published (one stream plus the similarity head), with the interface of
+    :class:`COSNetwork` (``encode``, ``embed``, ``stream``, ``similarity_logits``, ``decoder``,
+    ``head``)."""
+
+    def __init__(self, box: int, channels: int, embedding: int, duse: bool, decoder: bool, merge: str,
+                 shared_duse: bool = False, residual: bool = False) -> None:
+        super().__init__()
+        if box % 4:
+            raise FscError(f"COS-Net needs a box divisible by 4, got {box}")
+        c = channels
+        self.stem = nn.Sequential(nn.Conv3d(1, c, 3, padding=1), nn.ReLU(inplace=True))  # no BatchNorm
+        first = DuSE(c, merge) if duse else None
+        second = (first if shared_duse else DuSE(c, merge)) if duse else None  # the published code reuses level 1's
+        self.encoder = nn.ModuleList([PublishedLevel(c, first, residual), PublishedLevel(c, second, residual),
+                                      PublishedLevel(c, None, residual)])
+        flat = c * (box // 4) ** 3
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(flat, embedding), nn.Linear(embedding, embedding))
+        self.decoder = None
+        if decoder:
+            self.decoder = PublishedDecoder(c, duse, merge, residual)
+        self.head = nn.Linear(embedding, 1)
+
+    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
+        x = self.stem(volumes)
+        for i, level in enumerate(self.encoder):
+            x = level(x)
+            if i < 2:
+                x = F.max_pool3d(x, 2)
+        return x
+
+    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.features(self.encode(volumes))
+
+    def stream(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        encoded = self.encode(volumes)
+        logits = self.decoder(encoded) if self.decoder is not None else None
+        return self.features(encoded), logits
+
+    def similarity_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
+
+
+class PublishedDecoder(nn.Module):
+    """Two levels of (transposed conv ×2 up → two published convolutions → DuSE), then a
+    1×1×1 convolution to one channel of logits."""
+
+    def __init__(self, channels: int, duse: bool, merge: str, residual: bool) -> None:
+        super().__init__()
+        c = channels
+        self.up = nn.ModuleList([nn.ConvTranspose3d(c, c, 2, stride=2), nn.ConvTranspose3d(c, c, 2, stride=2)])
+        self.levels = nn.ModuleList([PublishedLevel(c, DuSE(c, merge) if duse else None, residual)
+                                     for _ in range(2)])
+        self.output = nn.Conv3d(c, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for up, level in zip(self.up, self.levels):
+            x = level(up(x))
+        return self.output(x)
+
+
 def dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 − soft Dice per volume, averaged (computed on device, no host round trip)."""
     p = torch.sigmoid(logits.float()).flatten(1)
@@ -136,6 +239,7 @@ class COSNet(TorchMethod):
         "train_way": 5, "train_shot": 1, "train_query": 1,
         "profile": "cpu", "channels": None, "embedding": None, "box": 32,
         "block": "scnn", "decoder": False, "duse_merge": "add", "dice_weight": 1.0,
+        "shared_duse": False, "residual": False,
         "crf_iterations": 4, "crf_gaussian_weight": 3.0, "crf_gaussian_width": 1.0,
         "crf_bilateral_weight": 5.0, "crf_bilateral_width": 2.0, "crf_intensity_width": 1.0,
     }
@@ -144,11 +248,14 @@ class COSNet(TorchMethod):
         "embedding": Param("int", low=1, nullable=True), "box": Param("int", low=4),
         "block": Param("str", choices=("scnn", "duse")), "decoder": Param("bool"),
         "duse_merge": Param("str", choices=("add", "max")), "dice_weight": Param("float", low=0),
+        "shared_duse": Param("bool"), "residual": Param("bool"),
         "crf_iterations": Param("int", low=0), "crf_gaussian_weight": Param("float", low=0),
         "crf_gaussian_width": Param("float", low=0, low_open=True), "crf_bilateral_weight": Param("float", low=0),
         "crf_bilateral_width": Param("float", low=0, low_open=True),
         "crf_intensity_width": Param("float", low=0, low_open=True),
     }
+    #: Added with the published topology; at these values every earlier configuration keeps its hash.
+    later_defaults: ClassVar[dict[str, Any]] = {"shared_duse": False, "residual": False}
     crf_hyperparameters: ClassVar[dict[str, str]] = {
         f"crf_{name}": name for name in ("iterations", "gaussian_weight", "gaussian_width", "bilateral_weight",
                                          "bilateral_width", "intensity_width")
@@ -193,11 +300,36 @@ class COSNet(TorchMethod):
     def label_for(cls, variant: str, params: dict[str, Any]) -> str:
         return f"COS-Net {VARIANT_TITLES.get(variant, variant)} ({params['profile']})"
 
+    @classmethod
+    def hash_params(cls, params: dict[str, Any]) -> str:
+        """As every method's, plus the topology of the ``paper`` profile: that name built the shallow
+        network before, so its results and checkpoints must not be taken for the published one's."""
+        if params.get("profile") == "paper":
+            return super().hash_params({**params, "topology": "published"})
+        return super().hash_params(params)
+
+    @classmethod
+    def upgrade_checkpoint(cls, params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """A ``paper`` checkpoint without the published stem was saved before ``paper`` meant the
+        published network: it is the shallow network at the published widths, now ``lite``."""
+        network = state.get("network", {}) if isinstance(state, dict) else {}
+        if params.get("profile") == "paper" and network and not any(k.startswith("stem.") for k in network):
+            warnings.warn("this checkpoint was saved with the old 'paper' profile (the shallow network at the "
+                          "published widths); it loads as profile 'lite'", UserWarning, stacklevel=2)
+            return {**params, "profile": "lite"}
+        return params
+
     def build_network(self) -> nn.Module:
         p = self.params  # profile and block were checked against param_rules in resolve
         sizes = PROFILES[p["profile"]]
         channels = int(p["channels"] or sizes["channels"])
         embedding = int(p["embedding"] or sizes["embedding"])
+        if sizes["topology"] == "published":
+            return PublishedNetwork(int(p["box"]), channels, embedding, p["block"] == "duse", bool(p["decoder"]),
+                                    p["duse_merge"], bool(p["shared_duse"]), bool(p["residual"]))
+        if p["shared_duse"] or p["residual"]:
+            raise FscError(f"cosnet: shared_duse and residual belong to the published topology (profile paper), "
+                           f"not to profile {p['profile']}")
         return COSNetwork(int(p["box"]), channels, embedding, p["block"] == "duse", bool(p["decoder"]), p["duse_merge"])
 
     def _check_box(self, episode: Episode) -> None:
