@@ -254,7 +254,7 @@ def load_method(path: str | Path, device: str = "auto"):
 def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None, snrs: Sequence[float] = (1000.0,),
           ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
-          episodes: int = 600, budget: str = "300ep", seed: int = 0, device: str = "auto",
+          episodes: int = 600, budget: str | Sequence[str] = "300ep", seed: int = 0, device: str = "auto",
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
           allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
@@ -264,6 +264,8 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     (the rest of the grid completes). ``seeds`` trains each trainable method once per training
     seed; every model is scored on the same test episodes (those of ``seed``), and the leaderboard
     cell becomes the mean over seeds with an interval that counts both sources of variance.
+    ``budget`` may be a list of increasing budgets: each trainable method is trained at each, for
+    accuracy-versus-budget curves (the leaderboard draws them).
 
     Cross-domain: with ``train_dataset`` (a registered name, folder or data set), methods are
     trained and selected on it and tested on ``dataset``'s test classes; rows record both data
@@ -276,8 +278,9 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     specs = _specs(methods, params, tuned, storage)
     if episodes < 1 or queries_per_class < 1:
         raise SettingError("episodes", "episodes and queries_per_class must be ≥ 1")
+    budgets = Budget.parse_list([budget] if isinstance(budget, str) else list(budget))
     settings = BenchSettings(ways=list(ways), shots=list(shots), queries=queries_per_class, episodes=episodes,
-                             budget=Budget.parse(budget), seed=seed, device=device,
+                             budget=budgets[0], seed=seed, device=device,
                              train_seeds=list(seeds) if seeds is not None else None)
     settings.torch_device  # validate the device now
     source = data_source(dataset, templates, per_class, test_classes)
@@ -289,11 +292,15 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     train_source = data_source(train_dataset) if train_dataset is not None else None
     results = ResultsStore(store)
     try:
-        runner = Runner(results, settings, reporter, resume)
+        failures = []
         for snr in snrs:
             train = train_source.at(snr, reporter) if train_source is not None else None
-            runner.run_snr(specs, source.at(snr, reporter), source.name, snr, train,
-                           train_source.name if train_source is not None else "", allow_class_overlap)
+            for step, each in enumerate(budgets):  # training-free methods are scored once, with the first
+                runner = Runner(results, replace(settings, budget=each), reporter, resume)
+                runner.run_snr(specs if step == 0 else [s for s in specs if s.cls.trainable], source.at(snr, reporter),
+                               source.name, snr, train, train_source.name if train_source is not None else "",
+                               allow_class_overlap)
+                failures += runner.failures
         frame = results.frame()
     finally:
         results.close()
@@ -302,7 +309,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
                   & frame["seed"].eq(seed) & frame["dataset"].eq(source.name)
                   & frame["train_dataset"].eq(train_source.name if train_source is not None else "")
                   ].reset_index(drop=True)
-    frame.attrs["failures"] = list(runner.failures)
+    frame.attrs["failures"] = failures
     return frame
 
 

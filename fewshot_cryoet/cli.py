@@ -234,8 +234,9 @@ def info(dataset, verify) -> None:
 @click.option("--shots", default="1", show_default=True, help="K-shot settings, comma-separated.")
 @queries_per_class_option
 @data_options
-@click.option("--budget", default="300ep", show_default=True,
-              help="Training budget per method and SNR: episodes (reproducible on any machine), a time, or both as a cap: 500ep, 10m, 500ep,10m.")
+@click.option("--budget", "budgets", multiple=True, default=("300ep",), show_default=True,
+              help="Training budget per method and SNR: episodes (reproducible on any machine), a time, or both as a "
+                   "cap: 500ep, 10m, 500ep,10m. Repeat it for a budget curve: --budget 100ep --budget 1000ep.")
 @click.option("--episodes", type=click.IntRange(min=1), default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
 @run_options
 @click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
@@ -249,7 +250,7 @@ def info(dataset, verify) -> None:
               help="Train each trainable method once per seed, all scored on the test episodes of --seed; "
                    "cells become the mean over seeds.")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
-          test_classes, per_class, budget, episodes, seed, device, store, resume, train_dataset,
+          test_classes, per_class, budgets, episodes, seed, device, store, resume, train_dataset,
           allow_class_overlap, seed_texts) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
@@ -262,7 +263,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
             snrs=snrs(snr_texts), ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
-            test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=budget,
+            test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),
             episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
             allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
             reporter=RichReporter(progress))

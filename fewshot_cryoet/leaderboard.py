@@ -324,6 +324,57 @@ def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def budget_curves(summary: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy against training for every configuration trained at two or more budgets: one row
+    per (domain, configuration without its budget, SNR, N, K, budget), with the episodes trained
+    (the x of the curve), accuracy and CI."""
+    if summary.empty:
+        return summary
+    same = ["train_dataset", "dataset", "method", "variant", "params_hash", "seed", "snr", "n_way", "k_shot"]
+    rows = []
+    for _, part in summary[summary["budget"] != ""].groupby(same, sort=False):
+        if part["budget"].nunique() < 2:
+            continue
+        base = part["label"].iloc[0].split(" · budget ")[0]
+        for _, r in part.iterrows():
+            rows.append({"domain": domain(r["train_dataset"], r["dataset"]), "row": base, "snr": r["snr"],
+                         "n_way": r["n_way"], "k_shot": r["k_shot"], "budget": r["budget"],
+                         "fit_episodes": r["fit_episodes"], "examples_seen": r["examples_seen"],
+                         "fit_seconds": r["fit_seconds"], "seeds": r["seeds"], "accuracy": r["accuracy"],
+                         "ci95": r["ci95"]})
+    curves = pd.DataFrame(rows)
+    return curves.sort_values(["domain", "row", "snr", "n_way", "fit_episodes"]) if not curves.empty else curves
+
+
+def plot_budget_curves(curves: pd.DataFrame, path: Path) -> None:
+    """Accuracy ± CI against training episodes (log scale), one panel per domain and SNR, at the
+    largest N-way of each panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fewshot_cryoet.datasets.montage import save_figure
+
+    panels = list(dict.fromkeys(zip(curves["domain"], curves["snr"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    for ax, (where, snr) in zip(axes[0], panels):
+        part = curves[(curves["domain"] == where) & (curves["snr"] == snr)]
+        ways = int(part["n_way"].max())
+        part = part[part["n_way"] == ways]
+        for row, line in part.groupby("row", sort=False):
+            ax.errorbar(line["fit_episodes"], line["accuracy"], yerr=line["ci95"].fillna(0), marker="o", capsize=3,
+                        label=row)
+        ax.axhline(1 / ways, color="k", linestyle=":", label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("training episodes (log scale)")
+        ax.set_title(f"{where}, SNR {'∞' if snr == 'inf' else snr}, {ways}-way", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (± 95% CI)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    save_figure(fig, path, dpi=120)
+
+
 def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store_name: str) -> list[Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` (and Dice files, ``accuracy.png``) to ``out``."""
     out = Path(out)
@@ -370,6 +421,15 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         lines += [pivot.to_markdown(), ""]
         write_text(out / "dice_per_class.csv", per_class.to_csv(index=False))
         written.append(out / "dice_per_class.csv")
+    curves = budget_curves(summary)
+    if not curves.empty:
+        lines += ["## Accuracy against training budget", "",
+                  "Configurations trained at several budgets (`fsc bench --budget A --budget B ...`), at each "
+                  "budget's episodes trained; `budget_curves.png` plots them (log scale), `budget_curves.csv` "
+                  "holds every N-way.", "", curves.to_markdown(index=False, floatfmt=".3f"), ""]
+        write_text(out / "budget_curves.csv", curves.to_csv(index=False))
+        plot_budget_curves(curves, out / "budget_curves.png")
+        written += [out / "budget_curves.csv", out / "budget_curves.png"]
     write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
     write_text(out / "leaderboard.csv", summary.to_csv(index=False))
     plot_accuracy(summary, out / "accuracy.png")

@@ -120,3 +120,21 @@ def test_training_seeds_share_the_test_episodes_and_widen_the_interval(tiny_val2
     assert summary[summary["method"] == "xcorr"]["seeds"].iloc[0] == 1
     with pytest.raises(FscError, match="1 given twice"):
         api.bench(["protonet"], seeds=[0, 1, 1], resume=True, **common)
+
+
+def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp_path):
+    store = tmp_path / "curve.sqlite"
+    api.bench(["protonet", "xcorr"], dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=6, queries_per_class=2,
+              store=store, budget=["2ep", "4ep", "8ep"], params={"protonet": {"channels": [4, 8]},
+                                                                 "xcorr": {"angular_step": 90}})
+    frame = ResultsStore(store).frame()
+    assert sorted(frame[frame["method"] == "protonet"]["budget"].unique()) == ["2ep", "4ep", "8ep"]
+    assert set(frame[frame["method"] == "xcorr"]["budget"]) == {""} and (frame["method"] == "xcorr").sum() == 6
+    written = api.leaderboard(store, tmp_path / "boards")
+    curves = pd.read_csv(tmp_path / "boards" / "budget_curves.csv")
+    assert list(curves["fit_episodes"]) == [2, 4, 8] and set(curves["row"]) == {"protonet (channels=[4, 8])"}
+    assert tmp_path / "boards" / "budget_curves.png" in written
+    with pytest.raises(FscError, match="strictly increasing"):
+        api.bench(["protonet"], dataset=tiny_val2_dataset, store=store, budget=["4ep", "2ep"])
+    with pytest.raises(FscError, match="strictly increasing"):
+        api.bench(["protonet"], dataset=tiny_val2_dataset, store=store, budget=["4ep", "1m"])

@@ -81,6 +81,21 @@ class Budget:
             raise SettingError("budget", f"budget {text!r}: a zero budget would score an untrained network; give a positive one")
         return cls(episodes, minutes)
 
+    @classmethod
+    def parse_list(cls, texts: list[str]) -> list[Budget]:
+        """Budgets for a budget curve: one or more, all in episodes or all in time (a cap may ride
+        along), strictly increasing; anything else is a one-line error naming the budget option."""
+        budgets = [cls.parse(t) for t in texts]
+        if not budgets:
+            raise SettingError("budget", "give at least one budget")
+        if len(budgets) > 1:
+            by_episodes = all(b.episodes is not None for b in budgets)
+            sizes = [b.episodes if by_episodes else b.minutes for b in budgets]
+            if any(s is None for s in sizes) or any(b >= a for a, b in zip(sizes[1:], sizes)):
+                raise SettingError("budget", f"budgets {', '.join(texts)}: a budget curve needs budgets of one kind "
+                                             "(episodes or time) in strictly increasing order, e.g. 100ep 300ep 1000ep")
+        return budgets
+
     def __str__(self) -> str:
         parts = []
         if self.episodes is not None:
