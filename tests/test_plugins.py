@@ -38,7 +38,7 @@ def fsc(env, *args, timeout=300):
 def test_methods_lists_plugins_and_reports_broken_ones_once(plugin_env):
     result = fsc(plugin_env, "methods")
     assert result.returncode == 0, result.stderr
-    assert "radial" in result.stdout and "fsc-example-plugin 0.1.0" in result.stdout
+    assert "shellseg" in result.stdout and "fsc-example-plugin 0.1.0" in result.stdout
     assert "default, strict" in result.stdout
     for name in ("protonet", "siamese", "xcorr"):
         line = next(l for l in result.stdout.splitlines() if f"│ {name} " in l)
@@ -57,7 +57,7 @@ def test_methods_lists_plugins_and_reports_broken_ones_once(plugin_env):
 def test_plugins_can_be_disabled_and_add_commands(plugin_env):
     env = dict(plugin_env, FSC_DISABLE_PLUGINS="fsc-example-plugin,broken-import,broken-hook,clash,broken-exit")
     result = fsc(env, "methods")
-    assert result.returncode == 0 and "radial" not in result.stdout and "warning" not in result.stderr
+    assert result.returncode == 0 and "shellseg" not in result.stdout and "warning" not in result.stderr
     hello = fsc(plugin_env, "example-hello")
     assert hello.returncode == 0 and "hello from fsc-example-plugin" in hello.stdout
 
@@ -66,7 +66,7 @@ def test_conformance_kit_on_the_installed_plugin(plugin_env):
     script = (
         "from fewshot_cryoet.plugins import get_plugins\n"
         "from fewshot_cryoet.testing import check_method\n"
-        "passed = check_method(get_plugins().methods.get('radial'))\n"
+        "passed = check_method(get_plugins().methods.get('shellseg'))\n"
         "print(len(passed), 'checks passed')\n"
     )
     result = subprocess.run([sys.executable, "-c", script], env=plugin_env, capture_output=True, text=True, timeout=300)
@@ -76,11 +76,11 @@ def test_conformance_kit_on_the_installed_plugin(plugin_env):
 
 def test_bench_with_a_segmenting_plugin_reports_dice(plugin_env, tiny_dataset, tmp_path):
     store = tmp_path / "r.sqlite"
-    result = fsc(plugin_env, "bench", "--dataset", tiny_dataset.path, "--methods", "radial,radial/strict,xcorr",
+    result = fsc(plugin_env, "bench", "--dataset", tiny_dataset.path, "--methods", "shellseg,shellseg/strict,xcorr",
                  "--param", "xcorr.angular_step=60", "--ways", "2,3", "--queries", "2", "--snr", "inf",
                  "--episodes", "10", "--store", store)
     assert result.returncode == 0, result.stderr
-    assert "quick run" in result.stdout and "radial/strict" in result.stdout
+    assert "quick run" in result.stdout and "shellseg/strict" in result.stdout
     boards = fsc(plugin_env, "leaderboard", "--store", store, "--out", tmp_path / "boards")
     assert boards.returncode == 0, boards.stderr
     markdown = (tmp_path / "boards" / "leaderboard.md").read_text()
@@ -97,7 +97,7 @@ def test_bench_with_a_segmenting_plugin_reports_dice(plugin_env, tiny_dataset, t
 def test_cli_bad_input_is_one_line(plugin_env, tiny_dataset, tmp_path):
     unknown = fsc(plugin_env, "bench", "--methods", "protonet,nonsense", "--store", tmp_path / "x.sqlite")
     assert unknown.returncode == 2 and "unknown method(s) nonsense; available:" in unknown.stderr
-    assert "radial" in unknown.stderr
+    assert "shellseg" in unknown.stderr
     too_many = fsc(plugin_env, "bench", "--dataset", tiny_dataset.path, "--methods", "xcorr", "--ways", "9",
                    "--snr", "1", "--store", tmp_path / "y.sqlite")
     assert too_many.returncode == 2 and "9-way episodes need 9 classes" in too_many.stderr

@@ -1,6 +1,6 @@
 """Example third-party plugin: a training-free method that also segments, and a CLI command.
 
-``radial``: classifies a query by the nearest support in radial-profile space (mean density in
+``shellseg``: classifies a query by the nearest support in radial-profile space (mean density in
 spherical shells, invariant to rotation), and segments it by thresholding the Gaussian-smoothed
 query at one standard deviation above its mean.
 """
@@ -15,8 +15,8 @@ from fewshot_cryoet import hookimpl
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction
 
 
-class RadialProfile(FewShotMethod):
-    name = "radial"
+class ShellSegmenter(FewShotMethod):
+    name = "shellseg"
     description = "Nearest support by radial density profile; threshold segmentation"
     segments = True
     trainable = False
@@ -50,7 +50,7 @@ class RadialProfile(FewShotMethod):
 
 @hookimpl
 def fsc_register_methods(registry):
-    registry.add(RadialProfile)
+    registry.add(ShellSegmenter)
 
 
 @click.command("example-hello")
