@@ -166,9 +166,10 @@ class ResultsStore:
             self.connection.close()
             raise
         try:
-            if version is None:
+            if version is None:  # OR IGNORE: another process may have created it while this one waited
                 self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA
-                                              + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                                              + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); "
+                                                "COMMIT;")
             elif version in MIGRATIONS:
                 steps = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
                 self.connection.executescript("BEGIN IMMEDIATE;" + steps + SCHEMA
@@ -187,6 +188,11 @@ class ResultsStore:
         except sqlite3.OperationalError as exc:
             if self.connection.in_transaction:
                 self.connection.execute("ROLLBACK")
+            if "duplicate column" in str(exc) and self._schema_version() == SCHEMA_VERSION:
+                # another process migrated the same store while this one waited for the lock
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                self.connection.execute("PRAGMA synchronous=NORMAL")
+                return
             self.connection.close()
             raise SettingError("store", f"store {self.path}: cannot write to the results store ({exc}); check its permissions "
                            "or choose another --store") from None

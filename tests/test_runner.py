@@ -171,3 +171,26 @@ def test_leaderboard_files(tiny_dataset, tmp_path):
     assert (tmp_path / "boards" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "Dice" not in markdown  # nothing here segments
     assert len(written) == 3
+
+
+@pytest.mark.parametrize("seen", [None, 4])
+def test_processes_opening_a_new_store_at_once_do_not_crash(tmp_path, seen):
+    """Two benches started together may both find a store empty (or at the previous schema) and
+    then create (or migrate) it in turn: the second must open it, not fail on the first's work."""
+    from fewshot_cryoet.store import SCHEMA_VERSION
+
+    ResultsStore(tmp_path / "s.sqlite").close()
+
+    class LateToTheRace(ResultsStore):
+        """Saw the store as it was before the other process created or migrated it."""
+
+        checked = False
+
+        def _schema_version(self):
+            if not self.checked:
+                self.checked = True
+                return seen
+            return super()._schema_version()
+
+    store = LateToTheRace(tmp_path / "s.sqlite")
+    assert store.connection.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
