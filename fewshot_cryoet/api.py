@@ -525,7 +525,7 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             names = frame["dataset"].unique()
             name = str(names[0]) if len(names) == 1 else store.stem
             out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or store.stem)
-        return render(frame, results.query_dice_frame(), Path(out), store.name)
+        return render(frame, results.query_dice_frame(), Path(out), store.name, results.query_predictions_frame())
     finally:
         results.close()
 

@@ -375,7 +375,62 @@ def plot_budget_curves(curves: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store_name: str) -> list[Path]:
+def per_class_results(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-class precision, recall and F1 with query counts; confusion counts in long form) per
+    row, domain, SNR and N-way, from every stored query's true and predicted class (scikit-learn's
+    ``precision_recall_fscore_support`` and ``confusion_matrix``). Recall is the accuracy on that
+    class's queries."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if predictions.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    predictions = _distinct_labels(predictions.assign(train_dataset=predictions["train_dataset"].fillna("")))
+    scores, counts = [], []
+    for (label, train, dataset, snr, ways), part in predictions.groupby(
+            ["label", "train_dataset", "dataset", "snr", "n_way"], sort=False):
+        classes = sorted(set(part["truth"]) | set(part["predicted"]))
+        precision, recall, f1, support = precision_recall_fscore_support(
+            part["truth"], part["predicted"], labels=classes, zero_division=0)
+        where = domain(train, dataset)
+        scores += [{"label": label, "domain": where, "snr": snr, "n_way": ways, "class": c, "precision": p,
+                    "recall": r, "f1": f, "queries": int(n)} for c, p, r, f, n in zip(classes, precision, recall, f1, support)]
+        matrix = confusion_matrix(part["truth"], part["predicted"], labels=classes)
+        counts += [{"label": label, "domain": where, "snr": snr, "n_way": ways, "truth": t, "predicted": p,
+                    "count": int(matrix[i, j])} for i, t in enumerate(classes) for j, p in enumerate(classes)]
+    return pd.DataFrame(scores), pd.DataFrame(counts)
+
+
+def plot_confusion(counts: pd.DataFrame, path: Path, title: str) -> None:
+    """One heat-map of row-normalised confusion (fraction of each true class's queries)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fewshot_cryoet.datasets.montage import save_figure
+
+    matrix = counts.pivot_table(index="truth", columns="predicted", values="count", aggfunc="sum", fill_value=0)
+    fractions = matrix.div(matrix.sum(axis=1).clip(lower=1), axis=0)
+    size = 1.2 + 0.45 * len(matrix)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(fractions.to_numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(fractions.columns)), fractions.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(fractions.index)), fractions.index, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class's queries")
+    fig.suptitle(title, fontsize=8)
+    save_figure(fig, path, dpi=110)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80]
+
+
+def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store_name: str,
+           predictions: pd.DataFrame | None = None) -> list[Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` (and Dice files, ``accuracy.png``) to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -421,6 +476,26 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         lines += [pivot.to_markdown(), ""]
         write_text(out / "dice_per_class.csv", per_class.to_csv(index=False))
         written.append(out / "dice_per_class.csv")
+    if predictions is not None and not predictions.empty:
+        scores, counts = per_class_results(predictions)
+        lines += ["## Per-class results", "",
+                  "Recall (accuracy on the class's queries) per test class, at each row's largest N-way and "
+                  "every SNR; precision, F1 and every N-way in `per_class.csv`, confusion counts in "
+                  "`confusion.csv`, and one heat-map per row (`confusion_*.png`, row-normalised, largest N-way, "
+                  "lowest SNR).", ""]
+        largest = scores[scores["n_way"] == scores.groupby("label")["n_way"].transform("max")]
+        pivot = largest.pivot_table(index=["label", "domain", "snr", "n_way"], columns="class", values="recall",
+                                    aggfunc="first")
+        lines += [pivot.to_markdown(floatfmt=".2f"), ""]
+        write_text(out / "per_class.csv", scores.to_csv(index=False))
+        write_text(out / "confusion.csv", counts.to_csv(index=False))
+        written += [out / "per_class.csv", out / "confusion.csv"]
+        for (label, where), part in counts.groupby(["label", "domain"], sort=False):
+            part = part[part["n_way"] == part["n_way"].max()]
+            snr = min(part["snr"].unique(), key=lambda s: -_snr_order(s))  # the noisiest
+            path = out / f"confusion_{_slug(label)}_{_slug(where)}.png"
+            plot_confusion(part[part["snr"] == snr], path, f"{label} · {where} · SNR {snr} · {part['n_way'].max()}-way")
+            written.append(path)
     curves = budget_curves(summary)
     if not curves.empty:
         lines += ["## Accuracy against training budget", "",

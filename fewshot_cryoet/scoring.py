@@ -95,6 +95,9 @@ class Scorer:
         n_query = len(episode.query_labels)
         check_scores(prediction.scores, n_query, episode.n_way)
         result = EpisodeResult(number, episode_accuracy(prediction.scores, episode.query_labels), seconds)
+        predicted = prediction.scores.argmax(dim=1).tolist()
+        result.query_classes = [(q, episode.classes[t], episode.classes[p])
+                                for q, (t, p) in enumerate(zip(episode.query_labels.tolist(), predicted))]
         if prediction.probabilities is None or episode.query_masks is None:
             return result
         truth = episode.query_masks > 0

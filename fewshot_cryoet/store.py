@@ -30,7 +30,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS query_dice (
     PRIMARY KEY (cell, episode, query)
 );
 CREATE INDEX IF NOT EXISTS episodes_by_cell ON episodes (cell);
+CREATE TABLE IF NOT EXISTS query_predictions (
+    cell TEXT NOT NULL, episode INTEGER NOT NULL, query INTEGER NOT NULL,
+    truth TEXT NOT NULL, predicted TEXT NOT NULL,
+    PRIMARY KEY (cell, episode, query)
+);
 """ + """
 CREATE TABLE IF NOT EXISTS fits (
     identity TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
@@ -69,8 +74,9 @@ MIGRATIONS = {
        "ALTER TABLE episodes ADD COLUMN train_dataset_hash TEXT NOT NULL DEFAULT '';",
     3: "ALTER TABLE episodes ADD COLUMN fit_examples INTEGER;",
     4: "ALTER TABLE episodes ADD COLUMN train_seed INTEGER;",
+    5: "",  # the query_predictions table (created by the schema script that follows every migration)
 }
-OUR_TABLES = {"meta", "episodes", "query_dice", "fits"}
+OUR_TABLES = {"meta", "episodes", "query_dice", "fits", "query_predictions"}
 #: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
 STALE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 15.0
@@ -119,6 +125,8 @@ class EpisodeResult:
     dice: float | None = None
     dice_crf: float | None = None
     query_dice: list[tuple[int, str, float, float | None]] | None = None
+    #: (query, true class, predicted class) per query: per-class accuracy and confusion matrices.
+    query_classes: list[tuple[int, str, str]] | None = None
 
 
 @dataclass
@@ -249,6 +257,9 @@ class ResultsStore:
                     "INSERT INTO query_dice VALUES (?, ?, ?, ?, ?, ?)",
                     [(cell.key, result.episode, q, c, d, dc) for q, c, d, dc in result.query_dice],
                 )
+            if inserted and result.query_classes:
+                db.executemany("INSERT INTO query_predictions VALUES (?, ?, ?, ?, ?)",
+                               [(cell.key, result.episode, q, t, p) for q, t, p in result.query_classes])
         return bool(inserted)
 
     def checkpoints(self, cell: Cell) -> set[str]:
@@ -300,6 +311,13 @@ class ResultsStore:
     def frame(self) -> pd.DataFrame:
         """Every episode row as a DataFrame."""
         return pd.read_sql_query("SELECT * FROM episodes ORDER BY id", self.connection)
+
+    def query_predictions_frame(self) -> pd.DataFrame:
+        """Every stored query's true and predicted class, with its row's identity."""
+        return pd.read_sql_query(
+            "SELECT q.*, e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "
+            "e.dataset, e.train_dataset FROM query_predictions q "
+            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode", self.connection)
 
     def query_dice_frame(self) -> pd.DataFrame:
         return pd.read_sql_query(

@@ -138,3 +138,19 @@ def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp
         api.bench(["protonet"], dataset=tiny_val2_dataset, store=store, budget=["4ep", "2ep"])
     with pytest.raises(FscError, match="strictly increasing"):
         api.bench(["protonet"], dataset=tiny_val2_dataset, store=store, budget=["4ep", "1m"])
+
+
+def test_per_class_results_and_confusion_from_stored_queries(two_configurations, tmp_path):
+    store = ResultsStore(two_configurations)
+    predictions = store.query_predictions_frame()
+    assert len(predictions) == 3 * 10 * 2 * 2  # 3 rows × 10 episodes × 2 classes × 2 queries
+    written = api.leaderboard(two_configurations, tmp_path / "boards")
+    per_class = pd.read_csv(tmp_path / "boards" / "per_class.csv")
+    frame = store.frame()
+    for label, part in per_class.groupby("label"):
+        # the recall of a class, weighted by its queries, is the row's accuracy (equal queries per episode)
+        accuracy = frame[frame["label"] == label]["accuracy"].mean()
+        assert abs((part["recall"] * part["queries"]).sum() / part["queries"].sum() - accuracy) < 1e-9
+    confusion = pd.read_csv(tmp_path / "boards" / "confusion.csv")
+    assert confusion.groupby("label")["count"].sum().eq(40).all()
+    assert any(p.name.startswith("confusion_protonet") for p in written)
