@@ -411,14 +411,14 @@ def plot_confusion(counts: pd.DataFrame, path: Path, title: str) -> None:
 
     matrix = counts.pivot_table(index="truth", columns="predicted", values="count", aggfunc="sum", fill_value=0)
     fractions = matrix.div(matrix.sum(axis=1).clip(lower=1), axis=0)
-    size = 1.2 + 0.45 * len(matrix)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    size = max(3.6, 1.6 + 0.45 * len(matrix))
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
     image = ax.imshow(fractions.to_numpy(), cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(fractions.columns)), fractions.columns, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(fractions.index)), fractions.index, fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class's queries")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of true class")
     fig.suptitle(title, fontsize=8)
     save_figure(fig, path, dpi=110)
 
