@@ -162,11 +162,12 @@ EPISODE_SET = ["dataset_hash", "snr", "n_way", "k_shot", "q_query", "seed"]
 
 
 def episode_scores(frame: pd.DataFrame, row) -> pd.Series:
-    """Per-episode accuracy of one summary row, indexed by episode number (``frame`` with the
-    same labels as the summary, i.e. passed through :func:`_distinct_labels`)."""
+    """Per-episode accuracy of one summary row (the mean over its training seeds), indexed by
+    episode number; rows are matched by configuration and data, not by label."""
     mask = pd.Series(True, index=frame.index)
     for key in ROW_KEYS:
-        mask &= frame[key] == row[key]
+        if key != "label":
+            mask &= frame[key].fillna("") == row[key] if key.startswith("train_dataset") else frame[key] == row[key]
     return frame[mask].groupby("episode")["accuracy"].mean().sort_index()  # the mean over training seeds
 
 
