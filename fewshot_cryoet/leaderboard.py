@@ -401,6 +401,33 @@ def per_class_results(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     return pd.DataFrame(scores), pd.DataFrame(counts)
 
 
+#: Confidence bins of the expected calibration error.
+CALIBRATION_BINS = 15
+
+
+def calibration(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Expected calibration error per row, domain, SNR and N-way: the query-weighted mean gap
+    between confidence (the predicted class's probability) and accuracy in 15 equal-width
+    confidence bins, with the mean confidence and accuracy beside it. Users threshold on
+    confidence, so a row whose confidence says 0.9 should be right 9 times in 10."""
+    known = predictions.dropna(subset=["confidence"]) if "confidence" in predictions else predictions.iloc[:0]
+    if known.empty:
+        return pd.DataFrame()
+    known = _distinct_labels(known.assign(train_dataset=known["train_dataset"].fillna("")))
+    rows = []
+    for (label, train, dataset, snr, ways), part in known.groupby(["label", "train_dataset", "dataset", "snr", "n_way"],
+                                                                  sort=False):
+        confidence = part["confidence"].to_numpy()
+        correct = (part["truth"] == part["predicted"]).to_numpy(dtype=float)
+        bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+        gap = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
+                  for b in np.unique(bins)) / len(part)
+        rows.append({"label": label, "domain": domain(train, dataset), "snr": snr, "n_way": ways,
+                     "queries": len(part), "mean_confidence": float(confidence.mean()),
+                     "accuracy": float(correct.mean()), "ece": float(gap)})
+    return pd.DataFrame(rows)
+
+
 def plot_confusion(counts: pd.DataFrame, path: Path, title: str) -> None:
     """One heat-map of row-normalised confusion (fraction of each true class's queries)."""
     import matplotlib
@@ -488,6 +515,17 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         pivot = largest.pivot_table(index=["label", "domain", "snr", "n_way"], columns="class", values="recall",
                                     aggfunc="first")
         lines += [pivot.to_markdown(floatfmt=".2f"), ""]
+        calibrated = calibration(predictions)
+        if not calibrated.empty:
+            lines += ["### Calibration", "",
+                      f"Expected calibration error (ECE, {CALIBRATION_BINS} confidence bins): how far the stated "
+                      "confidence (the predicted class's probability: softmax of logits, or similarities "
+                      "normalised to sum 1) is from the accuracy. 0 is perfect; a row with mean confidence far below "
+                      "its accuracy understates itself. Scores are not calibrated yet, so read confidences as "
+                      "rankings, not probabilities.", "",
+                      calibrated.to_markdown(index=False, floatfmt=".3f"), ""]
+            write_text(out / "calibration.csv", calibrated.to_csv(index=False))
+            written.append(out / "calibration.csv")
         write_text(out / "per_class.csv", scores.to_csv(index=False))
         write_text(out / "confusion.csv", counts.to_csv(index=False))
         written += [out / "per_class.csv", out / "confusion.csv"]

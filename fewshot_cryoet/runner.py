@@ -306,7 +306,7 @@ class Runner:
         task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                                   total=len(episodes), completed=len(episodes) - len(missing))
         scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments else None,
-                                                             self.log))
+                                                             self.log, method.score_kind))
         for number in missing:
             episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
             start = time.perf_counter()

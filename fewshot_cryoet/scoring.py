@@ -52,9 +52,11 @@ class Scorer:
     test episodes with the same prediction is refined once.
     """
 
-    def __init__(self, crf: CRFParams | None = None, log: Callable[[str], None] = lambda message: None) -> None:
+    def __init__(self, crf: CRFParams | None = None, log: Callable[[str], None] = lambda message: None,
+                 score_kind: ScoreKind | str = ScoreKind.LOGITS) -> None:
         self.crf = crf
         self.log = log
+        self.score_kind = ScoreKind(score_kind)
         self.crf_failures = 0
         self._cache: dict = {}
 
@@ -95,9 +97,10 @@ class Scorer:
         n_query = len(episode.query_labels)
         check_scores(prediction.scores, n_query, episode.n_way)
         result = EpisodeResult(number, episode_accuracy(prediction.scores, episode.query_labels), seconds)
-        predicted = prediction.scores.argmax(dim=1).tolist()
-        result.query_classes = [(q, episode.classes[t], episode.classes[p])
-                                for q, (t, p) in enumerate(zip(episode.query_labels.tolist(), predicted))]
+        probabilities = class_probabilities(prediction.scores.float(), self.score_kind)
+        confidence, predicted = probabilities.max(dim=1)
+        result.query_classes = [(q, episode.classes[t], episode.classes[p], float(c)) for q, (t, p, c) in
+                                enumerate(zip(episode.query_labels.tolist(), predicted.tolist(), confidence.tolist()))]
         if prediction.probabilities is None or episode.query_masks is None:
             return result
         truth = episode.query_masks > 0

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS query_dice (
 CREATE INDEX IF NOT EXISTS episodes_by_cell ON episodes (cell);
 CREATE TABLE IF NOT EXISTS query_predictions (
     cell TEXT NOT NULL, episode INTEGER NOT NULL, query INTEGER NOT NULL,
-    truth TEXT NOT NULL, predicted TEXT NOT NULL,
+    truth TEXT NOT NULL, predicted TEXT NOT NULL, confidence REAL,
     PRIMARY KEY (cell, episode, query)
 );
 """ + """
@@ -125,8 +125,9 @@ class EpisodeResult:
     dice: float | None = None
     dice_crf: float | None = None
     query_dice: list[tuple[int, str, float, float | None]] | None = None
-    #: (query, true class, predicted class) per query: per-class accuracy and confusion matrices.
-    query_classes: list[tuple[int, str, str]] | None = None
+    #: (query, true class, predicted class, confidence) per query: per-class accuracy, confusion
+    #: matrices and calibration.
+    query_classes: list[tuple[int, str, str, float]] | None = None
 
 
 @dataclass
@@ -258,8 +259,8 @@ class ResultsStore:
                     [(cell.key, result.episode, q, c, d, dc) for q, c, d, dc in result.query_dice],
                 )
             if inserted and result.query_classes:
-                db.executemany("INSERT INTO query_predictions VALUES (?, ?, ?, ?, ?)",
-                               [(cell.key, result.episode, q, t, p) for q, t, p in result.query_classes])
+                db.executemany("INSERT INTO query_predictions VALUES (?, ?, ?, ?, ?, ?)",
+                               [(cell.key, result.episode, q, t, p, c) for q, t, p, c in result.query_classes])
         return bool(inserted)
 
     def checkpoints(self, cell: Cell) -> set[str]:

@@ -154,3 +154,14 @@ def test_per_class_results_and_confusion_from_stored_queries(two_configurations,
     confusion = pd.read_csv(tmp_path / "boards" / "confusion.csv")
     assert confusion.groupby("label")["count"].sum().eq(40).all()
     assert any(p.name.startswith("confusion_protonet") for p in written)
+
+
+def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
+    from fewshot_cryoet.leaderboard import calibration
+
+    rows = [{"label": "m", "method": "m", "variant": "default", "params_hash": "h", "budget": "", "seed": 0,
+             "train_dataset": "", "dataset": "d", "snr": "1", "n_way": 2, "truth": "a",
+             "predicted": "a" if i < 6 else "b", "confidence": 0.9} for i in range(10)]
+    table = calibration(pd.DataFrame(rows))
+    assert len(table) == 1 and abs(table["ece"].iloc[0] - 0.3) < 1e-9  # says 0.9, right 6 times in 10
+    assert abs(table["accuracy"].iloc[0] - 0.6) < 1e-9 and abs(table["mean_confidence"].iloc[0] - 0.9) < 1e-9
