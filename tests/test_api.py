@@ -87,3 +87,24 @@ def test_every_option_has_help():
     missing = [f"fsc {name} {param.opts[0]}" for name, command in commands(main) for param in command.params
                if isinstance(param, click.Option) and not param.help and param.opts[0] not in ("--help",)]
     assert not missing, missing
+
+
+def test_the_readme_data_set_example_runs(tmp_path, monkeypatch):
+    import numpy as np
+
+    from fewshot_cryoet import api
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- data-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md lost its data set example"
+    monkeypatch.chdir(tmp_path)
+    api.simulate("data/shrec", classes=6, per_class=6, snrs=[1000, 0.5], seed=0,
+                 config=SimulationConfig(box=16, voxel_size=20.0, route="fourier"),
+                 test_classes=["syn000", "syn001", "syn002", "syn003"], val_classes=["syn004"])
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert isinstance(namespace["volumes"], np.memmap) and not isinstance(namespace["x"], np.memmap)
+    assert namespace["x"].shape == (24, 16, 16, 16) and namespace["x"].dtype == np.float32
+    episode = namespace["episode"]
+    assert episode.support.shape == (4, 1, 16, 16, 16) and episode.query.shape == (20, 1, 16, 16, 16)
