@@ -119,11 +119,12 @@ class DataSource:
 
 
 def data_source(dataset: str | Path | SubtomogramDataset | None = None, templates: Sequence[str | Path] = (),
-                per_class: int | None = None, test_classes: Sequence[str] | None = None) -> DataSource:
+                per_class: int | None = None, test_classes: Sequence[str] | None = None,
+                preset: str | None = None) -> DataSource:
     """A registered data set name (default ``synthetic``), a data set folder or object, or
-    ``templates`` to simulate from. ``per_class`` applies to simulated data only, and
-    ``test_classes`` to ``templates`` only; given where they do not apply they are refused, not
-    ignored."""
+    ``templates`` to simulate from. ``per_class`` and ``preset`` (a named imaging,
+    ``datasets.presets``) apply to simulated data only, and ``test_classes`` to ``templates`` only;
+    given where they do not apply they are refused, not ignored."""
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.datasets.providers import templates_provider
     from fewshot_cryoet.plugins import get_plugins
@@ -133,7 +134,7 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
             raise SettingError("templates", "templates and dataset are alternatives; give one")
         explicit = {"test": list(test_classes)} if test_classes else None
         provider = templates_provider(list(templates), per_class or DEFAULT_PER_CLASS, explicit)
-        return DataSource("templates:" + ",".join(Path(p).name for p in templates), provider)
+        return _with_preset(DataSource("templates:" + ",".join(Path(p).name for p in templates), provider), preset)
     if test_classes:
         raise SettingError("test_classes", "test_classes applies only to templates (a data set's own "
                                            "splits are fixed when it is made: fsc simulate --test-classes)")
@@ -146,7 +147,7 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
             provider = registry.get(name)
             if per_class is not None and per_class != provider.per_class:
                 provider = replace(provider, per_class=per_class)
-            return DataSource(name, provider)
+            return _with_preset(DataSource(name, provider), preset)
         if not Path(name).is_dir():
             raise SettingError("dataset", f"unknown data set {name!r}: not a folder and not one of: "
                                           f"{', '.join(registry.names())}")
@@ -154,8 +155,26 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
     if per_class is not None:
         raise SettingError("per_class", f"per_class applies only to data simulated on demand, not to the data "
                                         f"set folder {fixed.path}")
+    if preset is not None:
+        raise SettingError("imaging", f"imaging {preset!r} applies only to data simulated on demand; the data set "
+                                      f"folder {fixed.path} was imaged when it was made")
     fixed.check()  # before anything is created or trained
     return DataSource(fixed.path.name, fixed=fixed)
+
+
+def _with_preset(source: DataSource, preset: str | None) -> DataSource:
+    """The source simulated with a named imaging preset instead (cached apart: the cache key covers
+    the settings), and named so (``synthetic@randomised``)."""
+    from fewshot_cryoet.datasets.presets import PRESETS, apply_preset
+
+    if preset is not None and preset not in PRESETS:
+        raise SettingError("imaging", f"imaging {preset!r}: use one of {', '.join(PRESETS)}")
+    if preset is None or preset == "default":
+        return source
+
+    config = apply_preset(source.provider.config, preset)
+    provider = replace(source.provider, config=config, name=f"{source.provider.name}-{preset}")
+    return DataSource(f"{source.name}@{preset}", provider)
 
 
 def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0,
@@ -325,13 +344,17 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
           snr: float | Sequence[float] = 1000.0, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
           overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
-          storage: str = DEFAULT_STORAGE, inputs: str = "robust", reporter: Reporter | None = None) -> ModelCard:
+          storage: str = DEFAULT_STORAGE, inputs: str = "robust", imaging: str | None = None,
+          reporter: Reporter | None = None) -> ModelCard:
     """Meta-train a method on a data set's training classes (model selection on its validation
     classes) into a self-describing model folder ``out``; returns the folder's card. ``snr`` may
     list several levels of one data set: each training episode then draws its level, for a model
     meant for data whose noise is not known. ``inputs="robust"`` (the default) starts from the input
     settings that held up best when the imaging changed (``methods.inputs.ROBUST_INPUTS``; see
-    leaderboards/robustness); ``"plain"`` from the method's own defaults. ``params`` win over both."""
+    leaderboards/robustness); ``"plain"`` from the method's own defaults. ``params`` win over both.
+    Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
+    default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
+    ``imaging="default"`` simulates the default microscope instead."""
     import fewshot_cryoet
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
@@ -356,7 +379,13 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     check_output_folder(Path(out), overwrite, "model")  # before hours of training, not after
     budget_ = Budget.parse(budget)
     torch_device = resolve_device(device)
-    source = data_source(dataset, templates, per_class, test_classes)
+    from fewshot_cryoet.datasets.presets import TRAINING_IMAGING
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+
+    on_demand = not isinstance(dataset, SubtomogramDataset) and (
+        bool(templates) or dataset is None or not Path(str(dataset)).is_dir())
+    preset = imaging if imaging is not None else (TRAINING_IMAGING if on_demand else None)
+    source = data_source(dataset, templates, per_class, test_classes, preset)
     reporter = as_reporter(reporter)
     levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
     if len(levels) > 1 and source.fixed is None:  # refused before anything is simulated

@@ -24,11 +24,14 @@ from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, 
 @click.option("--inputs", type=click.Choice(["robust", "plain"]), default="robust", show_default=True,
               help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
                    "or the method's own defaults; --param wins over both.")
+@click.option("--imaging", default=None, metavar="PRESET",
+              help="Imaging of training data simulated on demand (without --dataset) [randomised: domain-randomised, "
+                   "see README]; default gives the simulator's default microscope.")
 @queries_per_class_option
 @run_options
 @out_options("Model folder")
 def train(methods, param_texts, tuned, storage, variant, dataset, templates, test_classes, per_class, snr, budget,
-          inputs, queries_per_class, seed, device, out, overwrite) -> None:
+          inputs, imaging, queries_per_class, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
     from fewshot_cryoet.datasets.dataset import parse_snr
 
@@ -38,7 +41,8 @@ def train(methods, param_texts, tuned, storage, variant, dataset, templates, tes
         card = api.train(method, out, params=method_params(param_texts, method), tuned=tuned, storage=storage,
                          dataset=dataset, templates=templates, test_classes=parse_list(test_classes, "--test-classes"),
                          per_class=per_class, snr=levels if len(levels) > 1 else levels[0], budget=budget, queries_per_class=queries_per_class,
-                         seed=seed, device=device, overwrite=overwrite, inputs=inputs, reporter=RichReporter(progress))
+                         seed=seed, device=device, overwrite=overwrite, inputs=inputs, imaging=imaging,
+                         reporter=RichReporter(progress))
     from fewshot_cryoet.methods.base import FitReport
 
     say(f"{card.fit['label']}: {FitReport.from_dict(card.fit).describe()}; model in {out}")

@@ -163,3 +163,19 @@ def test_training_at_several_snr_levels_draws_each_and_is_recorded(tiny_val2_dat
     assert card.normalisation == InputNormalisation.from_params(ROBUST_INPUTS).describe()
     with pytest.raises(FscError, match="one data set holding them all"):
         api.train("protonet", tmp_path / "n", snr=[math.inf, 1.0], budget="2ep", per_class=2)
+
+
+def test_fsc_train_simulates_domain_randomised_data_by_default(tmp_path, monkeypatch, tiny_val2_dataset):
+    monkeypatch.setenv("FSC_CACHE_DIR", str(tmp_path / "cache"))
+    card = api.train("protonet", tmp_path / "m", snr=1000.0, budget="1ep", per_class=3, queries_per_class=2,
+                     params={"channels": [4, 8]})
+    assert card.dataset == "synthetic@randomised"
+    simulated = next((tmp_path / "cache" / "datasets").glob("synthetic-randomised-*"))
+    config = json.loads((simulated / "manifest.json").read_text())["simulation"]
+    assert config["defocus_um"] == [0.5, 8.0] and config["acquisition_voxel_size"] == [8.0, 16.0]
+    folder = api.train("protonet", tmp_path / "f", dataset=tiny_val2_dataset, snr=1.0, budget="1ep")
+    assert folder.dataset == "tiny-val2"  # a data set folder keeps the imaging it was made with
+    with pytest.raises(FscError, match="applies only to data simulated on demand"):
+        api.train("protonet", tmp_path / "g", dataset=tiny_val2_dataset, snr=1.0, budget="1ep", imaging="randomised")
+    with pytest.raises(FscError, match="imaging 'sharp'"):
+        api.train("protonet", tmp_path / "h", snr=1000.0, budget="1ep", imaging="sharp")

@@ -60,6 +60,12 @@ PRESETS["randomised"] = Preset(
      "alignment_jitter": (0.0, 1.5), "acquisition_voxel_size": (8.0, 16.0), "background": 0.3})
 
 
+#: The imaging ``fsc train`` simulates its training data with by default (data simulated on
+#: demand only): domain-randomised training held up best when the imaging changed
+#: (``leaderboards/robustness``).
+TRAINING_IMAGING = "randomised"
+
+
 def apply_preset(config, name: str | None, overrides: dict[str, Any] | None = None):
     """``config`` with the preset's settings, then ``overrides`` (explicit choices win)."""
     if name is not None and name not in PRESETS:
