@@ -106,8 +106,10 @@ def goals(data: pd.DataFrame, found: dict, frame: pd.DataFrame) -> list[str]:
     learned = data[data["method"] != "xcorr"]
     for snr in sorted(learned["snr"].unique(), key=lambda t: -math.inf if t == "inf" else -float(t)):
         part = learned[learned["snr"] == snr].copy()
-        present = [n for n in SHIFTED if n in part]
-        part["worst"] = part[present].min(axis=1) / part["default"]
+        part = part[part.reindex(columns=list(SHIFTED)).notna().all(axis=1)]  # rows tested on every domain
+        if part.empty:
+            continue
+        part["worst"] = part[list(SHIFTED)].min(axis=1) / part["default"]
         best = part.loc[part["worst"].idxmax()]
         shown = "∞" if snr == "inf" else snr
         lines.append(f"- SNR {shown}: the learned row that holds up best, **{best['row']}**, keeps "

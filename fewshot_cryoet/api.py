@@ -344,14 +344,15 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
           snr: float | Sequence[float] = 1000.0, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
           overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
-          storage: str = DEFAULT_STORAGE, inputs: str = "robust", imaging: str | None = None,
+          storage: str = DEFAULT_STORAGE, inputs: str = "plain", imaging: str | None = None,
           reporter: Reporter | None = None) -> ModelCard:
     """Meta-train a method on a data set's training classes (model selection on its validation
     classes) into a self-describing model folder ``out``; returns the folder's card. ``snr`` may
     list several levels of one data set: each training episode then draws its level, for a model
-    meant for data whose noise is not known. ``inputs="robust"`` (the default) starts from the input
-    settings that held up best when the imaging changed (``methods.inputs.ROBUST_INPUTS``; see
-    leaderboards/robustness); ``"plain"`` from the method's own defaults. ``params`` win over both.
+    meant for data whose noise is not known. ``inputs="robust"`` starts from the input normalisation
+    that helped models trained on the default imaging (``methods.inputs.ROBUST_INPUTS``); ``"plain"``
+    (the default) from the method's own defaults, which did better together with domain-randomised
+    data (leaderboards/robustness). ``params`` win over both.
     Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
     default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
     ``imaging="default"`` simulates the default microscope instead."""

@@ -21,7 +21,7 @@ from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, 
 @click.option("--snr", default="1000", show_default=True,
               help="SNR level to train at, or several comma-separated levels of one --dataset (each episode draws one).")
 @click.option("--budget", default="2000ep", show_default=True, help="Training budget: 2000ep (reproducible), 30m, or 2000ep,30m.")
-@click.option("--inputs", type=click.Choice(["robust", "plain"]), default="robust", show_default=True,
+@click.option("--inputs", type=click.Choice(["robust", "plain"]), default="plain", show_default=True,
               help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
                    "or the method's own defaults; --param wins over both.")
 @click.option("--imaging", default=None, metavar="PRESET",

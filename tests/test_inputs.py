@@ -132,7 +132,7 @@ def test_inputs_change_label_and_hash_but_defaults_keep_the_old_hash():
 
 def test_a_model_folder_records_its_inputs_and_refuses_what_it_cannot_apply(tiny_val2_dataset, tmp_path):
     card = api.train("protonet", tmp_path / "model", dataset=tiny_val2_dataset, snr=1.0, budget="2ep",
-                     params={"input_whiten": True, "input_lowpass": 60.0, "tta": 4}, inputs="plain")
+                     params={"input_whiten": True, "input_lowpass": 60.0, "tta": 4})
     assert "whitened" in card.normalisation and "60 Å" in card.normalisation
     method = api.load_method(tmp_path / "model", device="cpu")
     assert method.params["tta"] == 4 and method.inputs == InputNormalisation(60.0, True, 0.0)
@@ -159,8 +159,10 @@ def test_training_at_several_snr_levels_draws_each_and_is_recorded(tiny_val2_dat
     assert {mixed.sample(2, 1, 2, rng).snr for _ in range(20)} == {math.inf, 1.0}
     card = api.train("protonet", tmp_path / "m", dataset=tiny_val2_dataset, snr=[math.inf, 1.0], budget="2ep")
     assert card.snr == "inf,1"
-    assert {k: card.params[k] for k in ROBUST_INPUTS} == ROBUST_INPUTS  # fsc train's default: the robust inputs
-    assert card.normalisation == InputNormalisation.from_params(ROBUST_INPUTS).describe()
+    assert {k: card.params[k] for k in INPUT_DEFAULTS} == INPUT_DEFAULTS  # fsc train's default: plain inputs
+    robust = api.train("protonet", tmp_path / "r", dataset=tiny_val2_dataset, snr=1.0, budget="2ep", inputs="robust")
+    assert {k: robust.params[k] for k in ROBUST_INPUTS} == ROBUST_INPUTS
+    assert robust.normalisation == InputNormalisation.from_params(ROBUST_INPUTS).describe()
     with pytest.raises(FscError, match="one data set holding them all"):
         api.train("protonet", tmp_path / "n", snr=[math.inf, 1.0], budget="2ep", per_class=2)
 

@@ -39,7 +39,9 @@ INPUT_RULES: dict[str, Param] = {
     "input_sphere": Param("float", low=0.0, high=1.0),
     "tta": Param("int", choices=(1, 4)),
 }
-#: Settings of the robust default of ``fsc train`` (see README, "Robust inputs"), chosen by a
+#: The robust input settings (``fsc train --inputs robust``; see README, "Robust inputs"). They
+#: help a model trained on the default imaging; with domain-randomised training data they did
+#: worse than plain inputs, so ``fsc train`` does not use them by default. Chosen by a
 #: measurement (protonet, 150 training episodes, SNR 0.5, 6-way, 200 test episodes; accuracy on
 #: default / strong-envelope / near-focus / the first all-shifted): none .888/.685/.812/.560;
 #: low-pass 30 Å .882/.622/.811/.554; + whitening .827/.604/.816/.516; sphere 0.9 alone
