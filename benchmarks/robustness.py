@@ -57,6 +57,7 @@ ROWS = (
     Row("protonet, randomised training + robust inputs", "protonet", ROBUST_INPUTS, "randomised"),
     Row("COS-Net DuSE w decoder, randomised training + robust inputs", "cosnet/duse-decoder", ROBUST_INPUTS,
         "randomised"),
+    Row("COS-Net DuSE w decoder, randomised training", "cosnet/duse-decoder", train="randomised"),
 )
 
 
