@@ -95,8 +95,35 @@ def _level(in_channels: int, out_channels: int, duse: bool, merge: str) -> nn.Se
     return nn.Sequential(*layers)
 
 
-class COSNetwork(nn.Module):
-    """One stream (shared by both Siamese branches) plus the similarity head."""
+class SiameseStream(nn.Module):
+    """What every COS-Net topology shares: three encoder levels (max-pooled after the first two),
+    after an optional ``stem``; features from the encoding; an optional decoder; and the L1 → FC
+    similarity head. Subclasses build ``stem``, ``encoder``, ``features``, ``decoder`` and ``head``."""
+
+    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
+        stem = self._modules.get("stem")  # registered by topologies that have one
+        x = stem(volumes) if stem is not None else volumes
+        for i, level in enumerate(self.encoder):
+            x = level(x)
+            if i < 2:
+                x = F.max_pool3d(x, 2)
+        return x
+
+    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.features(self.encode(volumes))
+
+    def stream(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(feature vectors, decoder logits or None) for a batch of volumes."""
+        encoded = self.encode(volumes)
+        logits = self.decoder(encoded) if self.decoder is not None else None
+        return self.features(encoded), logits
+
+    def similarity_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
+
+
+class COSNetwork(SiameseStream):
+    """Our shallow stream (one convolution per level, a decoder of two transposed convolutions)."""
 
     def __init__(self, box: int, channels: int, embedding: int, duse: bool, decoder: bool, merge: str) -> None:
         super().__init__()
@@ -116,25 +143,6 @@ class COSNetwork(nn.Module):
             )
         self.head = nn.Linear(embedding, 1)
 
-    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
-        x = volumes
-        for i, level in enumerate(self.encoder):
-            x = level(x)
-            if i < 2:
-                x = F.max_pool3d(x, 2)
-        return x
-
-    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
-        return self.features(self.encode(volumes))
-
-    def stream(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(feature vectors, decoder logits or None) for a batch of volumes."""
-        encoded = self.encode(volumes)
-        logits = self.decoder(encoded) if self.decoder is not None else None
-        return self.features(encoded), logits
-
-    def similarity_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
 
 
 class PublishedConv(nn.Sequential):
@@ -161,10 +169,8 @@ class PublishedLevel(nn.Module):
         return self.duse(y) if self.duse is not None else y
 
 
-class PublishedNetwork(nn.Module):
-    """COS-Net as published (one stream plus the similarity head), with the interface of
-    :class:`COSNetwork` (``encode``, ``embed``, ``stream``, ``similarity_logits``, ``decoder``,
-    ``head``)."""
+class PublishedNetwork(SiameseStream):
+    """COS-Net as published: one stream plus the similarity head."""
 
     def __init__(self, box: int, channels: int, embedding: int, duse: bool, decoder: bool, merge: str,
                  shared_duse: bool = False, residual: bool = False) -> None:
@@ -184,24 +190,6 @@ class PublishedNetwork(nn.Module):
             self.decoder = PublishedDecoder(c, duse, merge, residual)
         self.head = nn.Linear(embedding, 1)
 
-    def encode(self, volumes: torch.Tensor) -> torch.Tensor:
-        x = self.stem(volumes)
-        for i, level in enumerate(self.encoder):
-            x = level(x)
-            if i < 2:
-                x = F.max_pool3d(x, 2)
-        return x
-
-    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
-        return self.features(self.encode(volumes))
-
-    def stream(self, volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        encoded = self.encode(volumes)
-        logits = self.decoder(encoded) if self.decoder is not None else None
-        return self.features(encoded), logits
-
-    def similarity_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.head((a[:, None, :] - b[None, :, :]).abs()).squeeze(-1)
 
 
 class PublishedDecoder(nn.Module):
