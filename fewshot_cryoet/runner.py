@@ -248,7 +248,8 @@ class Runner:
                            "choose another --store") from None
         checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
         report_path = checkpoint.with_suffix(".json")
-        where = f"{method.label} at SNR {snr_label(snr)}" + (f", training seed {seed}" if train_seed is not None else "")
+        where = f"{method.label} at SNR {snr_label(snr)}" + (
+            f", training seed {seed}" if train_seed not in (None, self.settings.seed) else "")
         waited = False
         while True:
             claim = self.store.claim_fit(identity)
