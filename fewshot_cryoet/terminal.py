@@ -64,7 +64,7 @@ class RichReporter(Reporter):
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.plain = not progress.console.is_terminal
-        self._printed: dict[int, float] = {}
+        self._printed: dict[int, tuple[float, float]] = {}  # task → (when, completed) of its last line
 
     def _start(self, task: Task) -> object:
         key = self.progress.add_task(task.description, total=task.total, completed=task.completed)
@@ -80,9 +80,9 @@ class RichReporter(Reporter):
     def _plain_line(self, task: Task, force: bool) -> None:
         now = time.monotonic()
         last = self._printed.get(id(task))
-        if not force and last is not None and now - last < PLAIN_PROGRESS_SECONDS:
-            return
-        self._printed[id(task)] = now
+        if last is not None and (last[1] == task.completed or (not force and now - last[0] < PLAIN_PROGRESS_SECONDS)):
+            return  # nothing new, or too soon
+        self._printed[id(task)] = (now, task.completed)
         if task.total:
             done = f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
         else:
