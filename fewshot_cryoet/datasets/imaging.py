@@ -69,7 +69,7 @@ class ParticleOptics:
     lowpass_angstrom: torch.Tensor | None = None
 
 
-def lowpass(k: torch.Tensor, resolution_angstrom: torch.Tensor) -> torch.Tensor:
+def lowpass(k: torch.Tensor, resolution_angstrom: torch.Tensor | float) -> torch.Tensor:
     """Gaussian low-pass exp(−ln 2·(k·d)²): 1/2 at k = 1/d."""
     return torch.exp(-math.log(2) * (k * resolution_angstrom) ** 2)
 
@@ -139,6 +139,14 @@ def radial_frequency(shape: tuple[int, ...], voxel_size: float, rfft_last: bool 
     for a in axes[1:]:
         total = total + a
     return torch.sqrt(total)
+
+
+def centred_radius(shape: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+    """Distance in voxels of every grid point from the grid centre ``(n − 1) / 2`` (the centre the
+    simulator rotates about), float32 on ``device``."""
+    axes = [torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2 for n in shape]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.sqrt(sum(g**2 for g in grids))
 
 
 def fourier_image(

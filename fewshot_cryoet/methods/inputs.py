@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from fewshot_cryoet.datasets.imaging import centred_radius, lowpass, radial_frequency
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.params import Param
 
@@ -88,11 +89,11 @@ class InputNormalisation:
         out = volumes.float()
         if self.whiten or self.lowpass:
             spectrum = torch.fft.rfftn(out, dim=(-3, -2, -1))
-            k = _frequency(shape, voxel_size, volumes.device)
+            k = radial_frequency(tuple(shape), voxel_size).to(volumes.device)
             if self.whiten:
                 spectrum = spectrum / _radial_amplitude(spectrum, k)
             if self.lowpass:
-                spectrum = spectrum * torch.exp(-math.log(2) * (k * self.lowpass) ** 2)
+                spectrum = spectrum * lowpass(k, self.lowpass)
             out = torch.fft.irfftn(spectrum, s=shape, dim=(-3, -2, -1))
         weights = _sphere(shape, self.sphere, volumes.device) if self.sphere else None
         flat = out.flatten(-3)
@@ -115,14 +116,6 @@ class InputNormalisation:
                        query=self(episode.query, episode.voxel_size))
 
 
-def _frequency(shape: tuple[int, ...], voxel_size: float, device) -> torch.Tensor:
-    """|k| (1/Å) on the rfft grid of ``shape``."""
-    kz = torch.fft.fftfreq(shape[0], d=voxel_size, device=device).view(-1, 1, 1)
-    ky = torch.fft.fftfreq(shape[1], d=voxel_size, device=device).view(1, -1, 1)
-    kx = torch.fft.rfftfreq(shape[2], d=voxel_size, device=device).view(1, 1, -1)
-    return torch.sqrt(kz**2 + ky**2 + kx**2)
-
-
 def _radial_amplitude(spectrum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Each volume's mean amplitude in shells of its own frequency, broadcast back onto the
     grid (floored, so empty shells and the missing wedge never divide by zero)."""
@@ -139,9 +132,7 @@ def _radial_amplitude(spectrum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def _sphere(shape: tuple[int, ...], fraction: float, device) -> torch.Tensor:
     """A soft-edged (2-voxel cosine) ball of radius ``fraction`` × half the box."""
-    axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    r = torch.sqrt(z**2 + y**2 + x**2)
+    r = centred_radius(shape, device)
     radius = fraction * min(shape) / 2
     edge = ((r - radius + 2) / 2).clamp(0, 1)
     return 0.5 * (1 + torch.cos(math.pi * edge))

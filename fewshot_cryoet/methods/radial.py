@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction
 from fewshot_cryoet.params import Param
@@ -22,9 +23,7 @@ def radial_profiles(volumes: torch.Tensor, bins: int) -> torch.Tensor:
     """``(N, 1, D, H, W)`` → ``(N, bins)``: mean density in equal-width shells from the box centre
     out to the inscribed sphere (corners left out)."""
     shape = volumes.shape[-3:]
-    axes = [torch.arange(n, dtype=torch.float32, device=volumes.device) - (n - 1) / 2 for n in shape]
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    radius = torch.sqrt(z**2 + y**2 + x**2).flatten()
+    radius = centred_radius(tuple(shape), volumes.device).flatten()
     outer = min(shape) / 2
     shell = torch.clamp((radius / outer * bins).long(), max=bins)  # index `bins` = outside the sphere
     flat = volumes.flatten(1).float()

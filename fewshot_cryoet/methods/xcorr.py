@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.params import Param
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
@@ -68,9 +69,7 @@ class CrossCorrelation(FewShotMethod):
 
     @staticmethod
     def _sphere(size: int, device) -> torch.Tensor:
-        axis = torch.arange(size, device=device) - (size - 1) / 2
-        z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-        return (z**2 + y**2 + x**2) <= (size / 2) ** 2
+        return centred_radius((size,) * 3, device) <= size / 2
 
     @staticmethod
     def _normalise(rows: torch.Tensor) -> torch.Tensor:
