@@ -35,6 +35,16 @@ ROW_KEYS = ["dataset", "dataset_hash", "train_dataset", "train_dataset_hash", "m
 CONFIGURATION = ["method", "variant", "params_hash", "budget", "seed"]
 
 
+#: The columns of cross-domain rows: "" for in-domain rows.
+CROSS_DOMAIN = ("train_dataset", "train_dataset_hash")
+
+
+def _filled(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its cross-domain columns "" for in-domain rows (older stores lack them, and
+    joins may give NaN), so rows compare and group alike wherever they come from."""
+    return frame.assign(**{c: frame[c].fillna("") if c in frame else "" for c in CROSS_DOMAIN})
+
+
 def _with_training_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Every row's training seed: its own, or the episode seed it was trained with (rows from
     stores before training seeds existed were all trained with it)."""
@@ -68,8 +78,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     configurations never merge, even under one label: where a label covers several, the label
     says what differs (budget, seed or hyper-parameter hash). An episode index appears at most
     once per row and training seed; anything else is refused, since it would narrow the CI."""
-    frame = frame.assign(**{c: frame[c].fillna("") if c in frame else "" for c in ("train_dataset", "train_dataset_hash")})
-    frame = _distinct_labels(_with_training_seeds(frame))
+    frame = _distinct_labels(_with_training_seeds(_filled(frame)))
     keys = ROW_KEYS
     rows = []
     for key, group in frame.groupby(keys, sort=False):
@@ -163,11 +172,12 @@ EPISODE_SET = ["dataset_hash", "snr", "n_way", "k_shot", "q_query", "seed"]
 
 def episode_scores(frame: pd.DataFrame, row) -> pd.Series:
     """Per-episode accuracy of one summary row (the mean over its training seeds), indexed by
-    episode number; rows are matched by configuration and data, not by label."""
+    episode number; rows are matched by configuration and data, not by label (``frame`` as the
+    store gives it, or passed through :func:`_filled`)."""
     mask = pd.Series(True, index=frame.index)
     for key in ROW_KEYS:
         if key != "label":
-            mask &= frame[key].fillna("") == row[key] if key.startswith("train_dataset") else frame[key] == row[key]
+            mask &= frame[key] == row[key]
     return frame[mask].groupby("episode")["accuracy"].mean().sort_index()  # the mean over training seeds
 
 
@@ -190,8 +200,7 @@ def accuracy_table(summary: pd.DataFrame, frame: pd.DataFrame | None = None) -> 
     with the chance level 1/N. With the results ``frame``, ties are decided by a paired test on the
     episodes both rows share (every method is scored on the same episodes)."""
     ordered, columns = _ordered(summary)
-    frame = _distinct_labels(frame.assign(**{c: frame[c].fillna("") for c in ("train_dataset", "train_dataset_hash")
-                                             if c in frame})) if frame is not None else None
+    frame = _distinct_labels(_filled(frame)) if frame is not None else None
     labels = list(dict.fromkeys(summary["label"]))
     table = pd.DataFrame("—", index=[*labels, CHANCE], columns=columns)
     for column in columns:
@@ -229,7 +238,7 @@ def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     from fewshot_cryoet.metrics import paired_comparison
 
     summary = summarise(frame)
-    frame = _distinct_labels(frame.assign(**{c: frame[c].fillna("") for c in ("train_dataset", "train_dataset_hash")}))
+    frame = _distinct_labels(_filled(frame))
     left, right = _rows_named(summary, a), _rows_named(summary, b)
     place = ["train_dataset", "dataset", *EPISODE_SET]
     rows = []
@@ -277,8 +286,7 @@ def per_class_dice(query_dice: pd.DataFrame) -> pd.DataFrame | None:
     if query_dice.empty:
         return None
     keys = ["train_dataset", "dataset", "label", "snr", "n_way", "k_shot", "class"]
-    query_dice = query_dice.assign(train_dataset=query_dice["train_dataset"].fillna("")
-                                   if "train_dataset" in query_dice else "")
+    query_dice = _filled(query_dice)
     raw = query_dice.groupby(keys)["dice"].agg(["mean", "std", "count"])
     refined = query_dice.groupby(keys)["dice_crf"].agg(["mean", "std"]).add_prefix("crf_")
     out = raw.join(refined).reset_index()
@@ -385,7 +393,7 @@ def per_class_results(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
 
     if predictions.empty:
         return pd.DataFrame(), pd.DataFrame()
-    predictions = _distinct_labels(predictions.assign(train_dataset=predictions["train_dataset"].fillna("")))
+    predictions = _distinct_labels(_filled(predictions))
     scores, counts = [], []
     for (label, train, dataset, snr, ways), part in predictions.groupby(
             ["label", "train_dataset", "dataset", "snr", "n_way"], sort=False):
@@ -413,7 +421,7 @@ def calibration(predictions: pd.DataFrame) -> pd.DataFrame:
     known = predictions.dropna(subset=["confidence"]) if "confidence" in predictions else predictions.iloc[:0]
     if known.empty:
         return pd.DataFrame()
-    known = _distinct_labels(known.assign(train_dataset=known["train_dataset"].fillna("")))
+    known = _distinct_labels(_filled(known))
     rows = []
     for (label, train, dataset, snr, ways), part in known.groupby(["label", "train_dataset", "dataset", "snr", "n_way"],
                                                                   sort=False):
