@@ -81,9 +81,17 @@ def load_method(path: str | Path, device: str | torch.device = "cpu"):
     if "method" not in payload or not isinstance(payload.get("params"), dict):
         raise FscError(f"{path}: not a fewshot-cryoet checkpoint")
     cls = require_methods([str(payload["method"])])[0]
-    params = cls.upgrade_checkpoint(payload["params"], payload.get("state") or {})
-    method = cls(params, payload.get("variant"), device)
-    method.load_payload({**payload, "params": params}, path, payload.get("box"))
+    return method_from_payload(cls, payload["params"], payload.get("variant"), payload, path, payload.get("box"), device)
+
+
+def method_from_payload(cls, params: dict[str, Any], variant: str | None, payload: dict[str, Any], path: str | Path,
+                        box: int | None, device: str | torch.device = "cpu"):
+    """``cls`` built with ``params`` (as the method maps an old checkpoint's, see
+    ``FewShotMethod.upgrade_checkpoint``) and the checkpoint ``payload`` loaded into it: the one
+    way a checkpoint file or a model folder becomes a method."""
+    params = cls.upgrade_checkpoint(params, payload.get("state") or {})
+    method = cls(params, variant, device)
+    method.load_payload({**payload, "params": params}, path, box)
     return method
 
 

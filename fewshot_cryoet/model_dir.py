@@ -77,20 +77,18 @@ def load_model(folder: Path, device: str | torch.device = "cpu"):
     if unknown:
         raise FscError(f"{card_path}: hyper-parameters {', '.join(unknown)} are unknown to {card.method} "
                        f"in this version ({fewshot_cryoet.__version__}); was the model made by another version?")
-    payload, weights = None, folder / "weights.pt"
-    params = card.params
     if cls.trainable:
-        from fewshot_cryoet.checkpoints import read_checkpoint
+        from fewshot_cryoet.checkpoints import method_from_payload, read_checkpoint
 
+        weights = folder / "weights.pt"
         if not weights.exists():
             raise FscError(f"{folder}: weights.pt is missing; the folder is incomplete")
-        payload = read_checkpoint(weights, device)
-        params = cls.upgrade_checkpoint(card.params, payload.get("state") or {})
-    method = cls(params, card.variant, device)
+        method = method_from_payload(cls, card.params, card.variant, read_checkpoint(weights, device), weights,
+                                     card.box, device)
+    else:
+        method = cls(card.params, card.variant, device)
     if card.normalisation != method.inputs.describe():  # the card's words must be what this code does
         raise FscError(f"{folder}: model expects volumes normalised as {card.normalisation!r}, which this "
                        f"version ({fewshot_cryoet.__version__}) cannot apply; use the version that made it "
                        f"({card.package_version})")
-    if payload is not None:
-        method.load_payload({**payload, "params": params}, weights, card.box)
     return method, card

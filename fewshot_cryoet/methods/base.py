@@ -16,7 +16,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -355,7 +355,6 @@ def _with_inputs_for_predict(predict: Callable[[FewShotMethod, Episode], Predict
         finally:
             self._inputs_applied = False
 
-    wrapper._inputs_wrapped = True
     return wrapper
 
 
@@ -386,9 +385,7 @@ def _with_inputs_for_fit(fit: Callable[[FewShotMethod, FitContext], FitReport]):
             return fit(self, context)
         self._fit_inputs_applied = True
         try:
-            from dataclasses import replace as _replace
-
-            return fit(self, _replace(context, train=NormalisedSource(context.train, self.inputs)))
+            return fit(self, replace(context, train=NormalisedSource(context.train, self.inputs)))
         finally:
             self._fit_inputs_applied = False
 
