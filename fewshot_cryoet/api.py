@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -119,12 +120,11 @@ class DataSource:
 
 
 def data_source(dataset: str | Path | SubtomogramDataset | None = None, templates: Sequence[str | Path] = (),
-                per_class: int | None = None, test_classes: Sequence[str] | None = None,
-                preset: str | None = None) -> DataSource:
+                per_class: int | None = None, test_classes: Sequence[str] | None = None) -> DataSource:
     """A registered data set name (default ``synthetic``), a data set folder or object, or
-    ``templates`` to simulate from. ``per_class`` and ``preset`` (a named imaging,
-    ``datasets.presets``) apply to simulated data only, and ``test_classes`` to ``templates`` only;
-    given where they do not apply they are refused, not ignored."""
+    ``templates`` to simulate from. ``per_class`` applies to simulated data only, and
+    ``test_classes`` to ``templates`` only; given where they do not apply they are refused, not
+    ignored."""
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.datasets.providers import templates_provider
     from fewshot_cryoet.plugins import get_plugins
@@ -134,7 +134,7 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
             raise SettingError("templates", "templates and dataset are alternatives; give one")
         explicit = {"test": list(test_classes)} if test_classes else None
         provider = templates_provider(list(templates), per_class or DEFAULT_PER_CLASS, explicit)
-        return _with_preset(DataSource("templates:" + ",".join(Path(p).name for p in templates), provider), preset)
+        return DataSource("templates:" + ",".join(Path(p).name for p in templates), provider)
     if test_classes:
         raise SettingError("test_classes", "test_classes applies only to templates (a data set's own "
                                            "splits are fixed when it is made: fsc simulate --test-classes)")
@@ -147,7 +147,7 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
             provider = registry.get(name)
             if per_class is not None and per_class != provider.per_class:
                 provider = replace(provider, per_class=per_class)
-            return _with_preset(DataSource(name, provider), preset)
+            return DataSource(name, provider)
         if not Path(name).is_dir():
             raise SettingError("dataset", f"unknown data set {name!r}: not a folder and not one of: "
                                           f"{', '.join(registry.names())}")
@@ -155,21 +155,22 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
     if per_class is not None:
         raise SettingError("per_class", f"per_class applies only to data simulated on demand, not to the data "
                                         f"set folder {fixed.path}")
-    if preset is not None:
-        raise SettingError("imaging", f"imaging {preset!r} applies only to data simulated on demand; the data set "
-                                      f"folder {fixed.path} was imaged when it was made")
     fixed.check()  # before anything is created or trained
     return DataSource(fixed.path.name, fixed=fixed)
 
 
 def _with_preset(source: DataSource, preset: str | None) -> DataSource:
     """The source simulated with a named imaging preset instead (cached apart: the cache key covers
-    the settings), and named so (``synthetic@randomised``)."""
+    the settings), and named so (``synthetic@randomised``); a data set folder was imaged when it
+    was made, so an explicit ``preset`` for one is refused."""
     from fewshot_cryoet.datasets.presets import PRESETS, apply_preset
 
+    if source.fixed is not None and preset is not None:
+        raise SettingError("imaging", f"imaging {preset!r} applies only to data simulated on demand; the data set "
+                                      f"folder {source.fixed.path} was imaged when it was made")
     if preset is not None and preset not in PRESETS:
         raise SettingError("imaging", f"imaging {preset!r}: use one of {', '.join(PRESETS)}")
-    if preset is None or preset == "default":
+    if preset is None or preset == "default" or source.fixed is not None:
         return source
 
     config = apply_preset(source.provider.config, preset)
@@ -381,12 +382,9 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     budget_ = Budget.parse(budget)
     torch_device = resolve_device(device)
     from fewshot_cryoet.datasets.presets import TRAINING_IMAGING
-    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
 
-    on_demand = not isinstance(dataset, SubtomogramDataset) and (
-        bool(templates) or dataset is None or not Path(str(dataset)).is_dir())
-    preset = imaging if imaging is not None else (TRAINING_IMAGING if on_demand else None)
-    source = data_source(dataset, templates, per_class, test_classes, preset)
+    source = data_source(dataset, templates, per_class, test_classes)
+    source = _with_preset(source, imaging if imaging is not None or source.fixed is not None else TRAINING_IMAGING)
     reporter = as_reporter(reporter)
     levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
     if len(levels) > 1 and source.fixed is None:  # refused before anything is simulated
@@ -541,13 +539,9 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
     default they go to ``leaderboards/<data set name>/`` (the store's name when it holds several
     test data sets), so two stores never overwrite each other's tables."""
     from fewshot_cryoet.leaderboard import render
-    from fewshot_cryoet.store import ResultsStore
 
     store = Path(store)
-    if not store.exists():
-        raise SettingError("store", f"store {store}: no such results store; run bench first")
-    results = ResultsStore(store)
-    try:
+    with _existing_store(store) as results:
         frame = results.frame()
         if frame.empty:
             raise SettingError("store", f"store {store}: holds no results yet; run bench first")
@@ -556,6 +550,18 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             name = str(names[0]) if len(names) == 1 else store.stem
             out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or store.stem)
         return render(frame, results.query_dice_frame(), Path(out), store.name, results.query_predictions_frame())
+
+
+@contextmanager
+def _existing_store(store: Path):
+    """A results store that must exist already (reading never creates one), closed afterwards."""
+    from fewshot_cryoet.store import ResultsStore
+
+    if not store.exists():
+        raise SettingError("store", f"store {store}: no such results store; run bench first")
+    results = ResultsStore(store)
+    try:
+        yield results
     finally:
         results.close()
 
@@ -564,16 +570,9 @@ def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
     """One method (a label, or a method name with one row) against another, cell by cell, on the
     episodes both were scored on: the paired difference, its CI and a Wilcoxon test."""
     from fewshot_cryoet.leaderboard import compare as compare_rows
-    from fewshot_cryoet.store import ResultsStore
 
-    store = Path(store)
-    if not store.exists():
-        raise SettingError("store", f"store {store}: no such results store; run bench first")
-    results = ResultsStore(store)
-    try:
+    with _existing_store(Path(store)) as results:
         return compare_rows(results.frame(), a, b)
-    finally:
-        results.close()
 
 
 def parse_param_overrides(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
