@@ -170,7 +170,7 @@ def _with_preset(source: DataSource, preset: str | None) -> DataSource:
                                       f"folder {source.fixed.path} was imaged when it was made")
     if preset is not None and preset not in PRESETS:
         raise SettingError("imaging", f"imaging {preset!r}: use one of {', '.join(PRESETS)}")
-    if preset is None or preset == "default" or source.fixed is not None:
+    if preset is None or preset == "default":
         return source
 
     config = apply_preset(source.provider.config, preset)
