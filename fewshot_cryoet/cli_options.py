@@ -98,7 +98,7 @@ def method_options(single: bool):
     def apply(function):
         which = (click.option("--method", "methods", required=True, help="Method, optionally METHOD/VARIANT.")
                  if single else
-                 click.option("--methods", "methods", default="protonet,siamese,xcorr", show_default=True,
+                 click.option("--methods", "methods", default="protonet,siamese,xcorr,radial", show_default=True,
                               help="Comma-separated methods, optionally NAME/VARIANT."))
         return _stack(
             which,

@@ -101,6 +101,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             "fit_episodes": float(group["fit_episodes"].dropna().mean()) if group["fit_episodes"].notna().any() else math.nan,
             "examples_seen": _examples_seen(group),
             "val_accuracy": float(group["val_accuracy"].dropna().mean()) if group["val_accuracy"].notna().any() else math.nan,
+            "mask_snr": float(group["mask_snr"].iloc[0]) if "mask_snr" in group else math.nan,
             "device": group["device"].iloc[0], "package_version": group["package_version"].iloc[0],
             "plugin": group["plugin"].iloc[0],
         })
@@ -155,9 +156,15 @@ def _snr_order(text: str) -> float:
 
 
 def _column(row) -> str:
+    """``SNR 0.02 (in-mask 0.16) · 8-way``: the nominal SNR is over the whole box, mostly solvent;
+    the median SNR inside the particle masks says how hard the level really is."""
     shot = "" if row["k_shot"] == 1 else f" {row['k_shot']}-shot"
     snr = "∞" if row["snr"] == "inf" else row["snr"]
-    return f"SNR {snr} · {row['n_way']}-way{shot}"
+    mask_snr = row.get("mask_snr", math.nan)
+    if not (isinstance(mask_snr, float) and math.isfinite(mask_snr)):
+        return f"SNR {snr} · {row['n_way']}-way{shot}"
+    inside = f"{mask_snr:.2g}" if mask_snr < 100 else f"{mask_snr:.0f}"
+    return f"SNR {snr} (in-mask {inside}) · {row['n_way']}-way{shot}"
 
 
 def _ordered(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -527,10 +534,10 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         if not calibrated.empty:
             lines += ["### Calibration", "",
                       f"Expected calibration error (ECE, {CALIBRATION_BINS} confidence bins): how far the stated "
-                      "confidence (the predicted class's probability: softmax of logits, or similarities "
-                      "normalised to sum 1) is from the accuracy. 0 is perfect; a row with mean confidence far below "
-                      "its accuracy understates itself. Scores are not calibrated yet, so read confidences as "
-                      "rankings, not probabilities.", "",
+                      "confidence (the predicted class's probability, softmax(scores / T)) is from the accuracy. "
+                      "T is fitted on validation-class episodes after training for trained methods and a fixed, "
+                      "measured value for training-free ones (`fewshot_cryoet.calibration`). 0 is perfect; mean "
+                      "confidence below accuracy means the row understates itself.", "",
                       calibrated.to_markdown(index=False, floatfmt=".3f"), ""]
             write_text(out / "calibration.csv", calibrated.to_csv(index=False))
             written.append(out / "calibration.csv")

@@ -36,7 +36,8 @@ from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volu
 from fewshot_cryoet.datasets.templates import resample
 from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.reporting import Reporter, as_reporter
-from fewshot_cryoet.scoring import Scorer, class_probabilities
+from fewshot_cryoet.calibration import class_probabilities
+from fewshot_cryoet.scoring import Scorer
 
 PATH_COLUMNS = ("rlnImageName", "rlnSubtomogramName", "path", "file", "filename", "image")
 CLASS_COLUMNS = ("class", "label", "fscClass", "rlnClassName", "rlnClassNumber")
@@ -403,7 +404,7 @@ def _predict_into(tmp: Path, method, support: PreparedSupport, queries: pd.DataF
             prediction = method.predict(episode)
             scores = prediction.scores.float()
             finite = torch.isfinite(scores).all(dim=1)
-            probabilities = class_probabilities(torch.nan_to_num(scores), method.score_kind)
+            probabilities = class_probabilities(torch.nan_to_num(scores), method.temperature)
         for i, (index, path, volume, geometry) in enumerate(batch):
             if not finite[i]:
                 bad(index, path, f"{path}: {method.name} returned NaN or infinite scores for this query")

@@ -19,6 +19,7 @@ import fewshot_cryoet
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
 from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.calibration import temperature_fitter
 from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
 from fewshot_cryoet.reporting import Reporter, as_reporter
 from fewshot_cryoet.scoring import Scorer, validator
@@ -126,7 +127,8 @@ def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segme
                 queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
     """The one way a fit is set up: training-class episodes, validation through the scorer."""
     train, validation = fit_data(dataset, snr, segments, queries, seed, shot)
-    return FitContext(train, validator(validation), budget, device, seed, progress, report)
+    return FitContext(train, validator(validation), budget, device, seed, progress, report,
+                      calibrate=temperature_fitter(validation))
 
 
 def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_class_overlap: bool = False) -> None:
@@ -196,6 +198,7 @@ class Runner:
         methods are trained and selected on ``train`` and tested on ``dataset``'s test classes."""
         settings = self.settings
         dataset.check()  # an edited manifest or damaged files are refused before any training
+        self.store.record_snr_level(dataset.content_hash, snr_label(snr), dataset.mask_snr(snr))
         if train is not None:
             train.check()
             check_domains(train, dataset, allow_class_overlap)
@@ -307,7 +310,7 @@ class Runner:
         task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                                   total=len(episodes), completed=len(episodes) - len(missing))
         scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments else None,
-                                                             self.log, method.score_kind))
+                                                             self.log, method.temperature))
         for number in missing:
             episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
             start = time.perf_counter()

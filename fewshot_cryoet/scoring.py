@@ -16,25 +16,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fewshot_cryoet.calibration import class_probabilities
 from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.methods.base import ScoreKind
 from fewshot_cryoet.metrics import dice, episode_accuracy
 from fewshot_cryoet.segmentation.crf import CRFParams, refine
 from fewshot_cryoet.store import EpisodeResult
 
 #: Foreground probability above which a voxel is in the raw mask.
 RAW_THRESHOLD = 0.5
-
-
-def class_probabilities(scores: torch.Tensor, kind: ScoreKind | str) -> torch.Tensor:
-    """Per-class probabilities from a method's scores: softmax of logits, or similarities in
-    [0, 1] normalised to sum to 1."""
-    if ScoreKind(kind) is ScoreKind.SIMILARITY:
-        positive = scores.clamp_min(0)
-        total = positive.sum(dim=1, keepdim=True)
-        uniform = torch.full_like(scores, 1 / scores.shape[1])
-        return torch.where(total > 0, positive / total.clamp_min(1e-12), uniform)
-    return torch.softmax(scores, dim=1)
 
 
 def check_scores(scores: torch.Tensor, n_query: int, n_way: int) -> None:
@@ -53,10 +42,10 @@ class Scorer:
     """
 
     def __init__(self, crf: CRFParams | None = None, log: Callable[[str], None] = lambda message: None,
-                 score_kind: ScoreKind | str = ScoreKind.LOGITS) -> None:
+                 temperature: float = 1.0) -> None:
         self.crf = crf
         self.log = log
-        self.score_kind = ScoreKind(score_kind)
+        self.temperature = temperature  # confidences are softmax(scores / temperature): see calibration
         self.crf_failures = 0
         self._cache: dict = {}
 
@@ -97,7 +86,7 @@ class Scorer:
         n_query = len(episode.query_labels)
         check_scores(prediction.scores, n_query, episode.n_way)
         result = EpisodeResult(number, episode_accuracy(prediction.scores, episode.query_labels), seconds)
-        probabilities = class_probabilities(prediction.scores.float(), self.score_kind)
+        probabilities = class_probabilities(prediction.scores, self.temperature)
         confidence, predicted = probabilities.max(dim=1)
         result.query_classes = [(q, episode.classes[t], episode.classes[p], float(c)) for q, (t, p, c) in
                                 enumerate(zip(episode.query_labels.tolist(), predicted.tolist(), confidence.tolist()))]

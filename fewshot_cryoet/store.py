@@ -30,7 +30,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS fits (
     identity TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
     pid INTEGER NOT NULL, heartbeat REAL NOT NULL, checkpoint_hash TEXT, report TEXT
 );
+CREATE TABLE IF NOT EXISTS snr_levels (
+    dataset_hash TEXT NOT NULL, snr TEXT NOT NULL, mask_snr REAL,
+    PRIMARY KEY (dataset_hash, snr)
+);
 """
 #: What each older schema version lacks (added in place when such a store is opened).
 MIGRATIONS = {
@@ -75,8 +79,9 @@ MIGRATIONS = {
     3: "ALTER TABLE episodes ADD COLUMN fit_examples INTEGER;",
     4: "ALTER TABLE episodes ADD COLUMN train_seed INTEGER;",
     5: "",  # the query_predictions table (created by the schema script that follows every migration)
+    6: "",  # the snr_levels table
 }
-OUR_TABLES = {"meta", "episodes", "query_dice", "fits", "query_predictions"}
+OUR_TABLES = {"meta", "episodes", "query_dice", "fits", "query_predictions", "snr_levels"}
 #: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
 STALE_SECONDS = 120.0
 HEARTBEAT_SECONDS = 15.0
@@ -309,9 +314,20 @@ class ResultsStore:
         """A background thread that keeps this process's claim on ``identity`` fresh."""
         return Heartbeat(self.path, identity, self.owner)
 
+    def record_snr_level(self, dataset_hash: str, snr: str, mask_snr: float | None) -> None:
+        """Keep a data set level's median in-mask SNR, which leaderboard headers show beside the
+        nominal whole-box SNR (a store outlives the data sets it scored)."""
+        with self.transaction():
+            self.connection.execute("INSERT OR REPLACE INTO snr_levels VALUES (?, ?, ?)",
+                                    (dataset_hash, snr, None if mask_snr is None or math.isinf(mask_snr) else mask_snr))
+
     def frame(self) -> pd.DataFrame:
-        """Every episode row as a DataFrame."""
-        return pd.read_sql_query("SELECT * FROM episodes ORDER BY id", self.connection)
+        """Every episode row as a DataFrame, with its level's median in-mask SNR (``mask_snr``,
+        NaN where unknown: noise-free levels, stores from before schema 7)."""
+        frame = pd.read_sql_query(
+            "SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
+            "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr ORDER BY e.id", self.connection)
+        return frame.assign(mask_snr=frame["mask_snr"].astype(float))
 
     def query_predictions_frame(self) -> pd.DataFrame:
         """Every stored query's true and predicted class, with its row's identity."""

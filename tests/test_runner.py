@@ -160,7 +160,11 @@ def test_leaderboard_files(tiny_dataset, tmp_path):
     Runner(store, _settings(6)).run_snr(specs, tiny_dataset, "tiny", float("inf"))
     written = render(store.frame(), store.query_dice_frame(), tmp_path / "boards", "r.sqlite")
     markdown = (tmp_path / "boards" / "leaderboard.md").read_text()
-    assert "quick run" in markdown and "SNR ∞ · 2-way" in markdown and "SNR 1 · 3-way" in markdown
+    assert "quick run" in markdown and "SNR ∞ · 2-way" in markdown  # noise-free: no in-mask SNR
+    # a noisy level's header carries its median in-mask SNR, the one the data set measured
+    mask_snr = tiny_dataset.mask_snr(1.0)
+    assert mask_snr is not None and mask_snr > 1.0  # inside the particle there is more signal than over the box
+    assert f"SNR 1 (in-mask {mask_snr:.2g}) · 3-way" in markdown
     assert "| protonet" in markdown and "| xcorr" in markdown
     table_lines = [line for line in markdown.splitlines() if line.startswith("| protonet") or line.startswith("| xcorr")]
     columns = len(table_lines[0].split("|")) - 3

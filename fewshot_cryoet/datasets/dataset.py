@@ -232,6 +232,16 @@ class SubtomogramDataset:
     def snr_labels(self) -> list[str]:
         return list(self.manifest["snr_levels"])
 
+    def mask_snr(self, snr: float | str) -> float | None:
+        """Median over particles of the measured SNR inside the particle masks at level ``snr``
+        (the nominal SNR is over the whole box, mostly solvent); None for a noise-free level."""
+        label = snr if isinstance(snr, str) else snr_label(snr)
+        rows = self.labels[self.labels["volume_file"] == f"volumes/snr_{label}.npy"]
+        values = rows["snr_measured_mask"].astype(float) if "snr_measured_mask" in rows else pd.Series([], dtype=float)
+        if values.empty or not math.isfinite(values.median()):
+            return None
+        return float(values.median())
+
     @property
     def content_hash(self) -> str:
         """The data set's hash, computed from the manifest as it is now (see :func:`definition_hash`):

@@ -111,7 +111,9 @@ class FitContext:
     which scores the method on fixed validation-class episodes (the runner's scorer, so methods
     never score themselves) and returns a ``scoring.ValidationScore`` whose ``selection`` decides
     which weights to keep; None without validation classes. ``report(step, score)`` passes the
-    selection score on, so a tuner can prune bad trials early."""
+    selection score on, so a tuner can prune bad trials early. ``calibrate(method)`` returns the
+    temperature fitted on the same validation episodes; the base class calls it once a trainable
+    method's fit returns (see ``fewshot_cryoet.calibration``)."""
 
     train: EpisodeSource
     validate: Callable[[FewShotMethod], ValidationScore] | None
@@ -120,6 +122,7 @@ class FitContext:
     seed: int = 0
     progress: Callable[[float, str], None] | None = None
     report: Callable[[int, float], None] | None = None
+    calibrate: Callable[[FewShotMethod], float] | None = None
 
 
 @dataclass
@@ -130,6 +133,7 @@ class FitReport:
     best_validation_accuracy: float | None = None
     best_validation_dice: float | None = None
     skipped_steps: int = 0  # training steps skipped for non-finite gradients
+    temperature: float | None = None  # fitted on validation episodes (see fewshot_cryoet.calibration)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitReport:
@@ -141,6 +145,8 @@ class FitReport:
                 f"{self.best_validation_accuracy}")
         if self.best_validation_dice is not None:
             text += f", Dice {self.best_validation_dice:.3f}"
+        if self.temperature is not None:
+            text += f", confidence temperature {self.temperature:.3g}"
         if self.skipped_steps:
             text += f"; {self.skipped_steps} steps skipped for non-finite gradients"
         return text
@@ -165,6 +171,10 @@ class FewShotMethod(ABC):
     trainable: ClassVar[bool] = False
     #: What ``Prediction.scores`` are (see :class:`ScoreKind`).
     score_kind: ClassVar[ScoreKind] = ScoreKind.LOGITS
+    #: Confidences are ``softmax(scores / temperature)``. Trainable methods get it fitted on
+    #: validation episodes after every fit (saved in the checkpoint); training-free methods keep
+    #: this class value, which should be measured and documented (``fewshot_cryoet.calibration``).
+    temperature: float = 1.0
     defaults: ClassVar[dict[str, Any]] = dict(INPUT_DEFAULTS)
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
@@ -310,6 +320,7 @@ class FewShotMethod(ABC):
         payload = {
             "format": CHECKPOINT_FORMAT, "method": self.name, "variant": self.variant,
             "params": json.loads(json.dumps(self.params, default=str)), "box": box, "state": self.state(),
+            "temperature": float(self.temperature),
             "package_version": fewshot_cryoet.__version__,
         }
         return write_checkpoint(payload, path)
@@ -334,6 +345,8 @@ class FewShotMethod(ABC):
         if not isinstance(payload.get("state"), dict):
             raise FscError(f"{path}: checkpoint has no state")
         self.load_state(payload["state"])
+        # Checkpoints from before calibration keep the class default (uncalibrated confidences).
+        self.temperature = float(payload.get("temperature", type(self).temperature))
 
 
 def _with_inputs_for_predict(predict: Callable[[FewShotMethod, Episode], Prediction]):
@@ -376,18 +389,24 @@ def _averaged_over_turns(method: FewShotMethod, predict, episode: Episode) -> Pr
 
 def _with_inputs_for_fit(fit: Callable[[FewShotMethod, FitContext], FitReport]):
     """``fit`` whose training episodes are normalised (validation goes through ``predict``,
-    which normalises itself)."""
+    which normalises itself), and whose trained method then gets its confidence temperature
+    fitted on the validation episodes. Only the outermost call acts."""
     import functools
 
     @functools.wraps(fit)
     def wrapper(self: FewShotMethod, context: FitContext) -> FitReport:
-        if getattr(self, "_fit_inputs_applied", False) or self.inputs.identity:
+        if getattr(self, "_fit_inputs_applied", False):
             return fit(self, context)
         self._fit_inputs_applied = True
         try:
-            return fit(self, replace(context, train=NormalisedSource(context.train, self.inputs)))
+            inner = context if self.inputs.identity else replace(
+                context, train=NormalisedSource(context.train, self.inputs))
+            report = fit(self, inner)
         finally:
             self._fit_inputs_applied = False
+        if self.trainable and context.calibrate is not None and report is not None:
+            self.temperature = report.temperature = context.calibrate(self)
+        return report
 
     return wrapper
 
