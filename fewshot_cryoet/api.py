@@ -278,7 +278,7 @@ DEFAULT_BENCH_SNRS: tuple[float, ...] = (1000.0, 0.02)
 
 def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
-          snrs: Sequence[float] = DEFAULT_BENCH_SNRS, ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
+          snrs: Sequence[float] | None = None, ways: Sequence[int] = (2, 4, 6, 8), shots: Sequence[int] = (1,), queries_per_class: int = 5,
           episodes: int = 600, budget: str | Sequence[str] = "300ep", seed: int = 0, device: str = "auto",
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
@@ -294,7 +294,10 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
 
     Cross-domain: with ``train_dataset`` (a registered name, folder or data set), methods are
     trained and selected on it and tested on ``dataset``'s test classes; rows record both data
-    sets. Classes shared between the two are refused unless ``allow_class_overlap``."""
+    sets. Classes shared between the two are refused unless ``allow_class_overlap``.
+
+    ``snrs`` None: every level of a ``dataset`` folder, or :data:`DEFAULT_BENCH_SNRS` for data
+    simulated on demand."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import BenchSettings, Runner
@@ -309,6 +312,8 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
                              train_seeds=list(seeds) if seeds is not None else None)
     settings.torch_device  # validate the device now
     source = data_source(dataset, templates, per_class, test_classes)
+    if snrs is None:
+        snrs = source.fixed.snr_levels if source.fixed is not None else DEFAULT_BENCH_SNRS
     if source.fixed is not None:
         missing = [snr_label(s) for s in snrs if snr_label(s) not in source.fixed.snr_labels]
         if missing:

@@ -229,9 +229,11 @@ def info(dataset, verify) -> None:
 
 @main.command()
 @method_options(single=False)
-@click.option("--snr", "snr_texts", multiple=True, default=tuple(f"{s:g}" for s in api.DEFAULT_BENCH_SNRS), show_default=True,
-              help="SNR level (variance of signal / noise over the whole box); repeatable. The default pairs the "
-                   "paper's 1000 with 0.02, where the best baseline falls clearly below 0.9 at 8-way.")
+@click.option("--snr", "snr_texts", multiple=True,
+              help="SNR level (variance of signal / noise over the whole box); repeatable. Default: every level of "
+                   "a --dataset folder; for data simulated on demand, "
+                   + " and ".join(f"{s:g}" for s in api.DEFAULT_BENCH_SNRS)
+                   + " (the paper's 1000, and a level where the best baseline falls clearly below 0.9 at 8-way).")
 @click.option("--ways", default="2,4,6,8", show_default=True, help="N-way settings, comma-separated.")
 @click.option("--shots", default="1", show_default=True, help="K-shot settings, comma-separated.")
 @queries_per_class_option
@@ -263,7 +265,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
     with progress_bars() as progress:
         frame = api.bench(
             methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
-            snrs=snrs(snr_texts), ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
+            snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
             test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),
             episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
