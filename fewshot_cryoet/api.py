@@ -148,15 +148,73 @@ def data_source(dataset: str | Path | SubtomogramDataset | None = None, template
             if per_class is not None and per_class != provider.per_class:
                 provider = replace(provider, per_class=per_class)
             return DataSource(name, provider)
-        if not Path(name).is_dir():
-            raise SettingError("dataset", f"unknown data set {name!r}: not a folder and not one of: "
+        if not Path(name).exists():
+            raise SettingError("dataset", f"unknown data set {name!r}: not a folder or file and not one of: "
                                           f"{', '.join(registry.names())}")
-        fixed = SubtomogramDataset(name)
+        fixed = SubtomogramDataset(name) if (Path(name) / "manifest.json").exists() else imported(name)
     if per_class is not None:
         raise SettingError("per_class", f"per_class applies only to data simulated on demand, not to the data "
                                         f"set folder {fixed.path}")
     fixed.check()  # before anything is created or trained
     return DataSource(fixed.path.name, fixed=fixed)
+
+
+def simulate_scene(out: str | Path, *, templates: Sequence[str | Path] = (), classes: int = 6,
+                   synthetic_seed: int = 0, template_voxel_size: float | None = None, resolution: float | None = None,
+                   config=None, reporter: Reporter | None = None) -> Path:
+    """A crowded tomogram with known truth (``fsc simulate --scene``): the tomogram, its label
+    map, RELION 4 and 5 particle STAR files and a copick project of it (``datasets.scene``)."""
+    from fewshot_cryoet.datasets.scene import SceneConfig, simulate_scene as simulate_
+
+    config = config or SceneConfig()
+    loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,
+                            reporter)
+    return simulate_(loaded, out, config, reporter)
+
+
+def import_data(source: str | Path, out: str | Path, *, format: str | None = None, box: int | None = None,
+                voxel_size: float | None = None, tomograms: str | Path | None = None, masks: str | Path | None = None,
+                class_column: str | None = None, class_map: str | Path | None = None, invert: bool = False,
+                voxel_spacing: float | None = None, tomo_type: str | None = None, objects: Sequence[str] = (),
+                user_id: str | None = None, segmentation: str | None = None,
+                test_classes: Sequence[str] | None = None, val_classes: Sequence[str] | None = None, seed: int = 0,
+                overwrite: bool = False, reporter: Reporter | None = None) -> SubtomogramDataset:
+    """Turn users' particles into a data set at ``out`` (``fsc import``): class folders, RELION
+    STAR or CSV tables, coordinates plus ``tomograms``, or a copick project (``format`` None:
+    recognised from the path). Resumable; see ``datasets.importing``."""
+    from fewshot_cryoet.datasets.importing import import_source
+    from fewshot_cryoet.datasets.sources.base import SourceOptions, open_source
+
+    options = SourceOptions(box=box, voxel_size=voxel_size, tomograms=Path(tomograms) if tomograms else None,
+                            masks=Path(masks) if masks else None, class_column=class_column,
+                            class_map=Path(class_map) if class_map else None, voxel_spacing=voxel_spacing,
+                            tomo_type=tomo_type, objects=tuple(objects), user_id=user_id, segmentation=segmentation)
+    return import_source(open_source(source, options, format), out, invert=invert, seed=seed,
+                         test_classes=test_classes, val_classes=val_classes, overwrite=overwrite, reporter=reporter)
+
+
+def imported(source: str | Path, reporter: Reporter | None = None) -> SubtomogramDataset:
+    """A user source given where a data set is expected (``--dataset picks/``): imported once with
+    the defaults into the cache, keyed by the source's path, sizes and modification times, and
+    reused afterwards. Sources that need settings (tomograms) go through :func:`import_data`."""
+    import hashlib
+
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+    from fewshot_cryoet.datasets.importing import import_source
+    from fewshot_cryoet.datasets.providers import cache_dir
+    from fewshot_cryoet.datasets.sources.base import open_source
+
+    source_ = open_source(source)
+    stamp = hashlib.blake2b(digest_size=6)
+    for path in sorted(map(Path, source_.input_files())):
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for member in members:
+            info = member.stat()
+            stamp.update(f"{member.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    folder = cache_dir() / "datasets" / f"import-{Path(source).name}-{stamp.hexdigest()}"
+    if (folder / "manifest.json").exists():
+        return SubtomogramDataset(folder)
+    return import_source(source_, folder, reporter=reporter)
 
 
 def _with_preset(source: DataSource, preset: str | None) -> DataSource:
@@ -236,10 +294,16 @@ def export(dataset: str | Path | SubtomogramDataset, out: str | Path, snr: float
 
 
 def open_dataset(dataset: str | Path | SubtomogramDataset, verify: bool = False) -> SubtomogramDataset:
-    """A data set folder, checked cheaply (``verify`` also rehashes every file)."""
-    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+    """A data set folder, checked cheaply (``verify`` also rehashes every file); a user source
+    (class folders, a STAR table, a copick project) is imported first, as ``--dataset`` does."""
+    from fewshot_cryoet.datasets.dataset import MANIFEST, SubtomogramDataset
 
-    data = dataset if isinstance(dataset, SubtomogramDataset) else SubtomogramDataset(dataset)
+    if isinstance(dataset, SubtomogramDataset):
+        data = dataset
+    elif Path(dataset).exists() and not (Path(dataset) / MANIFEST).exists():
+        data = imported(dataset)
+    else:
+        data = SubtomogramDataset(dataset)
     data.verify() if verify else data.check()
     return data
 
@@ -500,8 +564,9 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     from fewshot_cryoet.datasets.mrc_io import read_volume
     from fewshot_cryoet.model_dir import load_model
     from fewshot_cryoet.outputs import check_output_folder
+    from fewshot_cryoet.datasets.user_files import VOXEL_SIZE_SETTING, Preparer, read_support
     from fewshot_cryoet.predict import (
-        VOXEL_SIZE_SETTING, Preparer, PredictOptions, check_files_exist, duplicate_queries, predict_folder, read_queries, read_support,
+        PredictOptions, check_files_exist, duplicate_queries, predict_folder, read_queries,
     )
     from fewshot_cryoet.runner import resolve_device
 
@@ -607,11 +672,21 @@ def dataset_summary(dataset: SubtomogramDataset) -> tuple[pd.DataFrame, list[str
     import math
 
     counts = dataset.particles["class"].value_counts()
-    classes = pd.DataFrame([{"class": c["name"], "split": c["split"], "extent (Å)": round(c["extent_angstrom"]),
+    classes = pd.DataFrame([{"class": c["name"], "split": c["split"],
+                             **({"extent (Å)": round(c["extent_angstrom"])} if "extent_angstrom" in c else {}),
                              "particles": int(counts.get(c["name"], 0))} for c in dataset.manifest["classes"]])
     lines = []
     labels = dataset.labels
+    source = dataset.manifest.get("source")
+    if source is not None:  # imported: say from where, and how it was read
+        lines.append(f"imported from {dataset.manifest.get('source_path')} ({source['kind']}, content hash "
+                     f"{source['content_hash']}); {'contrast inverted, ' if source.get('invert') else ''}"
+                     f"{dataset.manifest.get('padded_particles', 0)} particles padded at a tomogram border; "
+                     f"masks: {'yes' if dataset.has_masks else 'none'}")
     for label in dataset.snr_labels:
+        if label == "recorded":
+            lines.append("SNR recorded: data from a microscope, noise unknown")
+            continue
         rows = labels[labels["volume_file"] == f"volumes/snr_{label}.npy"]
         measured = rows["snr_measured"].astype(float)
         lines.append(f"SNR {label}: " + ("noise-free" if math.isinf(measured.iloc[0]) else

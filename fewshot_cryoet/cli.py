@@ -25,7 +25,7 @@ from fewshot_cryoet.terminal import (
     RichReporter, console, error_text, make_console, print_error, print_table, print_warning, progress_bars, say,
 )
 from fewshot_cryoet.datasets.presets import PRESETS
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.errors import FscError, SettingError
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,13 +137,23 @@ def main() -> None:
 @click.option("--test-classes", default=None, help="Comma-separated test classes (overrides --split).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Simulation processes.")
+@click.option("--scene", is_flag=True, help="Write a crowded tomogram instead: tomogram.mrc, labels.mrc, RELION 4/5 "
+              "particle STAR files and a copick project (then fsc import them).")
+@click.option("--scene-size", default="256,256,128", show_default=True, help="With --scene: tomogram size x,y,z (voxels).")
+@click.option("--scene-particles", type=click.IntRange(min=1), default=120, show_default=True,
+              help="With --scene: particles placed.")
 def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, per_class, out, overwrite,
              route, box, voxel_size, tilt_range, tilt_step, alignment_jitter, acquisition_voxel_size, defocus, no_ctf, crowding, max_shift, contour,
              amplitude_contrast, envelope, lowpass, background, contrast, preset, split_text, val_classes,
-             test_classes, seed, workers) -> None:
-    """Simulate a data set of subtomograms with ground-truth masks."""
+             test_classes, seed, workers, scene, scene_size, scene_particles) -> None:
+    """Simulate a data set of subtomograms with ground-truth masks (or, with --scene, a tomogram)."""
     from fewshot_cryoet.datasets.presets import apply_preset
     from fewshot_cryoet.datasets.simulate import SimulationConfig
+
+    if scene:
+        _simulate_scene(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, out,
+                        voxel_size, tilt_range, tilt_step, defocus, contour, seed, scene_size, scene_particles)
+        return
 
     value_or_range = parse_value_or_range
     tilt_min, tilt_max = _tilt_range(tilt_range)
@@ -173,6 +183,70 @@ def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution
             test_classes=parse_list(test_classes, "--test-classes"), seed=seed, workers=workers, overwrite=overwrite,
             reporter=RichReporter(progress))
     _print_summary(dataset)
+
+
+@main.command(name="import")
+@click.argument("source", type=click.Path(path_type=Path))
+@out_options("Data set folder")
+@click.option("--format", "format_", default=None,
+              help="Kind of source (folder, table, tomograms, copick, or a plugin's) [recognised from SOURCE].")
+@click.option("--box", type=click.IntRange(min=4), default=None, help="Subtomogram edge (voxels) [the source's; 32 "
+              "for tomograms].")
+@click.option("--voxel-size", type=float, default=None, help="Voxel size (Å) to resample to [the source's].")
+@click.option("--tomograms", type=click.Path(path_type=Path), default=None,
+              help="Coordinates' tomograms: one MRC file, or a folder of <name>.mrc.")
+@click.option("--masks", type=click.Path(path_type=Path), default=None,
+              help="Masks: a folder mirroring the class folders, or label volumes named like the tomograms.")
+@click.option("--class-column", default=None, help="Table column holding the class [class, rlnClassNumber, ...].")
+@click.option("--class-map", type=click.Path(path_type=Path), default=None,
+              help="CSV with columns value,name mapping class values (e.g. RELION class numbers) to names.")
+@click.option("--invert", is_flag=True, help="Invert contrast (dark particles, as in raw tomograms); recorded.")
+@click.option("--voxel-spacing", type=float, default=None, help="copick: voxel spacing (Å) of the tomograms to read.")
+@click.option("--tomo-type", default=None, help="copick: reconstruction to read [the first].")
+@click.option("--objects", default=None, help="copick: comma-separated objects that become classes [all picked].")
+@click.option("--user-id", default=None, help="copick: only this user's picks.")
+@click.option("--segmentation", default=None, help="copick: multilabel segmentation whose labels become masks.")
+@click.option("--val-classes", default=None, help="Comma-separated validation classes [drawn from --seed].")
+@click.option("--test-classes", default=None, help="Comma-separated test classes [drawn from --seed].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the drawn splits.")
+def import_(source, out, overwrite, format_, box, voxel_size, tomograms, masks, class_column, class_map, invert,
+            voxel_spacing, tomo_type, objects, user_id, segmentation, val_classes, test_classes, seed) -> None:
+    """Turn your own particles into a data set for bench, train, tune, show, info and export:
+    class folders of MRC files, RELION STAR or CSV tables, coordinates plus tomograms, or a copick
+    project. Resumable: run the same command again after an interruption."""
+    with progress_bars() as progress:
+        dataset = api.import_data(
+            source, out, format=format_, box=box, voxel_size=voxel_size, tomograms=tomograms, masks=masks,
+            class_column=class_column, class_map=class_map, invert=invert, voxel_spacing=voxel_spacing,
+            tomo_type=tomo_type, objects=parse_list(objects, "--objects") or (), user_id=user_id,
+            segmentation=segmentation, val_classes=parse_list(val_classes, "--val-classes"),
+            test_classes=parse_list(test_classes, "--test-classes"), seed=seed, overwrite=overwrite,
+            reporter=RichReporter(progress))
+    _print_summary(dataset)
+
+
+def _simulate_scene(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, out, voxel_size,
+                    tilt_range, tilt_step, defocus, contour, seed, scene_size, scene_particles) -> None:
+    from fewshot_cryoet.datasets.scene import SceneConfig
+
+    levels = snrs(snr_texts)
+    if len(levels) != 1:
+        raise SettingError("snr", "snr: a scene is imaged at one SNR level; give --snr once")
+    size = parse_list(scene_size, "--scene-size", int)
+    if len(size) != 3 or min(size) < 16:
+        raise SettingError("scene_size", f"scene_size {scene_size!r}: give x,y,z, each at least 16 voxels")
+    low, high = _tilt_range(tilt_range)
+    defocus_range = parse_range(defocus, "--defocus")
+    config = SceneConfig(shape_xyz=tuple(size), voxel_size=voxel_size, particles=scene_particles, snr=levels[0],
+                         tilt_min=float(low), tilt_max=float(high), tilt_step=float(parse_value_or_range(tilt_step, "--tilt-step")),
+                         defocus_um=float(sum(defocus_range)) / 2, contour=contour, seed=seed)
+    with progress_bars() as progress:
+        path = api.simulate_scene(out, templates=templates, classes=classes, synthetic_seed=synthetic_seed,
+                                  template_voxel_size=template_voxel_size, resolution=resolution, config=config,
+                                  reporter=RichReporter(progress))
+    say(f"wrote {path}: tomogram.mrc, labels.mrc, particles_relion4.star, particles_relion5.star, classes.csv, "
+        f"copick.json; import it with: fsc import {path}/particles_relion5.star --tomograms {path}/tomogram.mrc "
+        f"--class-map {path}/classes.csv --masks {path}/labels.mrc --out DATASET")
 
 
 def _tilt_range(text: str) -> tuple:

@@ -166,7 +166,7 @@ def load_episode(
         out[order] = array[idx[order]]
         return torch.from_numpy(out).unsqueeze(1)
 
-    masks = dataset.masks if with_masks else None
+    masks = dataset.masks if with_masks and dataset.has_masks else None
     return Episode(
         support=read(volumes, support_idx),
         support_labels=torch.arange(n_way).repeat_interleave(k),
@@ -201,7 +201,7 @@ class EpisodeSource:
         self.split = split
         indices = np.sort(np.concatenate([dataset.indices(class_name=c) for c in self.classes]))
         self._levels = [torch.from_numpy(np.asarray(dataset.volumes(s)[indices])) for s in self.snrs]
-        self._masks = torch.from_numpy(np.asarray(dataset.masks[indices])) if with_masks else None
+        self._masks = torch.from_numpy(np.asarray(dataset.masks[indices])) if with_masks and dataset.has_masks else None
         position = {int(p): i for i, p in enumerate(indices)}
         self._rows = {c: np.array([position[int(p)] for p in dataset.indices(class_name=c)]) for c in self.classes}
 

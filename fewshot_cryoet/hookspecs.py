@@ -29,5 +29,12 @@ def fsc_register_datasets(registry) -> None:
 
 
 @hookspec
+def fsc_register_sources(registry) -> None:
+    """Add kinds of particle source (subclasses of ``datasets.sources.base.ParticleSource``) with
+    ``registry.add(cls)``: ``fsc import`` and ``--dataset`` then read users' data of that kind. A
+    kind is found by asking each registered class, in order, whether it ``accepts`` a path."""
+
+
+@hookspec
 def fsc_add_cli_commands(cli) -> None:
     """Add click commands to the ``fsc`` group with ``cli.add_command(command)``."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fewshot_cryoet.datasets.dataset import RECORDED
 from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.metrics import mean_ci95, significantly_worse
 from fewshot_cryoet.outputs import write_text
@@ -152,6 +153,9 @@ def _distinct_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _snr_order(text: str) -> float:
+    """∞ first, then decreasing SNR; recorded (imported) data, whose SNR is unknown, last."""
+    if text == RECORDED:
+        return math.inf
     return -math.inf if text == "inf" else -float(text)
 
 
@@ -159,6 +163,8 @@ def _column(row) -> str:
     """``SNR 0.02 (in-mask 0.16) · 8-way``: the nominal SNR is over the whole box, mostly solvent;
     the median SNR inside the particle masks says how hard the level really is."""
     shot = "" if row["k_shot"] == 1 else f" {row['k_shot']}-shot"
+    if row["snr"] == RECORDED:  # imported from a microscope: no nominal SNR
+        return f"recorded · {row['n_way']}-way{shot}"
     snr = "∞" if row["snr"] == "inf" else row["snr"]
     mask_snr = row.get("mask_snr", math.nan)
     if not (isinstance(mask_snr, float) and math.isfinite(mask_snr)):

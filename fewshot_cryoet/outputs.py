@@ -69,6 +69,9 @@ KINDS: dict[str, OutputKind] = {
                               frozenset({"predictions.csv", "predictions.star", "summary.png", "segmentations",
                                          "probabilities", "skipped.csv", MARKER}),
                               contents={"segmentations": "*.mrc", "probabilities": "*.mrc"}),
+    "scene": OutputKind("a simulated scene", "tomogram.mrc",
+                        frozenset({"tomogram.mrc", "labels.mrc", "particles_relion4.star", "particles_relion5.star",
+                                   "classes.csv", "copick.json", "copick", MARKER})),
     "export": OutputKind("an export folder", "particles.star",
                          frozenset({"particles.star", "subtomograms", "masks", MARKER}),
                          contents={"subtomograms": "*.mrc", "masks": "*.mrc"}),
@@ -202,14 +205,19 @@ class AtomicFolder:
     """
 
     def __init__(self, out: Path, kind: str, overwrite: bool = False, setting: str = "out",
-                 marker: bool = True) -> None:
+                 marker: bool = True, resume_key: str | None = None) -> None:
         self.out = Path(out)
         self.kind = kind
         self.overwrite = overwrite
         self.setting = setting
         self.marker = marker
         check_output_folder(self.out, overwrite, kind, setting)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        # A resumable writer names its partial folder after what it writes (``resume_key``), so
+        # the same command run again finds it and continues; otherwise the name is unique.
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{resume_key or uuid.uuid4().hex[:8]}"
+        self.resumed = resume_key is not None and self.tmp.is_dir()
+        if self.resumed:
+            return
         try:
             self.tmp.mkdir(parents=True)
         except OSError as exc:

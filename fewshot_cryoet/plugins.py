@@ -41,6 +41,7 @@ class Plugins:
     manager: pluggy.PluginManager
     methods: Registry
     datasets: Registry
+    sources: Registry
     failures: list[PluginFailure] = field(default_factory=list)
     origins: dict[str, Origin] = field(default_factory=dict)
 
@@ -53,7 +54,7 @@ def load_plugins() -> Plugins:
     """Build a fresh plugin manager and registries (see :func:`get_plugins` for the cached one)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    plugins = Plugins(manager, Registry("method"), Registry("data set"))
+    plugins = Plugins(manager, Registry("method"), Registry("data set"), Registry("particle source"))
     blocked = disabled_plugins()
     for module_name in BUILTIN_PLUGINS:
         module = importlib.import_module(module_name)
@@ -76,6 +77,7 @@ def load_plugins() -> Plugins:
         plugins.origins[ep.name] = origin
     _call_each(plugins, "fsc_register_methods", plugins.methods)
     _call_each(plugins, "fsc_register_datasets", plugins.datasets)
+    _call_each(plugins, "fsc_register_sources", plugins.sources)
     return plugins
 
 

@@ -57,6 +57,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def in_order(self) -> list[str]:
+        """Names in the order they were added (built-ins first), for registries whose items are
+        tried in turn."""
+        return list(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

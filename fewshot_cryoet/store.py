@@ -342,10 +342,6 @@ class ResultsStore:
             "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode", self.connection)
 
 
-def snr_text(snr: float) -> str:
-    return "inf" if math.isinf(snr) else f"{snr:g}"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -41,8 +41,15 @@ MASKS = "masks.npy"
 VOLUMES_DIR = "volumes"
 
 
+#: The one level of data imported from a microscope (``fsc import``): its SNR is unknown, so it is
+#: NaN as a number and ``recorded`` as a label, in file names, stores and leaderboards.
+RECORDED = "recorded"
+
+
 def snr_label(snr: float) -> str:
-    """File-name-safe label of an SNR level: ``inf``, ``1000``, ``0.5``."""
+    """File-name-safe label of an SNR level: ``inf``, ``1000``, ``0.5``, or ``recorded``."""
+    if math.isnan(snr):
+        return RECORDED
     return "inf" if math.isinf(snr) else f"{snr:g}"
 
 
@@ -50,8 +57,12 @@ def parse_snr(text: str | float) -> float:
     """Parse an SNR level: a positive number, or ``inf`` / ``∞`` for noise-free data."""
     if isinstance(text, (int, float)):
         value = float(text)
+        if math.isnan(value):  # the recorded level of imported data
+            return math.nan
     else:
         cleaned = text.strip().lower()
+        if cleaned == RECORDED:
+            return math.nan
         value = math.inf if cleaned in ("inf", "infinity", "∞", "none") else None
         if value is None:
             try:
@@ -65,7 +76,7 @@ def parse_snr(text: str | float) -> float:
 
 #: Manifest fields that describe the environment or the file itself, not the data: left out of
 #: the data set's hash (the data files' own hash already captures any numerical difference).
-NOT_DEFINING = ("content_hash", "created", "package_version", "torch_version", "python", "complete")
+NOT_DEFINING = ("content_hash", "created", "package_version", "torch_version", "python", "complete", "source_path")
 #: Manifest fields every data set must have.
 REQUIRED = ("particles", "snr_levels", "simulation", "classes", "splits")
 
@@ -109,22 +120,27 @@ def definition_hash(manifest: dict) -> str:
 class DatasetWriter:
     """Creates a data set in a temporary sibling folder and moves it into place on ``commit``."""
 
-    def __init__(self, out: str | Path, count: int, box: int, snrs: list[float], overwrite: bool = False) -> None:
+    def __init__(self, out: str | Path, count: int, box: int, snrs: list[float], overwrite: bool = False,
+                 resume_key: str | None = None) -> None:
         from fewshot_cryoet.outputs import AtomicFolder
 
         self.out = Path(out)
         # The manifest is this kind's marker (written last, in commit), so no separate marker file.
-        self.folder = AtomicFolder(self.out, "dataset", overwrite, marker=False)  # creates missing parents too
+        # With ``resume_key`` the partial folder survives an interruption and is reopened by the
+        # same import run again (``resumed``): its arrays are opened for update, not recreated.
+        self.folder = AtomicFolder(self.out, "dataset", overwrite, marker=False, resume_key=resume_key)
         self.tmp = self.folder.tmp
-        (self.tmp / VOLUMES_DIR).mkdir()
+        self.resumed = self.folder.resumed
+        (self.tmp / VOLUMES_DIR).mkdir(exist_ok=True)
         shape = (count, box, box, box)
-        self.masks = np.lib.format.open_memmap(self.tmp / MASKS, mode="w+", dtype=np.uint8, shape=shape)
-        self.volumes = {
-            snr: np.lib.format.open_memmap(
-                self.tmp / VOLUMES_DIR / f"snr_{snr_label(snr)}.npy", mode="w+", dtype=np.float32, shape=shape
-            )
-            for snr in snrs
-        }
+
+        def array(path: Path, dtype) -> np.ndarray:
+            if self.resumed and path.exists():
+                return np.lib.format.open_memmap(path, mode="r+")
+            return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+        self.masks = array(self.tmp / MASKS, np.uint8)
+        self.volumes = {snr: array(self.tmp / VOLUMES_DIR / f"snr_{snr_label(snr)}.npy", np.float32) for snr in snrs}
 
     def commit(self, labels: pd.DataFrame, manifest: dict, overwrite: bool = False) -> Path:
         """Flush arrays, write labels and the manifest (last), then rename into place."""
@@ -269,6 +285,12 @@ class SubtomogramDataset:
         if label not in self.snr_labels:
             raise FscError(f"{self.path}: no SNR {label} in this data set (it has {', '.join(self.snr_labels)})")
         return np.load(self.path / VOLUMES_DIR / f"snr_{label}.npy", mmap_mode="r")
+
+    @property
+    def has_masks(self) -> bool:
+        """Simulated data always have masks; imported data only where the source had them
+        (otherwise ``masks`` is all zeros and episodes carry none, so nothing reports Dice)."""
+        return bool(self.manifest.get("has_masks", True))
 
     @property
     def masks(self) -> np.ndarray:

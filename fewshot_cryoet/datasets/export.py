@@ -52,29 +52,27 @@ def _export_into(out: Path, dataset: SubtomogramDataset, label: str, reporter: R
         image_names.append(f"subtomograms/{name}")
         mask_names.append(f"masks/{name}")
         task.advance()
-    quats = labels[["quat_x", "quat_y", "quat_z", "quat_w"]].to_numpy()
-    relion = Rotation.from_quat(quats).inv().as_euler("ZYZ", degrees=True)
-    table = pd.DataFrame(
-        {
-            "rlnImageName": image_names,
-            "rlnClassNumber": labels["class_index"].to_numpy() + 1,
-            "rlnAngleRot": relion[:, 0],
-            "rlnAngleTilt": relion[:, 1],
-            "rlnAnglePsi": relion[:, 2],
-            "rlnOriginXAngst": -labels["shift_x_A"].to_numpy(),
-            "rlnOriginYAngst": -labels["shift_y_A"].to_numpy(),
+    columns = {
+        "rlnImageName": image_names,
+        "rlnClassNumber": labels["class_index"].to_numpy() + 1,
+        "rlnImagePixelSize": np.full(len(labels), voxel),
+        "rlnImageSize": np.full(len(labels), dataset.box),
+        "rlnImageDimensionality": np.full(len(labels), 3),
+        "fscClass": labels["class"].to_numpy(),
+        "fscSplit": labels["split"].to_numpy(),
+        "fscMaskName": mask_names,
+        "fscSnr": labels["snr"].to_numpy(),
+        "fscSnrMeasured": labels["snr_measured"].to_numpy(),
+    }
+    if "quat_x" in labels:  # simulated: the true pose and defocus (imported data have none)
+        quats = labels[["quat_x", "quat_y", "quat_z", "quat_w"]].to_numpy()
+        relion = Rotation.from_quat(quats).inv().as_euler("ZYZ", degrees=True)
+        columns.update({
+            "rlnAngleRot": relion[:, 0], "rlnAngleTilt": relion[:, 1], "rlnAnglePsi": relion[:, 2],
+            "rlnOriginXAngst": -labels["shift_x_A"].to_numpy(), "rlnOriginYAngst": -labels["shift_y_A"].to_numpy(),
             "rlnOriginZAngst": -labels["shift_z_A"].to_numpy(),
-            "rlnDefocusU": labels["defocus_um"].to_numpy() * 1e4,
-            "rlnDefocusV": labels["defocus_um"].to_numpy() * 1e4,
-            "rlnImagePixelSize": np.full(len(labels), voxel),
-            "rlnImageSize": np.full(len(labels), dataset.box),
-            "rlnImageDimensionality": np.full(len(labels), 3),
-            "fscClass": labels["class"].to_numpy(),
-            "fscSplit": labels["split"].to_numpy(),
-            "fscMaskName": mask_names,
+            "rlnDefocusU": labels["defocus_um"].to_numpy() * 1e4, "rlnDefocusV": labels["defocus_um"].to_numpy() * 1e4,
             "fscQuatX": quats[:, 0], "fscQuatY": quats[:, 1], "fscQuatZ": quats[:, 2], "fscQuatW": quats[:, 3],
-            "fscSnr": labels["snr"].to_numpy(),
-            "fscSnrMeasured": labels["snr_measured"].to_numpy(),
-        }
-    )
+        })
+    table = pd.DataFrame(columns)
     starfile.write({"particles": table}, out / "particles.star", overwrite=True)

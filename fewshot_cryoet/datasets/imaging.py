@@ -314,13 +314,14 @@ def _sparse_csr(indices: np.ndarray, values: np.ndarray, shape: tuple[int, int])
 
 @lru_cache(maxsize=8)
 def _projection_matrices(
-    field: int, box: int, tilts: tuple[float, ...], detector: int
+    field: int, box: int, tilts: tuple[float, ...], detector: int, depth: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse (t·u, z·x) projector over the field and (z·x, t·u) back-projector onto the box."""
-    centre = (field - 1) / 2.0
-    coords = np.arange(field) - centre
-    zz, xx = np.meshgrid(coords, coords, indexing="ij")
-    voxel = np.arange(field * field)
+    """Sparse (t·u, z·x) projector over the field and (z·x, t·u) back-projector onto the box.
+    ``depth``: the z extent of a slab (a tomogram scene, ``field`` wide in x), back-projected
+    whole; None for the cubic field of a subtomogram."""
+    depth_ = field if depth is None else depth
+    zz, xx = np.meshgrid(np.arange(depth_) - (depth_ - 1) / 2.0, np.arange(field) - (field - 1) / 2.0, indexing="ij")
+    voxel = np.arange(depth_ * field)
     rows, cols, vals = [], [], []
     for ti, theta in enumerate(np.deg2rad(tilts)):
         u = (xx * math.cos(theta) - zz * math.sin(theta)).ravel() + (detector - 1) / 2.0
@@ -332,13 +333,14 @@ def _projection_matrices(
             vals.append(weight)
     rows_a, cols_a, vals_a = (np.concatenate(x) for x in (rows, cols, vals))
     keep = (vals_a > 0) & (rows_a >= 0) & (rows_a < len(tilts) * detector)
-    shape = (len(tilts) * detector, field * field)
+    shape = (len(tilts) * detector, depth_ * field)
     forward = _sparse_csr(np.stack([rows_a[keep], cols_a[keep]]), vals_a[keep], shape)
-    lo = (field - box) // 2
+    box_z = box if depth is None else depth_
+    lo, lo_z = (field - box) // 2, (depth_ - box_z) // 2
     zi, xi = np.divmod(cols_a[keep], field)
-    in_box = (zi >= lo) & (zi < lo + box) & (xi >= lo) & (xi < lo + box)
-    box_voxel = (zi[in_box] - lo) * box + (xi[in_box] - lo)
+    in_box = (zi >= lo_z) & (zi < lo_z + box_z) & (xi >= lo) & (xi < lo + box)
+    box_voxel = (zi[in_box] - lo_z) * box + (xi[in_box] - lo)
     backward = _sparse_csr(
-        np.stack([box_voxel, rows_a[keep][in_box]]), vals_a[keep][in_box], (box * box, shape[0])
+        np.stack([box_voxel, rows_a[keep][in_box]]), vals_a[keep][in_box], (box_z * box, shape[0])
     )
     return forward, backward
