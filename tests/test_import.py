@@ -58,6 +58,36 @@ def test_relion4_relion5_and_copick_imports_of_one_scene_agree_with_its_truth(sc
     assert r4.manifest["source"]["content_hash"] and r4.manifest["source_path"].endswith("particles_relion4.star")
 
 
+def test_csv_and_text_coordinates_give_the_boxes_of_the_star_file(scene, tmp_path):
+    """CSV (x, y, z, tomogram, class) and IMOD/Dynamo-style text (x y z, one file per class)."""
+    truth = starfile.read(scene / "particles_relion4.star")
+    names = pd.read_csv(scene / "classes.csv").set_index("value")["name"]
+    reference = _tomogram_import(scene, "particles_relion4.star", tmp_path / "star")
+    csv = pd.DataFrame({"x": truth["rlnCoordinateX"], "y": truth["rlnCoordinateY"], "z": truth["rlnCoordinateZ"],
+                        "tomogram": "tomogram", "class": [names[v] for v in truth["rlnClassNumber"]]})
+    csv.to_csv(tmp_path / "picks.csv", index=False)
+    from_csv = api.import_data(tmp_path / "picks.csv", tmp_path / "csv", tomograms=scene)
+    assert np.array_equal(from_csv.volumes("recorded"), reference.volumes("recorded"))
+    first = names[truth["rlnClassNumber"].iloc[0]]
+    mine = truth[[names[v] == first for v in truth["rlnClassNumber"]]]
+    np.savetxt(tmp_path / f"{first}.txt", mine[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy())
+    from fewshot_cryoet.datasets.sources.base import SourceOptions, open_source
+
+    source = open_source(tmp_path / f"{first}.txt", SourceOptions(tomograms=scene / "tomogram.mrc"))
+    assert source.name == "tomograms" and {p.class_name for p in source.particles()} == {first}
+    rows = np.flatnonzero([names[v] == first for v in truth["rlnClassNumber"]])
+    assert np.array_equal(source.read(0).volume, _raw(scene, truth, rows[0]))
+
+
+def _raw(scene, truth, row):
+    """The box of STAR row ``row``, cut out directly (before the importer's normalisation)."""
+    from fewshot_cryoet.datasets.sources.tomograms import Tomogram, cut_out
+
+    tomogram = Tomogram(scene / "tomogram.mrc")
+    centre = truth[["rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX"]].to_numpy()[row]
+    return cut_out(tomogram.data, tomogram.voxel_size, centre, 32, tomogram.voxel_size)[0]
+
+
 def test_an_imported_data_set_runs_in_bench_and_the_leaderboard(scene, tmp_path):
     data = _tomogram_import(scene, "particles_relion5.star", tmp_path / "r5")
     frame = api.bench(["xcorr", "radial"], dataset=data, ways=[2], episodes=4, queries_per_class=1,

@@ -87,6 +87,8 @@ def tiny(command: str, previous_bench: str) -> list[list[str]]:
             words += ["--budget", "1ep"]
         if sub == "tune run":
             words += ["--study", "readme"]
+        if sub == "simulate" and "--scene" in words:  # a smaller slab, as many particles per class
+            words += ["--scene-size", "128,128,64", "--scene-particles", "60"]
         for option, value in zip(TINY_ADDED.get(sub, [])[::2], TINY_ADDED.get(sub, [])[1::2]):
             if option not in words and not (option == "--per-class" and "--dataset" in words):
                 words += [option, value]
@@ -120,6 +122,9 @@ def _placeholders(root: Path, shared: Path) -> None:
         (root / "picks" / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / "picks" / name / Path(path).name)
     pd.DataFrame({"path": picked["rlnImageName"], "class": picked["fscClass"]}).to_csv(root / "picks.csv", index=False)
+    for path, name in zip(particles["rlnImageName"], particles["fscClass"]):  # every class, as folders
+        (root / "my_subtomograms" / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "my_subtomograms" / name / Path(path).name)
     queries = test.drop(index=picked.index)
     starfile.write(queries, root / "particles.star")
     (root / "tomo1_subtomos").mkdir()
