@@ -417,8 +417,8 @@ def _specs(methods, params, tuned, storage) -> list[MethodSpec]:
 
 def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
-          snr: float | Sequence[float] = 1000.0, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0, device: str = "auto",
-          overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
+          snr: float | Sequence[float] | None = None, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0,
+          device: str = "auto", overwrite: bool = False, params: dict[str, Any] | None = None, tuned: str | None = None,
           storage: str = DEFAULT_STORAGE, inputs: str = "plain", imaging: str | None = None,
           reporter: Reporter | None = None) -> ModelCard:
     """Meta-train a method on a data set's training classes (model selection on its validation
@@ -427,7 +427,8 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     meant for data whose noise is not known. ``inputs="robust"`` starts from the input normalisation
     that helped models trained on the default imaging (``methods.inputs.ROBUST_INPUTS``); ``"plain"``
     (the default) from the method's own defaults, which did better together with domain-randomised
-    data (leaderboards/robustness). ``params`` win over both.
+    data (leaderboards/robustness). ``params`` win over both. ``snr`` None: every level of a
+    ``dataset`` folder (an imported one has one, ``recorded``), else 1000.
     Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
     default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
     ``imaging="default"`` simulates the default microscope instead."""
@@ -460,6 +461,8 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     source = data_source(dataset, templates, per_class, test_classes)
     source = _with_preset(source, imaging if imaging is not None or source.fixed is not None else TRAINING_IMAGING)
     reporter = as_reporter(reporter)
+    if snr is None:
+        snr = source.fixed.snr_levels if source.fixed is not None else 1000.0
     levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
     if len(levels) > 1 and source.fixed is None:  # refused before anything is simulated
         raise SettingError("snr", f"snr {','.join(snr_label(s) for s in levels)}: training at several SNR levels "
@@ -483,7 +486,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     return card
 
 
-def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | None = None, snr: float = 1000.0,
+def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | None = None, snr: float | None = None,
          ways: int = 4, shots: int = 1, queries_per_class: int = 5, val_episodes: int = 100, dataset=None,
          templates: Sequence[str | Path] = (), test_classes: Sequence[str] | None = None,
          per_class: int | None = None, budget: str = "300ep", trials: int = 20, timeout: str | None = None,
@@ -512,6 +515,8 @@ def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | No
     optuna_storage = tuning.open_storage(storage)  # refuses an unreachable server before simulating
     source = data_source(dataset, templates, per_class, test_classes)
     reporter = as_reporter(reporter)
+    if snr is None:  # a data set folder's noisiest level (an imported one's only: recorded), else 1000
+        snr = source.fixed.snr_levels[-1] if source.fixed is not None else 1000.0
     data = source.at(snr, reporter)
     settings = tuning.TuneSettings(
         method=cls.name, variant=variant, fixed_params=spec.params, dataset=source.name,

@@ -18,8 +18,9 @@ from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, 
 @method_options(single=True)
 @click.option("--variant", default=None, help="The method's variant [its first] (same as METHOD/VARIANT).")
 @data_options
-@click.option("--snr", default="1000", show_default=True,
-              help="SNR level to train at, or several comma-separated levels of one --dataset (each episode draws one).")
+@click.option("--snr", default=None,
+              help="SNR level to train at, or several comma-separated levels of one --dataset (each episode draws "
+                   "one) [every level of a --dataset folder; 1000 when simulated].")
 @click.option("--budget", default="2000ep", show_default=True, help="Training budget: 2000ep (reproducible), 30m, or 2000ep,30m.")
 @click.option("--inputs", type=click.Choice(["robust", "plain"]), default="plain", show_default=True,
               help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
@@ -35,7 +36,7 @@ def train(methods, param_texts, tuned, storage, variant, dataset, templates, tes
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
     from fewshot_cryoet.datasets.dataset import parse_snr
 
-    levels = [parse_snr(text) for text in parse_list(snr, "--snr")]
+    levels = [parse_snr(text) for text in parse_list(snr, "--snr")] if snr is not None else [None]
     method = f"{methods.split('/', 1)[0]}/{variant}" if variant else methods
     with progress_bars() as progress:
         card = api.train(method, out, params=method_params(param_texts, method), tuned=tuned, storage=storage,

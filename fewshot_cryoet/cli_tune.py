@@ -45,7 +45,7 @@ def tune() -> None:
 @click.option("--method", required=True, help="Method to tune, optionally METHOD/VARIANT (see fsc methods).")
 @click.option("--variant", default=None, help="Its variant [the method's first].")
 @click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE", help="Fixed hyper-parameter; repeatable.")
-@click.option("--snr", default="1000", show_default=True, help="SNR level of the data.")
+@click.option("--snr", default=None, help="SNR level of the data [a --dataset folder's noisiest; 1000 when simulated].")
 @click.option("--ways", type=click.IntRange(min=2), default=4, show_default=True, help="N of the validation episodes scored.")
 @click.option("--shots", type=click.IntRange(min=1), default=1, show_default=True, help="K of the validation episodes scored.")
 @queries_per_class_option
@@ -85,7 +85,7 @@ def run(method, variant, param_texts, snr, ways, shots, queries_per_class, val_e
         raise click.BadParameter(f"{export} is a folder; give a file name such as best.json", param_hint="--export")
     with progress_bars() as progress:
         result = api.tune(
-            method, variant=variant, params=method_params(param_texts, method), snr=parse_snr(snr), ways=ways,
+            method, variant=variant, params=method_params(param_texts, method), snr=parse_snr(snr) if snr is not None else None, ways=ways,
             shots=shots, queries_per_class=queries_per_class, val_episodes=val_episodes, dataset=dataset,
             templates=templates, test_classes=test_classes and test_classes.split(","), per_class=per_class,
             budget=budget, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler,

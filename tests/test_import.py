@@ -23,9 +23,9 @@ def scene(tmp_path_factory):
     return api.simulate_scene(tmp_path_factory.mktemp("scene") / "scene", classes=4, config=SCENE)
 
 
-def _tomogram_import(scene, star: str, out):
+def _tomogram_import(scene, star: str, out, **splits):
     return api.import_data(scene / star, out, tomograms=scene / "tomogram.mrc", class_map=scene / "classes.csv",
-                           masks=scene / "labels.mrc")
+                           masks=scene / "labels.mrc", **splits)
 
 
 def test_relion4_relion5_and_copick_imports_of_one_scene_agree_with_its_truth(scene, tmp_path):
@@ -96,6 +96,11 @@ def test_an_imported_data_set_runs_in_bench_and_the_leaderboard(scene, tmp_path)
     files = api.leaderboard(tmp_path / "r.sqlite", tmp_path / "boards")
     markdown = (tmp_path / "boards" / "leaderboard.md").read_text()
     assert "recorded · 2-way" in markdown and any(p.name == "leaderboard.md" for p in files)
+    # train and tune take it too, at its one level, without being told the SNR
+    two_train = _tomogram_import(scene, "particles_relion5.star", tmp_path / "two-train", test_classes=["syn003"],
+                                 val_classes=["syn002"])
+    card = api.train("protonet", tmp_path / "model", dataset=two_train, budget="2ep", params={"channels": [4, 8]})
+    assert card.fit["episodes"] == 2 and "recorded" in (tmp_path / "model" / "model.json").read_text()
     # and show, info and export read it like a simulated data set
     assert api.show(data, tmp_path / "montage.png").stat().st_size > 0
     exported = starfile.read(api.export(data, tmp_path / "export"))
