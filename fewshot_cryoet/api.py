@@ -614,10 +614,12 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     return frame
 
 
-def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None) -> list[Path]:
+def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None,
+                reporter: Reporter | None = None) -> list[Path]:
     """Markdown, CSV and PNG leaderboards from a results store; returns the files written. By
     default they go to ``leaderboards/<data set name>/`` (the store's name when it holds several
-    test data sets), so two stores never overwrite each other's tables."""
+    test data sets), so two stores never overwrite each other's tables. Rows an older version
+    wrote without training seeds are read as trained with the episode seed, and that is said."""
     from fewshot_cryoet.leaderboard import render
 
     store = Path(store)
@@ -629,7 +631,15 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             names = frame["dataset"].unique()
             name = str(names[0]) if len(names) == 1 else store.stem
             out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or store.stem)
-        return render(frame, results.query_dice_frame(), Path(out), store.name, results.query_predictions_frame())
+        notes = []
+        before = results.rows_before_training_seeds()
+        if before and frame["train_seed"].notna().any() and (frame["id"] <= before).any():
+            old = frame[frame["id"] <= before]
+            notes.append(f"{len(old)} episode rows were written by a version that did not store training seeds; "
+                         f"they are read as trained with their episode seed ({', '.join(map(str, sorted(old['seed'].unique())))})")
+            as_reporter(reporter).log(f"note: {notes[-1]}")
+        return render(frame, results.query_dice_frame(), Path(out), store.name, results.query_predictions_frame(),
+                      notes=notes)
 
 
 @contextmanager

@@ -375,7 +375,9 @@ def leaderboard(store, out, compare) -> None:
         a, b = compare
         print_table(api.compare(store, a, b), f"{a} against {b} (paired Wilcoxon on the same episodes, α = 0.05)")
         return
-    for path in api.leaderboard(store, out):
+    from fewshot_cryoet.reporting import CallbackReporter
+
+    for path in api.leaderboard(store, out, reporter=CallbackReporter(on_progress=None, on_log=say)):
         say(f"wrote {path}")
 
 

@@ -186,6 +186,9 @@ class ResultsStore:
                                                 "COMMIT;")
             elif version in MIGRATIONS:
                 steps = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+                if version < 5:  # rows so far were written before training seeds were stored
+                    steps += ("INSERT OR IGNORE INTO meta SELECT 'rows_before_training_seeds', "
+                              "COALESCE(MAX(id), 0) FROM episodes;")
                 self.connection.executescript("BEGIN IMMEDIATE;" + steps + SCHEMA
                                               + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
                                                 "WHERE key = 'schema_version'; COMMIT;")
@@ -313,6 +316,12 @@ class ResultsStore:
     def heartbeat(self, identity: str) -> Heartbeat:
         """A background thread that keeps this process's claim on ``identity`` fresh."""
         return Heartbeat(self.path, identity, self.owner)
+
+    def rows_before_training_seeds(self) -> int:
+        """The last episode row id written before this store recorded training seeds (0: none),
+        set when a store older than schema 5 is migrated."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'rows_before_training_seeds'").fetchone()
+        return int(row[0]) if row else 0
 
     def record_snr_level(self, dataset_hash: str, snr: str, mask_snr: float | None) -> None:
         """Keep a data set level's median in-mask SNR, which leaderboard headers show beside the

@@ -165,3 +165,25 @@ def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
     table = calibration(pd.DataFrame(rows))
     assert len(table) == 1 and abs(table["ece"].iloc[0] - 0.3) < 1e-9  # says 0.9, right 6 times in 10
     assert abs(table["accuracy"].iloc[0] - 0.6) < 1e-9 and abs(table["mean_confidence"].iloc[0] - 0.9) < 1e-9
+
+
+def test_rows_from_before_training_seeds_are_read_as_the_episode_seed_and_it_is_said(tiny_val2_dataset, tmp_path):
+    import sqlite3
+
+    store = tmp_path / "old.sqlite"
+    settings = dict(dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=4, queries_per_class=1, budget="2ep",
+                    params={"protonet": {"channels": [4, 4]}}, store=store)
+    api.bench(["protonet"], **settings)
+    with sqlite3.connect(store) as db:  # make it a schema-4 store, as an older version wrote it
+        db.execute("ALTER TABLE episodes DROP COLUMN train_seed")
+        db.execute("DROP TABLE snr_levels")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    api.bench(["protonet"], seeds=[0, 1], resume=True, **settings)  # seed 0 is the old rows; seed 1 is new
+    messages: list[str] = []
+    from fewshot_cryoet.reporting import CallbackReporter
+
+    api.leaderboard(store, tmp_path / "boards", reporter=CallbackReporter(on_progress=None, on_log=messages.append))
+    assert any("4 episode rows were written by a version that did not store training seeds" in m for m in messages)
+    assert "read as trained with their episode seed (0)" in (tmp_path / "boards" / "leaderboard.md").read_text()
+    row = pd.read_csv(tmp_path / "boards" / "leaderboard.csv").iloc[0]
+    assert row["seeds"] == 2 and row["episodes"] == 4

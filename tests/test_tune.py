@@ -11,11 +11,12 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from fewshot_cryoet import tuning
+from fewshot_cryoet import api, tuning
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.methods.base import Budget, FewShotMethod
@@ -118,6 +119,21 @@ def test_resume_export_show_and_bench_with_tuned_params(val2_dataset, tmp_path):
                     "--dataset", val2_dataset.path, "--snr", 1, "--ways", 2, "--episodes", 5, "--queries", 2,
                     "--budget", "5ep", "--store", store, "--resume")
     assert by_study.exit_code == 0, by_study.output
+
+    # the leaderboard tests the tuned row against the same configuration untuned, on the same episodes
+    paired = tmp_path / "paired.sqlite"
+    other = tmp_path / "other.json"  # a tuned result that differs from the defaults, whichever trial won
+    other.write_text(json.dumps({**data, "params": {**data["params"], "lr": 3e-3}}))
+    for extra in (["--params", other], []):
+        run = _fsc("bench", "--methods", "protonet", "--param", "protonet.channels=[4,4,4,4]", *extra,
+                   "--dataset", val2_dataset.path, "--snr", 1, "--ways", 2, "--episodes", 5, "--queries", 2,
+                   "--budget", "5ep", "--store", paired, "--resume")
+        assert run.exit_code == 0, run.output
+    api.leaderboard(paired, tmp_path / "boards")
+    gains = pd.read_csv(tmp_path / "boards" / "tuning.csv")
+    assert list(gains["row"]) == ["protonet (channels=[4, 4, 4, 4])"] and gains["episodes"].iloc[0] == 5
+    assert gains["verdict"].iloc[0] in ("tie", "tuned better", "default better") or "better" in gains["verdict"].iloc[0]
+    assert "## Tuned against the defaults" in (tmp_path / "boards" / "leaderboard.md").read_text()
 
 
 def test_ctrl_c_marks_the_running_trial_failed(val2_dataset, tmp_path):
