@@ -242,3 +242,25 @@ def test_old_paper_checkpoints_load_as_lite_and_hashes_tell_them_apart(tmp_path)
         COSNet({"profile": "huge"})
     with pytest.raises(FscError, match="published topology"):
         COSNet({"profile": "cpu", "residual": True})
+
+
+def test_paper_profile_inference_folds_batch_norm_after_relu_into_the_next_conv_exactly():
+    """conv → ReLU → BatchNorm cannot fold backwards; the inference copy folds the norm into the
+    next convolution, with a per-shape bias map for the zero padding (methods.fast)."""
+    from fewshot_cryoet.methods.fast import FoldedConv, inference_copy
+
+    network = COSNet({"profile": "paper", "channels": 8, "embedding": 32}, "duse-decoder").network
+    generator = torch.Generator().manual_seed(0)
+    for module in network.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
+    network.eval()
+    fast = inference_copy(network)
+    assert sum(isinstance(m, FoldedConv) for m in fast.modules()) == 5  # 3 encoder + 2 decoder levels
+    volumes = torch.randn(2, 1, 32, 32, 32, generator=generator)
+    with torch.no_grad():
+        (features, logits), (fast_features, fast_logits) = network.stream(volumes), fast.stream(volumes)
+    assert torch.allclose(fast_features, features, rtol=1e-4, atol=1e-4 * float(features.abs().max()))
+    assert torch.allclose(fast_logits, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
