@@ -65,6 +65,8 @@ class ParticleSource(ABC):
     #: Registry name, also what ``fsc import --format`` takes.
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: File suffixes of single-file sources (for :meth:`named_like`).
+    suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, options: SourceOptions) -> None:
         self.path = Path(path)
@@ -74,6 +76,11 @@ class ParticleSource(ABC):
     @abstractmethod
     def accepts(cls, path: Path, options: SourceOptions) -> bool:
         """Whether ``path`` looks like this kind of source (cheap: names and headers only)."""
+
+    @classmethod
+    def named_like(cls, path: Path) -> bool:
+        """Whether ``path`` is a file with one of this kind's ``suffixes`` (the cheap first test)."""
+        return path.is_file() and path.suffix.lower() in cls.suffixes
 
     @abstractmethod
     def particles(self) -> list[SourceParticle]:

@@ -27,10 +27,11 @@ from fewshot_cryoet.errors import FscError
 class CopickSource(ParticleSource):
     name: ClassVar[str] = "copick"
     description: ClassVar[str] = "a copick project configuration (JSON), read with the copick library"
+    suffixes: ClassVar[tuple[str, ...]] = (".json",)
 
     @classmethod
     def accepts(cls, path: Path, options: SourceOptions) -> bool:
-        if not path.is_file() or path.suffix.lower() != ".json":
+        if not cls.named_like(path):
             return False
         try:
             config = json.loads(path.read_text())

@@ -106,10 +106,11 @@ class TableSource(_FileSource):
     name: ClassVar[str] = "table"
     description: ClassVar[str] = ("a RELION STAR (3.0–5) or CSV table with an image column (rlnImageName, path) "
                                   "and a class column (rlnClassNumber, class, or --class-column)")
+    suffixes: ClassVar[tuple[str, ...]] = (".star", ".csv")
 
     @classmethod
     def accepts(cls, path: Path, options: SourceOptions) -> bool:
-        if not path.is_file() or path.suffix.lower() not in (".star", ".csv"):
+        if not cls.named_like(path):
             return False
         try:
             table = _read_table(path)

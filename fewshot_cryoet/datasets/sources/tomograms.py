@@ -139,10 +139,11 @@ class TomogramSource(ParticleSource):
     name: ClassVar[str] = "tomograms"
     description: ClassVar[str] = ("coordinates (STAR, CSV or x y z text) plus --tomograms; subtomograms are cut out "
                                   "at --box and --voxel-size")
+    suffixes: ClassVar[tuple[str, ...]] = (".star", ".csv", *TEXT_SUFFIXES)
 
     @classmethod
     def accepts(cls, path: Path, options: SourceOptions) -> bool:
-        if not path.is_file() or path.suffix.lower() not in (".star", ".csv", *TEXT_SUFFIXES):
+        if not cls.named_like(path):
             return False
         try:
             read_coordinates(path)
