@@ -67,7 +67,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cosnet_speed.md")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    lines = measure(torch.device(args.device), args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def measure(device: torch.device, repeats: int = 3) -> list[str]:
+    """The comparison on ``device``, as the lines of the results page (also used by gpu_check)."""
     torch.manual_seed(0)
     ours = COSNet({"profile": "paper"}, "duse-decoder", device=device)
     c = ours.network.stem[0].out_channels
@@ -121,8 +128,8 @@ def main() -> None:
         loss.backward()
         optimizer_ours.step()
 
-    train_plain = rate(plain_step, 2 * n, args.repeats)
-    train_ours = rate(ours_step, 2 * n, args.repeats)
+    train_plain = rate(plain_step, 2 * n, repeats)
+    train_ours = rate(ours_step, 2 * n, repeats)
     results.append(("training (fwd + bwd + step, 10 volumes)", train_plain, train_ours, 2))
 
     batch = torch.randn(8, 1, 32, 32, 32, device=device)
@@ -131,10 +138,10 @@ def main() -> None:
     ours._weights_changed()
     fast = ours.inference_network
     with torch.inference_mode():
-        full_plain = rate(lambda: plain.stream(batch), 8, args.repeats)
+        full_plain = rate(lambda: plain.stream(batch), 8, repeats)
         with ours.autocast(training=False):
-            full_ours = rate(lambda: fast.stream(batch), 8, args.repeats)
-            class_ours = rate(lambda: fast.embed(batch), 8, args.repeats)
+            full_ours = rate(lambda: fast.stream(batch), 8, repeats)
+            class_ours = rate(lambda: fast.embed(batch), 8, repeats)
     results.append(("inference, encoder + decoder + features", full_plain, full_ours, 2))
     results.append(("classification-only inference (decoder skipped) vs plain full", full_plain, class_ours, 4))
 
@@ -143,8 +150,8 @@ def main() -> None:
         "",
         f"- network: the published one (profile paper: {c} channels, {embedding}-d features), DuSE blocks, decoder "
         "on, box 32³",
-        f"- device: {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"- device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads)",
         f"- outputs match: max relative feature difference {feature_error:.2e}, "
         f"max probability difference {probability_error:.2e} (fp32 inference); training loss relative "
         f"difference {loss_error:.2e} (ours trains in {precision})",
@@ -155,9 +162,7 @@ def main() -> None:
     ]
     lines += [f"| {what} | {p:.2f} | {o:.2f} | {o / p:.2f}× | ≥ {goal}× {'met' if o / p >= goal else 'missed'} |"
               for what, p, o, goal in results]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

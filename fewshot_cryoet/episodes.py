@@ -190,10 +190,14 @@ def _ids(dataset: SubtomogramDataset, snr: float | str, indices: np.ndarray) -> 
 class EpisodeSource:
     """Random episodes from one split at one SNR, or at several (each episode then draws its level:
     training for data whose noise is unknown), for training: the split's volumes (and masks) are
-    read into memory once, then every ``sample`` is a cheap in-memory gather."""
+    read into memory once, then every ``sample`` is a cheap in-memory gather.
+
+    With a CUDA ``device``, the split is copied to the GPU once when it takes at most half of the
+    free GPU memory (else it stays in pinned host memory for asynchronous copies), so training
+    episodes are gathered on the GPU with no host round-trip per episode."""
 
     def __init__(self, dataset: SubtomogramDataset, split: str, snr: float | str | Sequence[float | str],
-                 with_masks: bool = True) -> None:
+                 with_masks: bool = True, device: torch.device | str | None = None) -> None:
         self.classes = split_classes(dataset, split)
         self.voxel_size = dataset.voxel_size
         self.snrs = [parse_snr(s) for s in (snr if isinstance(snr, (list, tuple)) else [snr])]
@@ -204,6 +208,21 @@ class EpisodeSource:
         self._masks = torch.from_numpy(np.asarray(dataset.masks[indices])) if with_masks and dataset.has_masks else None
         position = {int(p): i for i, p in enumerate(indices)}
         self._rows = {c: np.array([position[int(p)] for p in dataset.indices(class_name=c)]) for c in self.classes}
+        self.device = torch.device("cpu")
+        if device is not None and torch.device(device).type == "cuda":
+            self._place_on(torch.device(device))
+
+    def _place_on(self, device: torch.device) -> None:
+        tensors = [*self._levels, *([self._masks] if self._masks is not None else [])]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        free, _ = torch.cuda.mem_get_info(device)
+        if size <= free / 2:
+            self._levels = [t.to(device) for t in self._levels]
+            self._masks = self._masks.to(device) if self._masks is not None else None
+            self.device = device
+        else:
+            self._levels = [t.pin_memory() for t in self._levels]
+            self._masks = self._masks.pin_memory() if self._masks is not None else None
 
     @property
     def n_classes(self) -> int:
@@ -221,11 +240,12 @@ class EpisodeSource:
         support, query = block[:, :k_shot].reshape(-1), block[:, k_shot:].reshape(-1)
         level = int(rng.integers(len(self.snrs))) if len(self.snrs) > 1 else 0  # one level: the stream as before
         volumes, masks = self._levels[level], self._masks
+        support, query = torch.as_tensor(support, device=self.device), torch.as_tensor(query, device=self.device)
         return Episode(
             support=volumes[support].unsqueeze(1),
-            support_labels=torch.arange(n_way).repeat_interleave(k_shot),
+            support_labels=torch.arange(n_way, device=self.device).repeat_interleave(k_shot),
             query=volumes[query].unsqueeze(1),
-            query_labels=torch.arange(n_way).repeat_interleave(q_query),
+            query_labels=torch.arange(n_way, device=self.device).repeat_interleave(q_query),
             classes=tuple(self.classes[c] for c in chosen),
             voxel_size=self.voxel_size,
             snr=self.snrs[level],

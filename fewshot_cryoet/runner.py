@@ -113,11 +113,11 @@ def validation_episodes(dataset: SubtomogramDataset, snr: float | Sequence[float
 
 
 def fit_data(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, queries: int = 5,
-             seed: int = 0, shot: int = 1) -> tuple[EpisodeSource, list]:
+             seed: int = 0, shot: int = 1, device: torch.device | None = None) -> tuple[EpisodeSource, list]:
     """What every fit gets (fsc bench, fsc train, each fsc tune trial): episodes from the training
     classes, and the validation-class episodes used for model selection; ``snr`` may list several
     levels (each training episode draws one)."""
-    train = EpisodeSource(dataset, "train", snr, with_masks=segments)
+    train = EpisodeSource(dataset, "train", snr, with_masks=segments, device=device)
     if train.n_classes < 2:
         raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
     return train, validation_episodes(dataset, snr, shot, queries, seed, with_masks=segments)
@@ -126,7 +126,7 @@ def fit_data(dataset: SubtomogramDataset, snr: float | Sequence[float], segments
 def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, budget: Budget, device: torch.device,
                 queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
     """The one way a fit is set up: training-class episodes, validation through the scorer."""
-    train, validation = fit_data(dataset, snr, segments, queries, seed, shot)
+    train, validation = fit_data(dataset, snr, segments, queries, seed, shot, device)
     return FitContext(train, validator(validation), budget, device, seed, progress, report,
                       calibrate=temperature_fitter(validation))
 
