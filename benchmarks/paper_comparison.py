@@ -115,8 +115,8 @@ def main() -> None:
                   "cores this project is built on, a plain implementation trains at about 1.3 volumes/s, so one "
                   "training of the paper's length is out of reach; it needs the GPU path (`benchmarks/gpu_check.py` "
                   "of the scale-out work). Run `fsc bench --templates ../shared/data/templates --snr inf --snr 1000 "
-                  "--snr 0.5 --methods cosnet --param cosnet.profile=paper --store shrec.sqlite` on a GPU, then "
-                  "this script."]
+                  "--snr 0.5 --methods cosnet/scnn,cosnet/scnn-decoder,cosnet/duse,cosnet/duse-decoder --param cosnet.profile=paper --store paper.sqlite` on a GPU, then "
+                  "this script with --store paper.sqlite."]
     lines += ["", f"Cells: {verdicts['better']} better, {verdicts['tie']} tie, {verdicts['worse']} worse, "
               f"{verdicts['missing']} not run yet.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
