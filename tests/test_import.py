@@ -126,7 +126,9 @@ def test_labelled_folders_and_star_tables_import_the_files_as_they_are(tiny_data
     for i in range(len(from_star)):
         expected = (original[i] - original[i].mean()) / original[i].std()
         assert np.allclose(from_star.volumes("recorded")[i], expected, atol=1e-4)
-    assert from_star.has_masks is False and not from_star.masks.any()
+    # the export's mask column comes along (fscMaskName); a folder without --masks has none
+    assert from_star.has_masks and np.array_equal(from_star.masks, tiny_dataset.masks)
+    assert from_folder.has_masks is False and not from_folder.masks.any()
 
 
 def test_an_interrupted_import_resumes_where_it_stopped(scene, tmp_path, monkeypatch):

@@ -26,6 +26,8 @@ from fewshot_cryoet.errors import FscError
 
 #: Header voxel size override, named in errors about files whose header says 0.
 VOXEL_OPTION = "source_voxel_size"
+#: Table columns naming each particle's mask file.
+MASK_COLUMNS = ("fscMaskName", "rlnMaskName", "mask")
 
 
 def onto_grid(volume: np.ndarray, voxel: float, box: int, voxel_size: float, mask: bool = False) -> np.ndarray:
@@ -63,21 +65,21 @@ class _FileSource(ParticleSource):
         volume, voxel = read_volume(self._paths[index], None, VOXEL_OPTION)
         mask = None
         if self.has_masks:
-            mask_volume, mask_voxel = read_volume(self._mask_path(self._paths[index]), None, VOXEL_OPTION)
+            mask_volume, mask_voxel = read_volume(self._mask_path(self._paths[index], index), None, VOXEL_OPTION)
             mask = onto_grid(mask_volume, mask_voxel, box, voxel_size, mask=True)
         return ReadParticle(onto_grid(volume, voxel, box, voxel_size), mask)
 
     def input_files(self) -> list[Path]:
         files = list(self._paths)
         if self.has_masks:
-            files += [self._mask_path(p) for p in self._paths]
+            files += [self._mask_path(p, i) for i, p in enumerate(self._paths)]
         return files
 
     @property
     def has_masks(self) -> bool:
         return self.options.masks is not None
 
-    def _mask_path(self, path: Path) -> Path:
+    def _mask_path(self, path: Path, index: int) -> Path:
         try:
             relative = path.relative_to(self.path if self.path.is_dir() else self.path.parent)
         except ValueError:
@@ -118,8 +120,22 @@ class TableSource(_FileSource):
             return False
         return any(c in table.columns for c in PATH_COLUMNS)
 
+    @property
+    def has_masks(self) -> bool:
+        return self.options.masks is not None or self._mask_paths is not None
+
+    def _mask_path(self, path: Path, index: int) -> Path:
+        """A table's own mask column (``fscMaskName``, as ``fsc export`` writes, or ``rlnMaskName``)
+        wins over a mirrored --masks folder."""
+        if self._mask_paths is not None:
+            return self._mask_paths[index]
+        return super()._mask_path(path, index)
+
     def _list(self) -> tuple[list[Path], list[str]]:
         table = _read_table(self.path)
+        mask_column = next((c for c in MASK_COLUMNS if c in table.columns), None)
+        self._mask_paths = None if mask_column is None else [
+            _resolve(self.path.parent, v, self.path, i) for i, v in enumerate(table[mask_column])]
         path_column = _column(table, PATH_COLUMNS, self.path, "image path")
         class_column = _column(table, (self.options.class_column,) if self.options.class_column else CLASS_COLUMNS,
                                self.path, "class")
