@@ -642,6 +642,29 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
                       notes=notes)
 
 
+def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(claims, cells) of a store that one or several workers fill: every training and every chunk
+    of test episodes claimed, by whom, in which state and how long ago its holder's last heartbeat
+    was; and the episodes stored per row, data set, SNR and N-way."""
+    import time
+
+    with _existing_store(Path(store)) as results:
+        claims = pd.read_sql_query("SELECT identity, state, owner, heartbeat FROM fits", results.connection)
+        frame = results.frame()
+    claims = pd.DataFrame({
+        "work": ["test episodes" if i.startswith("eval-") else "training" for i in claims["identity"]],
+        "state": claims["state"].replace({"training": "claimed"}), "worker": claims["owner"],
+        "age": time.time() - claims["heartbeat"],
+    })
+    summary = (claims.groupby(["work", "state", "worker"]).agg(claims=("age", "size"), newest=("age", "min"))
+               .reset_index() if len(claims) else claims)
+    if len(summary):
+        summary["last heartbeat"] = [f"{a:.0f} s ago" for a in summary.pop("newest")]
+    cells = (frame.groupby(["label", "dataset", "snr", "n_way"])["episode"].nunique().reset_index(name="episodes")
+             if not frame.empty else pd.DataFrame(columns=["label", "dataset", "snr", "n_way", "episodes"]))
+    return summary, cells
+
+
 @contextmanager
 def _existing_store(store: Path):
     """A results store that must exist already (reading never creates one), closed afterwards."""

@@ -327,13 +327,24 @@ def info(dataset, verify) -> None:
 @click.option("--seeds", "seed_texts", default=None, metavar="0,1,2",
               help="Train each trainable method once per seed, all scored on the test episodes of --seed; "
                    "cells become the mean over seeds.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes sharing this grid through the store's claims (one per GPU where several are visible); "
+                   "implies --resume.")
+@click.option("--status", is_flag=True, help="Instead: show --store's progress (claims, heartbeats, episodes per cell).")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
           test_classes, per_class, budgets, episodes, seed, device, store, resume, train_dataset,
-          allow_class_overlap, seed_texts) -> None:
+          allow_class_overlap, seed_texts, workers, status) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
     out = make_console()
+    if status:
+        claims, cells = api.bench_status(store)
+        print_table(claims, f"claims in {store} (trainings and chunks of test episodes)", out)
+        print_table(cells, f"episodes stored in {store}", out)
+        return
+    helpers = _start_workers(workers, store, device) if workers > 1 else []
+    resume = resume or workers > 1
     if episodes < LEADERBOARD_EPISODES:
         say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
     with progress_bars() as progress:
@@ -352,8 +363,44 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
                     f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
     say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
     failures = frame.attrs.get("failures", [])
+    failures += [f"worker {i + 2} exited with status {code}" for i, code in enumerate(p.wait() for p in helpers) if code]
     if failures:
         raise FscError(f"{len(failures)} method run(s) failed, the rest completed: " + "; ".join(failures))
+
+
+def _start_workers(workers: int, store: Path, device: str) -> list:
+    """``workers − 1`` more processes running this very command with --resume (this one is the
+    first); each writes its log next to the store. With several GPUs visible and --device auto or
+    cuda, worker i sees only GPU i mod the count."""
+    import os
+    import subprocess
+
+    import torch
+
+    argv = []
+    skip = False
+    for word in sys.argv[1:]:  # this command's own arguments, without --workers
+        if skip:
+            skip = False
+            continue
+        if word == "--workers":
+            skip = True
+            continue
+        if not word.startswith("--workers="):
+            argv.append(word)
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    logs = Path(store).with_name(Path(store).stem + ".workers")
+    logs.mkdir(parents=True, exist_ok=True)
+    helpers = []
+    for i in range(1, workers):
+        env = dict(os.environ, FSC_WORKER=str(i + 1))
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        log = open(logs / f"worker-{i + 1}.log", "w")
+        helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--resume"], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT))
+    say(f"started {workers - 1} more worker(s) on {store}; their logs: {logs}/")
+    return helpers
 
 
 @main.command("methods")

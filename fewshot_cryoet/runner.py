@@ -31,6 +31,9 @@ from fewshot_cryoet.store import STALE_SECONDS, Cell, ResultsStore
 VALIDATION_EPISODES = 40
 #: How often a process waiting for another's training checks the store (seconds).
 CLAIM_POLL_SECONDS = 2.0
+#: Test episodes per claimed chunk: small enough that workers share a cell, large enough that the
+#: claims cost nothing next to the predictions.
+EVAL_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -255,10 +258,10 @@ class Runner:
             f", training seed {seed}" if train_seed not in (None, self.settings.seed) else "")
         waited = False
         while True:
-            claim = self.store.claim_fit(identity)
+            claim = self.store.claim(identity)
             if claim.state == "mine" and checkpoint.exists() and report_path.exists():
                 # trained by a version that kept no claims: record it as this store's fit
-                self.store.finish_fit(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
+                self.store.finish(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
                 continue
             if claim.state == "done":
                 if not checkpoint.exists() or file_hash(checkpoint) != claim.checkpoint_hash:
@@ -283,9 +286,9 @@ class Runner:
                 digest = method.save(checkpoint, dataset.box)
                 write_json(report_path, asdict(report))
         except BaseException:
-            self.store.release_fit(identity)
+            self.store.release(identity)
             raise
-        self.store.finish_fit(identity, digest, asdict(report))
+        self.store.finish(identity, digest, asdict(report))
         self.log(f"{where}: {report.describe()}")
         return report, digest
 
@@ -311,17 +314,50 @@ class Runner:
                                   total=len(episodes), completed=len(episodes) - len(missing))
         scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments else None,
                                                              self.log, method.temperature))
-        for number in missing:
-            episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
-            start = time.perf_counter()
-            prediction = method.predict(episode)
-            seconds = time.perf_counter() - start
-            result = scorer.episode(number, episode, prediction, seconds)
-            self.store.add(
-                cell, result, fit_seconds=report.seconds if method.trainable else None,
-                fit_episodes=report.episodes if method.trainable else None,
-                fit_examples=report.examples if method.trainable else None,
-                val_accuracy=report.best_validation_accuracy, device=str(self.device),
-                package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
-            )
-            task.advance()
+        # Episodes in chunks, each claimed in the store, so processes running the same grid
+        # (fsc bench --workers N, or the same command started on several machines) split the
+        # work; a killed worker's chunk goes stale and is taken over, its stored episodes kept.
+        pending = [missing[i:i + EVAL_CHUNK] for i in range(0, len(missing), EVAL_CHUNK)]
+        while pending:
+            progressed = False
+            for chunk in list(pending):
+                identity = f"eval-{cell.key}-{chunk[0]}-{checkpoint or ''}"
+                claim = self.store.claim(identity)
+                if claim.state == "busy":
+                    continue
+                pending.remove(chunk)
+                progressed = True
+                if claim.state == "done":
+                    task.advance(len(chunk))
+                    continue
+                try:
+                    with self.store.heartbeat(identity):
+                        done = self.store.done_episodes(cell)
+                        for number in chunk:
+                            if number not in done:
+                                self._score(method, spec, dataset, snr, episodes, cell, number, report, checkpoint,
+                                            scorer)
+                            task.advance()
+                except BaseException:
+                    self.store.release(identity)
+                    raise
+                self.store.finish(identity)
+            if pending and not progressed:
+                time.sleep(CLAIM_POLL_SECONDS)  # the rest is another worker's; wait for it or its claim to lapse
+
+    def _score(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
+               episodes: EpisodeSet, cell: Cell, number: int, report: FitReport, checkpoint: str | None,
+               scorer: Scorer) -> None:
+        """Predict and score one test episode, and commit it."""
+        episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
+        start = time.perf_counter()
+        prediction = method.predict(episode)
+        seconds = time.perf_counter() - start
+        result = scorer.episode(number, episode, prediction, seconds)
+        self.store.add(
+            cell, result, fit_seconds=report.seconds if method.trainable else None,
+            fit_episodes=report.episodes if method.trainable else None,
+            fit_examples=report.examples if method.trainable else None,
+            val_accuracy=report.best_validation_accuracy, device=str(self.device),
+            package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
+        )

@@ -278,11 +278,11 @@ class ResultsStore:
                                        "IS NOT NULL", (cell.key,))
         return {r[0] for r in rows}
 
-    # -- training claims ---------------------------------------------------------------------------
-    def claim_fit(self, identity: str, stale_after: float = STALE_SECONDS) -> Claim:
-        """Claim the right to train ``identity``, atomically: ``mine`` if nobody holds it (or the
+    # -- claims: a training, or a chunk of test episodes ---------------------------------------------
+    def claim(self, identity: str, stale_after: float = STALE_SECONDS) -> Claim:
+        """Claim the work ``identity`` (a training, or a chunk of a cell's test episodes), atomically: ``mine`` if nobody holds it (or the
         holder's heartbeat is stale, or it was this host's process and is gone), ``done`` if it
-        was trained, else ``busy``."""
+        was done, else ``busy``. Several processes running one grid split its work this way."""
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT state, owner, host, pid, heartbeat, checkpoint_hash, report FROM fits "
@@ -301,14 +301,14 @@ class ResultsStore:
                        (identity, self.owner, socket.gethostname(), os.getpid(), now))
         return Claim("mine", self.owner, socket.gethostname(), os.getpid())
 
-    def finish_fit(self, identity: str, checkpoint_hash: str, report: dict) -> None:
+    def finish(self, identity: str, checkpoint_hash: str = "", report: dict | None = None) -> None:
         with self.transaction() as db:
             db.execute("UPDATE fits SET state = 'done', checkpoint_hash = ?, report = ?, heartbeat = ? "
                        "WHERE identity = ? AND owner = ?",
-                       (checkpoint_hash, json.dumps(report), time.time(), identity, self.owner))
+                       (checkpoint_hash, json.dumps(report or {}), time.time(), identity, self.owner))
 
-    def release_fit(self, identity: str) -> None:
-        """Give up a claim (training failed or was interrupted) so another process may train."""
+    def release(self, identity: str) -> None:
+        """Give up a claim (the work failed or was interrupted) so another process may do it."""
         with self.transaction() as db:
             db.execute("DELETE FROM fits WHERE identity = ? AND owner = ? AND state = 'training'",
                        (identity, self.owner))
