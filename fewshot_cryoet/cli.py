@@ -68,6 +68,7 @@ class FscGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not ctx.parent:  # the top-level group sees every token once
             args = expand_list_options(list(args))
+            ctx.meta["fsc.args"] = list(args)  # the command as given, for --workers to repeat
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
@@ -379,7 +380,7 @@ def _start_workers(workers: int, store: Path, device: str) -> list:
 
     argv = []
     skip = False
-    for word in sys.argv[1:]:  # this command's own arguments, without --workers
+    for word in click.get_current_context().meta["fsc.args"]:  # this command as given, without --workers
         if skip:
             skip = False
             continue
