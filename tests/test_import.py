@@ -184,7 +184,12 @@ def test_bad_sources_get_one_line_errors(scene, tmp_path):
     with pytest.raises(FscError, match="class_map .*no name for class value"):
         api.import_data(scene / "particles_relion4.star", tmp_path / "y", tomograms=scene / "tomogram.mrc",
                         class_map=tmp_path / "map.csv")
+    table = starfile.read(scene / "particles_relion4.star")
+    table["rlnImageName"] = [f"gone{i}.mrc" for i in range(len(table))]
+    starfile.write(table, tmp_path / "gone.star")
+    with pytest.raises(FscError, match="24 listed file\\(s\\) not found: .*gone0.mrc.* and 14 more"):
+        api.import_data(tmp_path / "gone.star", tmp_path / "w")
     with pytest.raises(FscError, match="not a data set folder and not a source"):
         (tmp_path / "notes.txt").write_text("hello")
         api.import_data(tmp_path / "notes.txt", tmp_path / "z")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "z", "w"))

@@ -115,7 +115,8 @@ def _placeholders(root: Path, shared: Path) -> None:
                      config=SimulationConfig(route="fourier"))
     star = api.export(mine, root / "mine-export", snr=0.5)
     particles = starfile.read(star)
-    particles["rlnImageName"] = [str(root / "mine-export" / p) for p in particles["rlnImageName"]]
+    for column in ("rlnImageName", "fscMaskName"):  # the reader's tables name files by absolute path
+        particles[column] = [str(root / "mine-export" / p) for p in particles[column]]
     test = particles[particles["fscSplit"] == "test"]
     picked = test.groupby("fscClass").head(1)
     for path, name in zip(picked["rlnImageName"], picked["fscClass"]):

@@ -56,11 +56,16 @@ def import_source(source: ParticleSource, out: str | Path, *, invert: bool = Fal
                        "least 3 (train, validation and test classes)")
     explicit = {k: list(v) for k, v in (("test", test_classes), ("val", val_classes)) if v}
     splits = assign_splits(classes, seed, tuple(split), explicit or None)
+    files = source.input_files()
+    missing = [str(f) for f in dict.fromkeys(files) if not Path(f).exists()]
+    if missing:  # every missing file at once, before any work
+        raise FscError(f"{source.path}: {len(missing)} listed file(s) not found: {', '.join(missing[:10])}"
+                       + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
     box, voxel_size = source.grid()
     reporter.log(f"importing {len(particles)} particles of {len(classes)} classes from {source.path} "
                  f"({source.name}) onto {box}³ at {voxel_size:g} Å; hashing the source first")
     settings = {**source.settings(), "invert": bool(invert), "normalisation": "z-score per subtomogram"}
-    source_hash = files_digest(source.input_files())
+    source_hash = files_digest(files)
     key = hashlib.blake2b(json.dumps([source_hash, settings, splits, seed], sort_keys=True).encode(),
                           digest_size=6).hexdigest()
     writer = DatasetWriter(out, len(particles), box, [math.nan], overwrite, resume_key=key)
