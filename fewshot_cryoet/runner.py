@@ -317,15 +317,18 @@ class Runner:
         # Episodes in chunks, each claimed in the store, so processes running the same grid
         # (fsc bench --workers N, or the same command started on several machines) split the
         # work; a killed worker's chunk goes stale and is taken over, its stored episodes kept.
-        pending = [missing[i:i + EVAL_CHUNK] for i in range(0, len(missing), EVAL_CHUNK)]
+        # Chunks are fixed blocks of episode numbers, so every process names the same chunk alike.
+        blocks = {start: [n for n in missing if start <= n < start + EVAL_CHUNK]
+                  for start in range(0, len(episodes), EVAL_CHUNK)}
+        pending = [(start, chunk) for start, chunk in blocks.items() if chunk]
         while pending:
             progressed = False
-            for chunk in list(pending):
-                identity = f"eval-{cell.key}-{chunk[0]}-{checkpoint or ''}"
+            for start, chunk in list(pending):
+                identity = f"eval-{cell.key}-{start}-{checkpoint or ''}"
                 claim = self.store.claim(identity)
                 if claim.state == "busy":
                     continue
-                pending.remove(chunk)
+                pending.remove((start, chunk))
                 progressed = True
                 if claim.state == "done":
                     task.advance(len(chunk))
