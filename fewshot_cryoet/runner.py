@@ -324,7 +324,10 @@ class Runner:
         while pending:
             progressed = False
             for start, chunk in list(pending):
-                identity = f"eval-{cell.key}-{start}-{checkpoint or ''}"
+                # named by its block of this grid's episode numbers (a resumed run asking for more
+                # episodes has other blocks) and the model scoring it
+                end = min(start + EVAL_CHUNK, len(episodes))
+                identity = f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
                 claim = self.store.claim(identity)
                 if claim.state == "busy":
                     continue
