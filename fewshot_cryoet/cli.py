@@ -397,9 +397,9 @@ def _start_workers(workers: int, store: Path, device: str) -> list:
         env = dict(os.environ, FSC_WORKER=str(i + 1))
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        log = open(logs / f"worker-{i + 1}.log", "w")
-        helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--resume"], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))
+        with open(logs / f"worker-{i + 1}.log", "w") as log:  # the worker keeps its own copy of the handle
+            helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--resume"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT))
     say(f"started {workers - 1} more worker(s) on {store}; their logs: {logs}/")
     return helpers
 

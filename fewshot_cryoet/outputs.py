@@ -196,6 +196,10 @@ def check_output_folder(out: Path, overwrite: bool, kind: str, setting: str = "o
     check_writable_parent(out, setting)
 
 
+#: Marks a resumable partial folder as ours (see :class:`AtomicFolder`); removed at commit.
+RESUMABLE = ".fsc-resumable"
+
+
 class AtomicFolder:
     """Write a folder under a unique hidden name and move it into place at :meth:`commit`.
 
@@ -214,15 +218,22 @@ class AtomicFolder:
         check_output_folder(self.out, overwrite, kind, setting)
         # A resumable writer names its partial folder after what it writes (``resume_key``), so
         # the same command run again finds it and continues; otherwise the name is unique.
+        # Such a folder carries RESUMABLE from its creation: a folder of that name without it was not
+        # written by fsc and is refused, never reused, written into or removed.
         self.tmp = self.out.parent / f".{self.out.name}.partial-{resume_key or uuid.uuid4().hex[:8]}"
-        self.resumed = resume_key is not None and self.tmp.is_dir()
+        self.resumed = resume_key is not None and self.tmp.exists()
         if self.resumed:
+            if self.tmp.is_symlink() or not (self.tmp / RESUMABLE).is_file():
+                raise SettingError(setting, f"{setting} {self.out}: {self.tmp} exists and was not written by fsc; "
+                                            "move it away")
             return
         try:
             self.tmp.mkdir(parents=True)
         except OSError as exc:
             raise SettingError(setting, f"{setting} {self.out}: cannot create the folder ({exc.strerror}); "
                            f"choose a writable {setting}") from None
+        if resume_key is not None:
+            (self.tmp / RESUMABLE).touch()
 
     def __enter__(self) -> AtomicFolder:
         return self
@@ -237,6 +248,7 @@ class AtomicFolder:
     def commit(self, extra: dict[str, Any] | None = None) -> Path:
         import fewshot_cryoet
 
+        (self.tmp / RESUMABLE).unlink(missing_ok=True)  # a finished folder is not a partial one
         if self.marker:
             entries = sorted(self.tmp.rglob("*"))
             write_json(self.tmp / MARKER, {

@@ -150,6 +150,17 @@ def test_an_interrupted_import_resumes_where_it_stopped(scene, tmp_path, monkeyp
         _tomogram_import(scene, "particles_relion4.star", tmp_path / "resumed")
     partial = [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.partial-")]
     assert len(partial) == 1 and not (tmp_path / "resumed").exists()
+    # a folder of that name that fsc did not write is refused, and left as it is
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "theirs.txt").write_text("keep")
+    partial[0].rename(tmp_path / "kept")
+    stranger.rename(partial[0])
+    with pytest.raises(FscError, match="was not written by fsc"):
+        _tomogram_import(scene, "particles_relion4.star", tmp_path / "resumed")
+    assert (partial[0] / "theirs.txt").read_text() == "keep"
+    partial[0].rename(stranger)
+    (tmp_path / "kept").rename(partial[0])
     calls.clear()
     monkeypatch.setattr(TomogramSource, "read", original_read)
     reads = []
