@@ -27,6 +27,7 @@ import pandas as pd
 
 from fewshot_cryoet.errors import FscError, SettingError
 from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.store_location import DEFAULT_STORE
 from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from fewshot_cryoet.model_dir import ModelCard
     from fewshot_cryoet.runner import MethodSpec
 
-DEFAULT_STORE = "fsc-results.sqlite"
 #: Subtomograms per class when a data set is simulated on demand and none is asked for.
 DEFAULT_PER_CLASS = 100
 
@@ -347,6 +347,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           store: str | Path = DEFAULT_STORE, resume: bool = False, params: dict[str, dict] | None = None,
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
           allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
+          models: str | Path | None = None, lease_seconds: float | None = None,
           reporter: Reporter | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
@@ -361,11 +362,17 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     sets. Classes shared between the two are refused unless ``allow_class_overlap``.
 
     ``snrs`` None: every level of a ``dataset`` folder, or :data:`DEFAULT_BENCH_SNRS` for data
-    simulated on demand."""
+    simulated on demand.
+
+    ``store``: a SQLite file, or a ``postgresql://`` URL that workers on several machines share.
+    Every process running the same call with ``resume=True`` splits its work (trainings and
+    chunks of test episodes are claimed in the store; a claim lapses ``lease_seconds`` after its
+    holder's last heartbeat). ``models``: the checkpoint folder (default beside a SQLite store),
+    which those processes must share."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
     from fewshot_cryoet.runner import BenchSettings, Runner
-    from fewshot_cryoet.store import ResultsStore
+    from fewshot_cryoet.store import STALE_SECONDS, ResultsStore
 
     specs = _specs(methods, params, tuned, storage)
     if episodes < 1 or queries_per_class < 1:
@@ -384,13 +391,14 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
             raise SettingError("snr", f"snr {', '.join(missing)}: {source.fixed.path} has no SNR {', '.join(missing)} "
                                       f"(it has {', '.join(source.fixed.snr_labels)})")
     train_source = data_source(train_dataset) if train_dataset is not None else None
-    results = ResultsStore(store)
+    results = ResultsStore(store, lease_seconds=STALE_SECONDS if lease_seconds is None else lease_seconds)
     try:
         failures = []
         for snr in snrs:
             train = train_source.at(snr, reporter) if train_source is not None else None
             for step, each in enumerate(budgets):  # training-free methods are scored once, with the first
-                runner = Runner(results, replace(settings, budget=each), reporter, resume)
+                runner = Runner(results, replace(settings, budget=each), reporter, resume,
+                                models_dir=Path(models) if models is not None else None)
                 runner.run_snr(specs if step == 0 else [s for s in specs if s.cls.trainable], source.at(snr, reporter),
                                source.name, snr, train, train_source.name if train_source is not None else "",
                                allow_class_overlap)
@@ -622,15 +630,15 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
     wrote without training seeds are read as trained with the episode seed, and that is said."""
     from fewshot_cryoet.leaderboard import render
 
-    store = Path(store)
     with _existing_store(store) as results:
         frame = results.frame()
         if frame.empty:
-            raise SettingError("store", f"store {store}: holds no results yet; run bench first")
+            raise SettingError("store", f"store {results.name}: holds no results yet; run bench first")
         if out is None:
             names = frame["dataset"].unique()
-            name = str(names[0]) if len(names) == 1 else store.stem
-            out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or store.stem)
+            stem = results.location.stem
+            name = str(names[0]) if len(names) == 1 else stem
+            out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or stem)
         notes = []
         before = results.rows_before_training_seeds()
         if before and frame["train_seed"].notna().any() and (frame["id"] <= before).any():
@@ -638,7 +646,8 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             notes.append(f"{len(old)} episode rows were written by a version that did not store training seeds; "
                          f"they are read as trained with their episode seed ({', '.join(map(str, sorted(old['seed'].unique())))})")
             as_reporter(reporter).log(f"note: {notes[-1]}")
-        return render(frame, results.query_dice_frame(), Path(out), store.name, results.query_predictions_frame(),
+        name = results.location.path.name if results.location.is_sqlite else results.name
+        return render(frame, results.query_dice_frame(), Path(out), name, results.query_predictions_frame(),
                       notes=notes)
 
 
@@ -646,15 +655,12 @@ def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.Da
     """(claims, cells) of a store that one or several workers fill: every training and every chunk
     of test episodes claimed, by whom, in which state and how long ago its holder's last heartbeat
     was; and the episodes stored per row, data set, SNR and N-way."""
-    import time
-
-    with _existing_store(Path(store)) as results:
-        claims = pd.read_sql_query("SELECT identity, state, owner, heartbeat FROM fits", results.connection)
+    with _existing_store(store) as results:
+        claims = results.claims_frame()
         frame = results.frame()
     claims = pd.DataFrame({
         "work": ["test episodes" if i.startswith("eval-") else "training" for i in claims["identity"]],
-        "state": claims["state"].replace({"training": "claimed"}), "worker": claims["owner"],
-        "age": time.time() - claims["heartbeat"],
+        "state": claims["state"].replace({"training": "claimed"}), "worker": claims["owner"], "age": claims["age"],
     })
     summary = (claims.groupby(["work", "state", "worker"]).agg(claims=("age", "size"), newest=("age", "min"))
                .reset_index() if len(claims) else claims)
@@ -666,17 +672,12 @@ def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.Da
 
 
 @contextmanager
-def _existing_store(store: Path):
+def _existing_store(store: str | Path):
     """A results store that must exist already (reading never creates one), closed afterwards."""
     from fewshot_cryoet.store import ResultsStore
 
-    if not store.exists():
-        raise SettingError("store", f"store {store}: no such results store; run bench first")
-    results = ResultsStore(store)
-    try:
+    with ResultsStore(store, create=False) as results:
         yield results
-    finally:
-        results.close()
 
 
 def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
@@ -684,7 +685,7 @@ def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
     episodes both were scored on: the paired difference, its CI and a Wilcoxon test."""
     from fewshot_cryoet.leaderboard import compare as compare_rows
 
-    with _existing_store(Path(store)) as results:
+    with _existing_store(store) as results:
         return compare_rows(results.frame(), a, b)
 
 

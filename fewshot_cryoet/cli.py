@@ -19,13 +19,15 @@ import fewshot_cryoet
 from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import (
     data_options, method_options, out_options, parse_list, parse_range, parse_value_or_range, queries_per_class_option,
-    run_options, snrs,
+    run_options, snrs, store_option,
 )
 from fewshot_cryoet.terminal import (
     RichReporter, console, error_text, make_console, print_error, print_table, print_warning, progress_bars, say,
 )
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.store import STALE_SECONDS
+from fewshot_cryoet.store_location import StoreLocation, locate
 
 
 class Terminated(KeyboardInterrupt):
@@ -318,9 +320,17 @@ def info(dataset, verify) -> None:
                    "cap: 500ep, 10m, 500ep,10m. Repeat it for a budget curve: --budget 100ep --budget 1000ep.")
 @click.option("--episodes", type=click.IntRange(min=1), default=600, show_default=True, help="Test episodes per setting (≥ 600 for leaderboards).")
 @run_options
-@click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
-              help="Results store (SQLite file).")
+@store_option("Results store.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (or join one running) in --store.")
+@click.option("--worker", is_flag=True, help="Join the workers of this grid: start the same command with --worker any "
+              "number of times, on one machine or many, against one --store (PostgreSQL across machines) and one "
+              "--models folder; they split the trainings and test episodes. Implies --resume.")
+@click.option("--models", type=click.Path(path_type=Path), default=None,
+              help="Folder of trained checkpoints, which every worker of one store must share [beside a SQLite "
+                   "store: <store>.models; for PostgreSQL: fsc-<database>.models here].")
+@click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=STALE_SECONDS, show_default=True,
+              help="Seconds after a worker's last heartbeat before another takes over its claim (a killed worker "
+                   "of this host is taken over at once).")
 @click.option("--train-dataset", default=None, help="Cross-domain: train and select on this data set (name or "
               "folder), test on --dataset / --templates.")
 @click.option("--allow-class-overlap", is_flag=True, help="With --train-dataset: allow training classes that are "
@@ -329,23 +339,25 @@ def info(dataset, verify) -> None:
               help="Train each trainable method once per seed, all scored on the test episodes of --seed; "
                    "cells become the mean over seeds.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes sharing this grid through the store's claims (one per GPU where several are visible); "
-                   "implies --resume.")
+              help="Start this many local workers on this grid (one per GPU where several are visible; on CPUs the "
+                   "cores are split between them, one torch thread each at least); implies --resume.")
 @click.option("--status", is_flag=True, help="Instead: show --store's progress (claims, heartbeats, episodes per cell).")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
-          test_classes, per_class, budgets, episodes, seed, device, store, resume, train_dataset,
-          allow_class_overlap, seed_texts, workers, status) -> None:
-    """Train and score few-shot methods on identical test episodes; results go to a SQLite store."""
+          test_classes, per_class, budgets, episodes, seed, device, store, resume, worker, models, lease_seconds,
+          train_dataset, allow_class_overlap, seed_texts, workers, status) -> None:
+    """Train and score few-shot methods on identical test episodes; results go to a SQLite or
+    PostgreSQL store, which several workers may share."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
     out = make_console()
+    location = locate(store)  # a malformed or unsupported --store is refused before anything starts
     if status:
-        claims, cells = api.bench_status(store)
-        print_table(claims, f"claims in {store} (trainings and chunks of test episodes)", out)
-        print_table(cells, f"episodes stored in {store}", out)
+        claims, cells = api.bench_status(location)
+        print_table(claims, f"claims in {location} (trainings and chunks of test episodes)", out)
+        print_table(cells, f"episodes stored in {location}", out)
         return
-    helpers = _start_workers(workers, store, device) if workers > 1 else []
-    resume = resume or workers > 1
+    helpers = _start_workers(workers, location, device) if workers > 1 else []
+    resume = resume or worker or workers > 1
     if episodes < LEADERBOARD_EPISODES:
         say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
     with progress_bars() as progress:
@@ -354,7 +366,8 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
             queries_per_class=queries_per_class, dataset=dataset, templates=templates,
             test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),
-            episodes=episodes, seed=seed, device=device, store=store, resume=resume, train_dataset=train_dataset,
+            episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
+            lease_seconds=lease_seconds, train_dataset=train_dataset,
             allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
             reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
@@ -362,17 +375,18 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
         where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])
         print_table(accuracy.reset_index(names="method"), f"{where}: accuracy ± 95% CI over "
                     f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
-    say(f"results in {store}; render leaderboards with: fsc leaderboard --store {store}", out)
+    say(f"results in {location}; render leaderboards with: fsc leaderboard --store {location}", out)
     failures = frame.attrs.get("failures", [])
     failures += [f"worker {i + 2} exited with status {code}" for i, code in enumerate(p.wait() for p in helpers) if code]
     if failures:
         raise FscError(f"{len(failures)} method run(s) failed, the rest completed: " + "; ".join(failures))
 
 
-def _start_workers(workers: int, store: Path, device: str) -> list:
-    """``workers − 1`` more processes running this very command with --resume (this one is the
-    first); each writes its log next to the store. With several GPUs visible and --device auto or
-    cuda, worker i sees only GPU i mod the count."""
+def _start_workers(workers: int, store: StoreLocation, device: str) -> list:
+    """``workers − 1`` more processes running this very command with --worker (this one is the
+    first); each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
+    or cuda, worker i sees only GPU i mod the count; otherwise the CPU cores are split evenly (at
+    least one torch thread each), so the workers do not fight over them."""
     import os
     import subprocess
 
@@ -390,17 +404,23 @@ def _start_workers(workers: int, store: Path, device: str) -> list:
         if not word.startswith("--workers="):
             argv.append(word)
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    logs = Path(store).with_name(Path(store).stem + ".workers")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if gpus <= 1:
+        torch.set_num_threads(threads)
+    logs = store.sibling(".workers")
     logs.mkdir(parents=True, exist_ok=True)
     helpers = []
     for i in range(1, workers):
         env = dict(os.environ, FSC_WORKER=str(i + 1))
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         with open(logs / f"worker-{i + 1}.log", "w") as log:  # the worker keeps its own copy of the handle
-            helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--resume"], env=env,
+            helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--worker"], env=env,
                                             stdout=log, stderr=subprocess.STDOUT))
-    say(f"started {workers - 1} more worker(s) on {store}; their logs: {logs}/")
+    split = f"one GPU each ({gpus} visible)" if gpus > 1 else f"{threads} CPU thread(s) each"
+    say(f"started {workers - 1} more worker(s) on {store}, {split}; their logs: {logs}/")
     return helpers
 
 
@@ -411,8 +431,7 @@ def list_methods() -> None:
 
 
 @main.command()
-@click.option("--store", type=click.Path(path_type=Path), default=Path(api.DEFAULT_STORE), show_default=True,
-              help="Results store to read.")
+@store_option("Results store to read.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the Markdown, CSV and PNG tables [leaderboards/<data set name>/].")
 @click.option("--compare", nargs=2, default=None, metavar="A B",

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.store_location import DEFAULT_STORE
 from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 
@@ -116,6 +117,13 @@ storage_option = click.option(
     "--storage", "--tune-storage", "storage", default=DEFAULT_STORAGE, show_default=True,
     help="Optuna storage of tuning studies: sqlite:///FILE or postgresql://user:password@host/db "
          "(--tune-storage is the old spelling).")
+
+
+def store_option(help: str):
+    """--store: a SQLite file or a PostgreSQL URL (kept as text: a path type would fold the URL's ``//``)."""
+    return click.option("--store", default=DEFAULT_STORE, show_default=True, metavar="FILE|URL",
+                        help=help + " A SQLite file, or postgresql://user:password@host/db shared by workers on "
+                                    "several machines (the password is never printed).")
 
 
 def run_options(function):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -25,7 +26,7 @@ from fewshot_cryoet.reporting import Reporter, as_reporter
 from fewshot_cryoet.scoring import Scorer, validator
 from fewshot_cryoet.checkpoints import file_hash
 from fewshot_cryoet.outputs import write_json
-from fewshot_cryoet.store import STALE_SECONDS, Cell, ResultsStore
+from fewshot_cryoet.store import Cell, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
 VALIDATION_EPISODES = 40
@@ -153,14 +154,16 @@ class Runner:
     """Runs a benchmark grid into a results store."""
 
     def __init__(self, store: ResultsStore, settings: BenchSettings, reporter: Reporter | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, models_dir: Path | None = None) -> None:
         self.store = store
         self.settings = settings
         self.reporter = as_reporter(reporter)
         self.log = self.reporter.log
         self.resume = resume
         self.device = settings.torch_device
-        self.models_dir = store.path.with_name(store.path.stem + ".models")
+        #: Checkpoints of trained models: beside a SQLite store by default; workers of one grid on
+        #: several machines must share one folder (``--models``), which is checked by checkpoint hash.
+        self.models_dir = Path(models_dir) if models_dir is not None else store.location.sibling(".models")
         self._scorers: dict[int, Scorer] = {}  # per method: its CRF cache spans every cell
         self.failures: list[str] = []
 
@@ -190,7 +193,7 @@ class Runner:
         done = sum(len(self.store.done_episodes(c)) for c in cells)
         if done:
             raise FscError(
-                f"{self.store.path}: already holds {done} episodes of this run; continue it with resume "
+                f"{self.store.name}: already holds {done} episodes of this run; continue it with resume "
                 "(--resume) or choose another store"
             )
 
@@ -251,7 +254,7 @@ class Runner:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FscError(f"{self.models_dir}: cannot create the checkpoint folder ({exc.strerror}); "
-                           "choose another --store") from None
+                           "choose another --models folder or --store") from None
         checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}" + (
@@ -265,9 +268,11 @@ class Runner:
                 continue
             if claim.state == "done":
                 if not checkpoint.exists() or file_hash(checkpoint) != claim.checkpoint_hash:
-                    raise FscError(f"{checkpoint}: missing or changed since it was trained (hash "
-                                   f"{claim.checkpoint_hash} in {self.store.path}); move {self.store.path} and its "
-                                   ".models folder away to train again")
+                    found = "missing" if not checkpoint.exists() else f"hashes to {file_hash(checkpoint)}"
+                    raise FscError(f"{checkpoint}: {found}, but {claim.owner} trained it with hash "
+                                   f"{claim.checkpoint_hash} (recorded in {self.store.name}); every worker of one store "
+                                   f"must use the same --models folder (this one uses {self.models_dir}); to train "
+                                   "again, use a new store")
                 method.load(checkpoint, dataset.box)
                 self.log(f"{where}: reusing the model trained {'just now by ' + claim.owner if waited else 'earlier'} "
                          f"({checkpoint.name})")
@@ -275,7 +280,7 @@ class Runner:
             if claim.state == "busy":
                 if not waited:
                     self.log(f"{where}: another process ({claim.owner}) is training this model; waiting for it "
-                             f"(its claim lapses {STALE_SECONDS:.0f} s after its last heartbeat)")
+                             f"(its claim lapses {self.store.lease_seconds:.0f} s after its last heartbeat)")
                     waited = True
                 time.sleep(CLAIM_POLL_SECONDS)
                 continue
@@ -308,7 +313,7 @@ class Runner:
         the fit that produced it; refuses to add to rows scored with another fit."""
         other = self.store.checkpoints(cell) - {checkpoint}
         if other:
-            raise FscError(f"{self.store.path}: this cell's stored episodes were scored with another trained model "
+            raise FscError(f"{self.store.name}: this cell's stored episodes were scored with another trained model "
                            f"(checkpoint {', '.join(sorted(other))}, now {checkpoint}); use a new store")
         task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                                   total=len(episodes), completed=len(episodes) - len(missing))

@@ -1,14 +1,22 @@
-"""The results store: a SQLite file with one row per evaluated episode.
+"""The results store: one row per evaluated episode, in a SQLite file or a PostgreSQL database.
 
-Each row is committed in its own transaction (WAL journal), so a run killed at any moment, even
-with ``kill -9``, keeps every finished episode and ``fsc bench --resume`` continues with the first
+Each row is committed in its own transaction, so a run killed at any moment, even with
+``kill -9``, keeps every finished episode and ``fsc bench --resume`` continues with the first
 missing one. A *cell* is one (method, variant, hyper-parameters, budget, data set, SNR, N, K, Q,
 seed) combination; its episodes are numbered, so resuming never duplicates or skips one.
 
-Several processes may run the same grid on one store: a trainable fit is *claimed* in the ``fits``
-table before training (one process trains, the others wait for its checkpoint; a heartbeat keeps
-the claim, which lapses when the holder dies), an episode another process already stored is
-skipped, and every row records the hash of the checkpoint that scored it.
+Several processes, on one machine or many, may run the same grid on one store (``--worker``):
+work is *claimed* in the ``fits`` table before it starts, a training or a chunk of a cell's test
+episodes. The claim is a lease: a heartbeat keeps it, and it lapses when the holder stops beating
+(killed, or its machine lost) for longer than the lease, or at once when the holder was a process
+of this host that is gone. Claims are taken in one transaction with the row locked (SQLite:
+``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR UPDATE``), so exactly one process wins. An
+episode another process already stored is skipped, and every row records the hash of the
+checkpoint that scored it.
+
+Both databases go through SQLAlchemy Core with the same SQL; what differs (how a write
+transaction starts, row locks, whose clock a heartbeat uses) is chosen once, in
+:class:`ResultsStore`.
 """
 
 from __future__ import annotations
@@ -18,73 +26,30 @@ import json
 import math
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+import sqlalchemy
+from sqlalchemy import text
 
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.databases import missing_driver, unreachable
+from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.store_location import StoreLocation, locate
+from fewshot_cryoet.store_schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
 
-SCHEMA_VERSION = 7
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS episodes (
-    id INTEGER PRIMARY KEY,
-    cell TEXT NOT NULL,
-    method TEXT NOT NULL, variant TEXT NOT NULL, label TEXT NOT NULL,
-    params_hash TEXT NOT NULL, params TEXT NOT NULL, profile TEXT, budget TEXT,
-    dataset TEXT NOT NULL, dataset_hash TEXT NOT NULL,
-    snr TEXT NOT NULL, n_way INTEGER NOT NULL, k_shot INTEGER NOT NULL, q_query INTEGER NOT NULL,
-    seed INTEGER NOT NULL, episode INTEGER NOT NULL,
-    accuracy REAL NOT NULL, dice REAL, dice_crf REAL,
-    predict_seconds REAL NOT NULL, fit_seconds REAL, fit_episodes INTEGER, val_accuracy REAL,
-    device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
-    checkpoint TEXT,
-    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',
-    fit_examples INTEGER, train_seed INTEGER,
-    UNIQUE (cell, episode)
-);
-CREATE TABLE IF NOT EXISTS query_dice (
-    cell TEXT NOT NULL, episode INTEGER NOT NULL, query INTEGER NOT NULL,
-    class TEXT NOT NULL, dice REAL NOT NULL, dice_crf REAL,
-    PRIMARY KEY (cell, episode, query)
-);
-CREATE INDEX IF NOT EXISTS episodes_by_cell ON episodes (cell);
-CREATE TABLE IF NOT EXISTS query_predictions (
-    cell TEXT NOT NULL, episode INTEGER NOT NULL, query INTEGER NOT NULL,
-    truth TEXT NOT NULL, predicted TEXT NOT NULL, confidence REAL,
-    PRIMARY KEY (cell, episode, query)
-);
-""" + """
-CREATE TABLE IF NOT EXISTS fits (
-    identity TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
-    pid INTEGER NOT NULL, heartbeat REAL NOT NULL, checkpoint_hash TEXT, report TEXT
-);
-CREATE TABLE IF NOT EXISTS snr_levels (
-    dataset_hash TEXT NOT NULL, snr TEXT NOT NULL, mask_snr REAL,
-    PRIMARY KEY (dataset_hash, snr)
-);
-"""
-#: What each older schema version lacks (added in place when such a store is opened).
-MIGRATIONS = {
-    1: "ALTER TABLE episodes ADD COLUMN checkpoint TEXT;",
-    2: "ALTER TABLE episodes ADD COLUMN train_dataset TEXT NOT NULL DEFAULT ''; "
-       "ALTER TABLE episodes ADD COLUMN train_dataset_hash TEXT NOT NULL DEFAULT '';",
-    3: "ALTER TABLE episodes ADD COLUMN fit_examples INTEGER;",
-    4: "ALTER TABLE episodes ADD COLUMN train_seed INTEGER;",
-    5: "",  # the query_predictions table (created by the schema script that follows every migration)
-    6: "",  # the snr_levels table
-}
-OUR_TABLES = {"meta", "episodes", "query_dice", "fits", "query_predictions", "snr_levels"}
-#: A training claim whose heartbeat is older than this (seconds) is taken over by another process.
+#: A claim whose heartbeat is older than this (seconds) is taken over by another process (a
+#: process of the same host that is gone loses it at once).
 STALE_SECONDS = 120.0
-HEARTBEAT_SECONDS = 15.0
+#: A claim's heartbeat, as a share of its lease: several beats may be missed before it lapses.
+HEARTBEATS_PER_LEASE = 8
+#: Serialises creating or migrating the tables on PostgreSQL (a transaction-scoped advisory lock).
+SCHEMA_LOCK = 0x66736300
 
 
 @dataclass(frozen=True)
@@ -151,96 +116,147 @@ class Claim:
 
 
 class ResultsStore:
-    """Open (or create) a results database at ``path``.
+    """Open (or create) a results store: a SQLite file path, ``sqlite:///FILE`` or a
+    ``postgresql://`` URL.
 
-    Nothing is written to a file that is not already a results store: the schema is checked
-    first, and only then is the journal switched to WAL. A store we cannot write to is refused
-    here, before any training.
+    Nothing is written to a database that is not already a results store: the tables are checked
+    first. A SQLite store we cannot write to is refused here, before any training. With
+    ``create=False`` (reading) a store that does not exist is refused instead of created.
+    ``lease_seconds``: how long a claim outlives its holder's last heartbeat.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise SettingError("store", f"store {self.path}: is a folder; give a file such as fsc-results.sqlite")
-        if not self.path.exists():
-            from fewshot_cryoet.outputs import check_writable_parent
+    def __init__(self, store: str | Path | StoreLocation, *, create: bool = True,
+                 lease_seconds: float = STALE_SECONDS) -> None:
+        self.location = locate(store)
+        self.name = self.location.name
+        self.lease_seconds = float(lease_seconds)
+        if self.lease_seconds <= 0:
+            raise SettingError("lease", f"lease {lease_seconds:g} s: must be positive")
+        path = self.location.path
+        if path is not None:
+            if path.is_dir():
+                raise SettingError("store", f"store {path}: is a folder; give a file such as fsc-results.sqlite")
+            if not path.exists():
+                if not create:
+                    raise SettingError("store", f"store {path}: no such results store; run bench first")
+                from fewshot_cryoet.outputs import check_writable_parent
 
-            check_writable_parent(self.path, "store")
+                check_writable_parent(path, "store")
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.engine = self._engine()
         try:
-            self.connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise SettingError("store", f"store {self.path}: cannot open results store ({exc}); choose another store") from None
+            self.connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            if path is not None:
+                raise SettingError("store", f"store {path}: cannot open results store ({exc.orig or exc}); "
+                                            "choose another store") from None
+            raise unreachable("results store", self.location.url, exc) from None
+        try:
+            self._open(create)
+        except BaseException:
+            self.close()
+            raise
+
+    def _engine(self) -> sqlalchemy.Engine:
+        try:
+            if self.location.is_sqlite:
+                return sqlalchemy.create_engine(self.location.url, connect_args={"timeout": 30},
+                                                poolclass=sqlalchemy.pool.NullPool)
+            return sqlalchemy.create_engine(self.location.url, poolclass=sqlalchemy.pool.NullPool,
+                                            connect_args={"connect_timeout": 10})
+        except ImportError:
+            raise missing_driver("store", self.location.url) from None
+
+    def _open(self, create: bool) -> None:
+        """Check the tables (refusing foreign databases and other schema versions), then create
+        or migrate them in one write transaction that re-reads the version, so processes opening a
+        new store at once create it exactly once."""
+        name = self.name
         try:
             version = self._schema_version()
-        except sqlite3.DatabaseError as exc:
-            self.connection.close()
-            raise SettingError("store", f"store {self.path}: not a results store ({exc}); choose another store") from None
-        except FscError:
-            self.connection.close()
-            raise
+        except sqlalchemy.exc.DatabaseError as exc:
+            raise SettingError("store", f"store {name}: not a results store ({_reason(exc)}); choose another store") from None
+        if version is None and not create:
+            raise SettingError("store", f"store {name}: no results store there yet; run bench first")
+        if version is not None and version != SCHEMA_VERSION and version not in MIGRATIONS:
+            raise SettingError("store", f"store {name}: results store has schema version {version}, this fewshot-cryoet "
+                                        f"uses {SCHEMA_VERSION}; use another store or the matching version")
         try:
-            if version is None:  # OR IGNORE: another process may have created it while this one waited
-                self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA
-                                              + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); "
-                                                "COMMIT;")
-            elif version in MIGRATIONS:
-                steps = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
-                if version < 5:  # rows so far were written before training seeds were stored
-                    steps += ("INSERT OR IGNORE INTO meta SELECT 'rows_before_training_seeds', "
-                              "COALESCE(MAX(id), 0) FROM episodes;")
-                self.connection.executescript("BEGIN IMMEDIATE;" + steps + SCHEMA
-                                              + f"UPDATE meta SET value = '{SCHEMA_VERSION}' "
-                                                "WHERE key = 'schema_version'; COMMIT;")
-            elif version != SCHEMA_VERSION:
-                raise SettingError(
-                    "store", f"store {self.path}: results store has schema version {version}, this fewshot-cryoet uses "
-                    f"{SCHEMA_VERSION}; use another store or the matching version"
-                )
-            else:
-                with self.transaction():  # probe: a read-only file fails now, not after training
-                    self.connection.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.OperationalError as exc:
-            if self.connection.in_transaction:
-                self.connection.execute("ROLLBACK")
-            if "duplicate column" in str(exc) and self._schema_version() == SCHEMA_VERSION:
-                # another process migrated the same store while this one waited for the lock
-                self.connection.execute("PRAGMA journal_mode=WAL")
-                self.connection.execute("PRAGMA synchronous=NORMAL")
-                return
-            self.connection.close()
-            raise SettingError("store", f"store {self.path}: cannot write to the results store ({exc}); check its permissions "
-                           "or choose another --store") from None
+            with self.transaction() as db:
+                if not self.location.is_sqlite:
+                    db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+                version = self._schema_version()  # again, under the lock: another process may have been first
+                if version is None:
+                    metadata.create_all(db)
+                    db.execute(text("INSERT INTO meta VALUES ('schema_version', :v) ON CONFLICT (key) DO NOTHING"),
+                               {"v": str(SCHEMA_VERSION)})
+                elif version != SCHEMA_VERSION:
+                    for step in range(version, SCHEMA_VERSION):
+                        for statement in MIGRATIONS[step]:
+                            db.execute(text(statement))
+                    if version < 5:  # rows so far were written before training seeds were stored
+                        db.execute(text("INSERT INTO meta SELECT 'rows_before_training_seeds', "
+                                        "CAST(COALESCE(MAX(id), 0) AS TEXT) FROM episodes WHERE TRUE ON CONFLICT (key) DO NOTHING"))
+                    metadata.create_all(db)
+                    db.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION)})
+                else:  # probe: a read-only file fails now, not after training
+                    db.execute(text("UPDATE meta SET value = value WHERE key = 'schema_version'"))
+            if self.location.is_sqlite:
+                self.connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                self.connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        except sqlalchemy.exc.DatabaseError as exc:
+            raise SettingError("store", f"store {name}: cannot write to the results store ({_reason(exc)}); check its "
+                                        "permissions or choose another --store") from None
 
     @contextmanager
-    def transaction(self):
-        """One write transaction, taken at once (``BEGIN IMMEDIATE``), so read-then-write is atomic
-        across processes."""
-        self.connection.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[sqlalchemy.Connection]:
+        """One write transaction, taken at once, so read-then-write is atomic across processes
+        (SQLite: ``BEGIN IMMEDIATE`` locks the file; PostgreSQL: rows are locked as read, see
+        :meth:`claim`)."""
+        self.connection.exec_driver_sql("BEGIN IMMEDIATE" if self.location.is_sqlite else "BEGIN")
         try:
             yield self.connection
         except BaseException:
-            self.connection.execute("ROLLBACK")
+            self.connection.exec_driver_sql("ROLLBACK")
             raise
-        self.connection.execute("COMMIT")
+        self.connection.exec_driver_sql("COMMIT")
 
     def _schema_version(self) -> int | None:
-        tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables or not tables <= OUR_TABLES:
-            if tables:
-                raise SettingError("store", f"store {self.path}: SQLite file is not a fewshot-cryoet results store "
-                               "(left unchanged); choose another store")
+        """None for an empty database (PostgreSQL: one without our tables, e.g. one that holds
+        Optuna's studies too); the version a results store records; an error for anything else."""
+        tables = set(sqlalchemy.inspect(self.connection).get_table_names())
+        ours = tables & OUR_TABLES
+        foreign = tables - OUR_TABLES if self.location.is_sqlite else set()
+        if "meta" not in tables or foreign:
+            if ours or foreign:
+                raise SettingError("store", f"store {self.name}: {'SQLite file' if self.location.is_sqlite else 'database'} "
+                                            "is not a fewshot-cryoet results store (left unchanged); choose another store")
             return None
-        row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        row = self.connection.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).fetchone()
         return int(row[0]) if row else None
 
     def close(self) -> None:
-        self.connection.close()
+        connection = getattr(self, "connection", None)
+        if connection is not None:
+            connection.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _now(self, db: sqlalchemy.Connection) -> float:
+        """Seconds since the epoch by the clock every holder of a claim shares: the server's on
+        PostgreSQL (machines' clocks may differ), this machine's for a SQLite file."""
+        if self.location.is_sqlite:
+            return time.time()
+        return float(db.execute(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")).scalar_one())
 
     def done_episodes(self, cell: Cell) -> set[int]:
-        rows = self.connection.execute("SELECT episode FROM episodes WHERE cell = ?", (cell.key,))
+        rows = self.connection.execute(text("SELECT episode FROM episodes WHERE cell = :cell"), {"cell": cell.key})
         return {r[0] for r in rows}
 
     def add(self, cell: Cell, result: EpisodeResult, *, fit_seconds: float | None, fit_episodes: int | None,
@@ -257,98 +273,119 @@ class ResultsStore:
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
+        marks = ", ".join(f":{name}" for name in row)
         with self.transaction() as db:
-            inserted = db.execute(f"INSERT INTO episodes ({columns}) VALUES ({marks}) "
-                                  "ON CONFLICT (cell, episode) DO NOTHING", tuple(row.values())).rowcount
+            inserted = db.execute(text(f"INSERT INTO episodes ({columns}) VALUES ({marks}) "
+                                       "ON CONFLICT (cell, episode) DO NOTHING"), row).rowcount
             if inserted and result.query_dice:
-                db.executemany(
-                    "INSERT INTO query_dice VALUES (?, ?, ?, ?, ?, ?)",
-                    [(cell.key, result.episode, q, c, d, dc) for q, c, d, dc in result.query_dice],
-                )
+                db.execute(text("INSERT INTO query_dice VALUES (:c, :e, :q, :k, :d, :dc)"),
+                           [dict(c=cell.key, e=result.episode, q=q, k=k, d=d, dc=dc) for q, k, d, dc in result.query_dice])
             if inserted and result.query_classes:
-                db.executemany("INSERT INTO query_predictions VALUES (?, ?, ?, ?, ?, ?)",
-                               [(cell.key, result.episode, q, t, p, c) for q, t, p, c in result.query_classes])
+                db.execute(text("INSERT INTO query_predictions VALUES (:c, :e, :q, :t, :p, :f)"),
+                           [dict(c=cell.key, e=result.episode, q=q, t=t, p=p, f=f) for q, t, p, f in result.query_classes])
         return bool(inserted)
 
     def checkpoints(self, cell: Cell) -> set[str]:
         """Checkpoint hashes the cell's stored episodes were scored with (rows from before
         checkpoints were recorded say nothing)."""
-        rows = self.connection.execute("SELECT DISTINCT checkpoint FROM episodes WHERE cell = ? AND checkpoint "
-                                       "IS NOT NULL", (cell.key,))
+        rows = self.connection.execute(text("SELECT DISTINCT checkpoint FROM episodes WHERE cell = :cell AND "
+                                            "checkpoint IS NOT NULL"), {"cell": cell.key})
         return {r[0] for r in rows}
 
     # -- claims: a training, or a chunk of test episodes ---------------------------------------------
-    def claim(self, identity: str, stale_after: float = STALE_SECONDS) -> Claim:
-        """Claim the work ``identity`` (a training, or a chunk of a cell's test episodes), atomically: ``mine`` if nobody holds it (or the
-        holder's heartbeat is stale, or it was this host's process and is gone), ``done`` if it
-        was done, else ``busy``. Several processes running one grid split its work this way."""
-        now = time.time()
+    def claim(self, identity: str, stale_after: float | None = None) -> Claim:
+        """Claim the work ``identity`` (a training, or a chunk of a cell's test episodes),
+        atomically: ``mine`` if nobody holds it (or the holder's heartbeat is older than the lease,
+        or it was this host's process and is gone), ``done`` if it was done, else ``busy``.
+        Several processes running one grid split its work this way."""
+        stale_after = self.lease_seconds if stale_after is None else stale_after
+        host, pid = socket.gethostname(), os.getpid()
         with self.transaction() as db:
-            row = db.execute("SELECT state, owner, host, pid, heartbeat, checkpoint_hash, report FROM fits "
-                             "WHERE identity = ?", (identity,)).fetchone()
-            if row is not None:
-                state, owner, host, pid, heartbeat, checkpoint_hash, report = row
-                if state == "done":
-                    return Claim("done", owner, host, pid, now - heartbeat, checkpoint_hash,
-                                 json.loads(report) if report else None)
-                gone = host == socket.gethostname() and not _pid_alive(pid)
-                if owner != self.owner and now - heartbeat < stale_after and not gone:
-                    return Claim("busy", owner, host, pid, now - heartbeat)
-            db.execute("INSERT INTO fits (identity, state, owner, host, pid, heartbeat) VALUES (?, 'training', ?, ?, ?, ?) "
-                       "ON CONFLICT (identity) DO UPDATE SET state = 'training', owner = excluded.owner, "
-                       "host = excluded.host, pid = excluded.pid, heartbeat = excluded.heartbeat",
-                       (identity, self.owner, socket.gethostname(), os.getpid(), now))
-        return Claim("mine", self.owner, socket.gethostname(), os.getpid())
+            now = self._now(db)
+            mine = dict(identity=identity, owner=self.owner, host=host, pid=pid, now=now)
+            if db.execute(text("INSERT INTO fits (identity, state, owner, host, pid, heartbeat) VALUES "
+                               "(:identity, 'training', :owner, :host, :pid, :now) ON CONFLICT (identity) DO NOTHING"),
+                          mine).rowcount:
+                return Claim("mine", self.owner, host, pid)
+            lock = "" if self.location.is_sqlite else " FOR UPDATE"
+            state, owner, holder, holder_pid, heartbeat, checkpoint_hash, report = db.execute(
+                text("SELECT state, owner, host, pid, heartbeat, checkpoint_hash, report FROM fits "
+                     "WHERE identity = :identity" + lock), {"identity": identity}).one()
+            if state == "done":
+                return Claim("done", owner, holder, holder_pid, now - heartbeat, checkpoint_hash,
+                             json.loads(report) if report else None)
+            gone = holder == host and not _pid_alive(holder_pid)
+            if owner != self.owner and now - heartbeat < stale_after and not gone:
+                return Claim("busy", owner, holder, holder_pid, now - heartbeat)
+            db.execute(text("UPDATE fits SET state = 'training', owner = :owner, host = :host, pid = :pid, "
+                            "heartbeat = :now WHERE identity = :identity"), mine)
+        return Claim("mine", self.owner, host, pid)
 
     def finish(self, identity: str, checkpoint_hash: str = "", report: dict | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE fits SET state = 'done', checkpoint_hash = ?, report = ?, heartbeat = ? "
-                       "WHERE identity = ? AND owner = ?",
-                       (checkpoint_hash, json.dumps(report or {}), time.time(), identity, self.owner))
+            db.execute(text("UPDATE fits SET state = 'done', checkpoint_hash = :h, report = :r, heartbeat = :now "
+                            "WHERE identity = :identity AND owner = :owner"),
+                       dict(h=checkpoint_hash, r=json.dumps(report or {}), now=self._now(db), identity=identity,
+                            owner=self.owner))
 
     def release(self, identity: str) -> None:
         """Give up a claim (the work failed or was interrupted) so another process may do it."""
         with self.transaction() as db:
-            db.execute("DELETE FROM fits WHERE identity = ? AND owner = ? AND state = 'training'",
-                       (identity, self.owner))
+            db.execute(text("DELETE FROM fits WHERE identity = :identity AND owner = :owner AND state = 'training'"),
+                       dict(identity=identity, owner=self.owner))
 
     def heartbeat(self, identity: str) -> Heartbeat:
         """A background thread that keeps this process's claim on ``identity`` fresh."""
-        return Heartbeat(self.path, identity, self.owner)
+        return Heartbeat(self, identity)
+
+    def claims_frame(self) -> pd.DataFrame:
+        """Every claim: identity, state, owner and the age of its last heartbeat in seconds (by
+        the clock heartbeats are written with)."""
+        with self.transaction() as db:  # one snapshot, and the clock read in it
+            now = self._now(db)
+            frame = pd.read_sql_query(text("SELECT identity, state, owner, host, pid, heartbeat FROM fits"), db)
+        return frame.assign(age=now - frame.pop("heartbeat").astype(float))
 
     def rows_before_training_seeds(self) -> int:
         """The last episode row id written before this store recorded training seeds (0: none),
         set when a store older than schema 5 is migrated."""
-        row = self.connection.execute("SELECT value FROM meta WHERE key = 'rows_before_training_seeds'").fetchone()
+        row = self.connection.execute(text("SELECT value FROM meta WHERE key = 'rows_before_training_seeds'")).fetchone()
         return int(row[0]) if row else 0
 
     def record_snr_level(self, dataset_hash: str, snr: str, mask_snr: float | None) -> None:
         """Keep a data set level's median in-mask SNR, which leaderboard headers show beside the
         nominal whole-box SNR (a store outlives the data sets it scored)."""
-        with self.transaction():
-            self.connection.execute("INSERT OR REPLACE INTO snr_levels VALUES (?, ?, ?)",
-                                    (dataset_hash, snr, None if mask_snr is None or math.isinf(mask_snr) else mask_snr))
+        value = None if mask_snr is None or math.isinf(mask_snr) else float(mask_snr)
+        with self.transaction() as db:
+            db.execute(text("INSERT INTO snr_levels VALUES (:d, :s, :m) ON CONFLICT (dataset_hash, snr) "
+                            "DO UPDATE SET mask_snr = excluded.mask_snr"), dict(d=dataset_hash, s=snr, m=value))
 
     def frame(self) -> pd.DataFrame:
         """Every episode row as a DataFrame, with its level's median in-mask SNR (``mask_snr``,
         NaN where unknown: noise-free levels, stores from before schema 7)."""
-        frame = pd.read_sql_query(
+        frame = self._read(
             "SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
-            "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr ORDER BY e.id", self.connection)
+            "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr ORDER BY e.id")
         return frame.assign(mask_snr=frame["mask_snr"].astype(float))
 
     def query_predictions_frame(self) -> pd.DataFrame:
         """Every stored query's true and predicted class, with its row's identity."""
-        return pd.read_sql_query(
+        return self._read(
             "SELECT q.*, e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "
             "e.dataset, e.train_dataset FROM query_predictions q "
-            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode", self.connection)
+            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
 
     def query_dice_frame(self) -> pd.DataFrame:
-        return pd.read_sql_query(
+        return self._read(
             "SELECT q.*, e.label, e.snr, e.n_way, e.k_shot, e.dataset, e.train_dataset FROM query_dice q "
-            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode", self.connection)
+            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
+
+    def _read(self, sql: str) -> pd.DataFrame:
+        return pd.read_sql_query(text(sql), self.connection)
+
+
+def _reason(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -362,23 +399,29 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Heartbeat:
-    """Context manager: a daemon thread, with its own connection, that refreshes a training
-    claim every :data:`HEARTBEAT_SECONDS` until the block ends; a process killed with ``kill -9``
-    stops beating and its claim goes stale."""
+    """Context manager: a daemon thread, with its own connection, that refreshes a claim
+    ``HEARTBEATS_PER_LEASE`` times per lease until the block ends; a process killed with
+    ``kill -9`` stops beating and its claim lapses."""
 
-    def __init__(self, path: Path, identity: str, owner: str) -> None:
-        self.path, self.identity, self.owner = path, identity, owner
+    def __init__(self, store: ResultsStore, identity: str) -> None:
+        self.store, self.identity = store, identity
+        self.interval = store.lease_seconds / HEARTBEATS_PER_LEASE
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="fsc-heartbeat")
 
     def _run(self) -> None:
-        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        store = self.store
         try:
-            while not self._stop.wait(HEARTBEAT_SECONDS):
+            connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sqlalchemy.exc.SQLAlchemyError:
+            return  # the claim lapses; another process redoes the work
+        try:
+            while not self._stop.wait(self.interval):
                 try:
-                    connection.execute("UPDATE fits SET heartbeat = ? WHERE identity = ? AND owner = ?",
-                                       (time.time(), self.identity, self.owner))
-                except sqlite3.Error:
+                    connection.execute(text("UPDATE fits SET heartbeat = :now WHERE identity = :identity AND "
+                                            "owner = :owner"),
+                                       dict(now=store._now(connection), identity=self.identity, owner=store.owner))
+                except sqlalchemy.exc.SQLAlchemyError:
                     pass  # a busy database: the next beat will do
         finally:
             connection.close()

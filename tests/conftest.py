@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,35 @@ def nan_mrc(tmp_path) -> Path:
         mrc.set_data(volume)
         mrc.voxel_size = 20.0
     return path
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL server of ``FSC_TEST_POSTGRES_URL`` (``.ci/run`` starts one and requires it);
+    skipped where none is set up."""
+    url = os.environ.get("FSC_TEST_POSTGRES_URL")
+    if url is None:
+        if os.environ.get("FSC_REQUIRE_POSTGRES"):
+            pytest.fail("FSC_REQUIRE_POSTGRES is set but FSC_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL server: set FSC_TEST_POSTGRES_URL (.ci/run starts one)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A results store that does not exist yet: a SQLite file, or a PostgreSQL URL whose tables go to
+    a fresh schema of the test database (``search_path`` in the URL), dropped afterwards."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store.sqlite")
+        return
+    import psycopg
+
+    url = request.getfixturevalue("postgres_url")
+    schema = f"fsc_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")

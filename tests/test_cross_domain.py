@@ -75,12 +75,30 @@ def test_domains_on_different_grids_are_refused(tiny_dataset, paired_dataset, tm
 def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
     import sqlite3
 
-    from fewshot_cryoet.store import SCHEMA, SCHEMA_VERSION, ResultsStore
+    from fewshot_cryoet.store import SCHEMA_VERSION, ResultsStore
 
-    old = SCHEMA.replace("    checkpoint TEXT,\n", "").replace(
-        "    train_dataset TEXT NOT NULL DEFAULT '', train_dataset_hash TEXT NOT NULL DEFAULT '',\n", "").replace(
-        "    fit_examples INTEGER, train_seed INTEGER,\n", "")
-    old = old[:old.index("CREATE TABLE IF NOT EXISTS fits")]
+    old = """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE episodes (
+        id INTEGER PRIMARY KEY,
+        cell TEXT NOT NULL,
+        method TEXT NOT NULL, variant TEXT NOT NULL, label TEXT NOT NULL,
+        params_hash TEXT NOT NULL, params TEXT NOT NULL, profile TEXT, budget TEXT,
+        dataset TEXT NOT NULL, dataset_hash TEXT NOT NULL,
+        snr TEXT NOT NULL, n_way INTEGER NOT NULL, k_shot INTEGER NOT NULL, q_query INTEGER NOT NULL,
+        seed INTEGER NOT NULL, episode INTEGER NOT NULL,
+        accuracy REAL NOT NULL, dice REAL, dice_crf REAL,
+        predict_seconds REAL NOT NULL, fit_seconds REAL, fit_episodes INTEGER, val_accuracy REAL,
+        device TEXT NOT NULL, package_version TEXT NOT NULL, plugin TEXT NOT NULL, created TEXT NOT NULL,
+        UNIQUE (cell, episode)
+    );
+    CREATE TABLE query_dice (
+        cell TEXT NOT NULL, episode INTEGER NOT NULL, query INTEGER NOT NULL,
+        class TEXT NOT NULL, dice REAL NOT NULL, dice_crf REAL,
+        PRIMARY KEY (cell, episode, query)
+    );
+    CREATE INDEX episodes_by_cell ON episodes (cell);
+    """  # the schema version 1 wrote
     path = tmp_path / "v1.sqlite"
     with sqlite3.connect(path) as db:
         db.executescript(old)
@@ -93,4 +111,4 @@ def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
     frame = store.frame()
     assert len(frame) == 1 and frame["accuracy"].iloc[0] == 0.75
     assert frame["train_dataset"].iloc[0] == "" and frame["checkpoint"].isna().all() and frame["fit_examples"].isna().all()
-    assert store.connection.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    assert store.connection.exec_driver_sql("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)

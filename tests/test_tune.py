@@ -43,21 +43,11 @@ def _worker(storage: str, dataset, study: str, trials: int, *extra) -> subproces
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _postgres_url() -> str | None:
-    url = os.environ.get("FSC_TEST_POSTGRES_URL")
-    if url is None and os.environ.get("FSC_REQUIRE_POSTGRES"):
-        pytest.fail("FSC_REQUIRE_POSTGRES is set but FSC_TEST_POSTGRES_URL is not")
-    return url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tune.sqlite'}"
-    url = _postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server: set FSC_TEST_POSTGRES_URL (.ci/run starts one)")
-    return url
+    return request.getfixturevalue("postgres_url")
 
 
 def test_two_worker_processes_share_one_study(storage_url, val2_dataset, tmp_path):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.errors import SettingError
 
 if TYPE_CHECKING:
     import optuna
@@ -33,34 +33,21 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     import optuna
     import sqlalchemy.exc
 
-    try:
-        from sqlalchemy.engine import make_url
+    from fewshot_cryoet.databases import missing_driver, parse_url, unreachable, with_installed_postgres_driver
 
-        parsed = make_url(url)
-    except Exception:
-        raise SettingError("storage", f"storage {safe_url(url)!r}: not a database URL (e.g. sqlite:///fsc-tune.sqlite or "
-                       "postgresql://user:password@host:5432/db)") from None
+    parsed = parse_url(url, "storage", "sqlite:///fsc-tune.sqlite or postgresql://user:password@host:5432/db")
     if must_exist and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \
             and not Path(parsed.database).exists():
         raise SettingError("storage", f"storage {safe_url(url)}: no such tuning database ({parsed.database}); "
                                       "run fsc tune run first, or give the storage it used")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # fsc reports trials itself
-    url = _with_installed_postgres_driver(parsed)
+    parsed = with_installed_postgres_driver(parsed)
     try:
-        return _rdb_storage(url, sqlite=parsed.drivername.startswith("sqlite"))
+        return _rdb_storage(parsed.render_as_string(hide_password=False), sqlite=parsed.drivername.startswith("sqlite"))
     except ImportError:
-        raise SettingError("storage", f"storage {safe_url(url)}: no database driver for {parsed.drivername} is installed; "
-                       "for PostgreSQL: pip install 'fewshot-cryoet[postgres]' (psycopg 3)") from None
+        raise missing_driver("storage", parsed) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        host = f"{parsed.host}:{parsed.port or 'default port'}" if parsed.host else (parsed.database or safe_url(url))
-        reason = safe_url(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
-        for secret in (parsed.password, parsed.query.get("password")):
-            if isinstance(secret, str) and secret:
-                reason = reason.replace(secret, "***")
-        raise FscError(
-            f"cannot open tuning storage {safe_url(url)} at {host}: {reason}; check that the server is "
-            "running and reachable, and the user, password and database in the URL"
-        ) from None
+        raise unreachable("tuning storage", parsed, exc) from None
 
 
 def _rdb_storage(url: str, sqlite: bool, attempts: int = 5):
@@ -87,16 +74,3 @@ def _rdb_storage(url: str, sqlite: bool, attempts: int = 5):
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
-
-
-def _with_installed_postgres_driver(parsed) -> str:
-    """``postgresql://`` names no driver and SQLAlchemy's default changed between versions
-    (psycopg2 up to 2.0, psycopg 3 from 2.1): name whichever is installed."""
-    if parsed.drivername == "postgresql":
-        import importlib.util
-
-        for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
-            if importlib.util.find_spec(module) is not None:
-                parsed = parsed.set(drivername=driver)
-                break
-    return parsed.render_as_string(hide_password=False)
