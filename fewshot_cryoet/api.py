@@ -646,8 +646,8 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             notes.append(f"{len(old)} episode rows were written by a version that did not store training seeds; "
                          f"they are read as trained with their episode seed ({', '.join(map(str, sorted(old['seed'].unique())))})")
             as_reporter(reporter).log(f"note: {notes[-1]}")
-        name = results.location.path.name if results.location.is_sqlite else results.name
-        return render(frame, results.query_dice_frame(), Path(out), name, results.query_predictions_frame(),
+        return render(frame, results.query_dice_frame(), Path(out), results.location.label,
+                      results.query_predictions_frame(),
                       notes=notes)
 
 

@@ -35,6 +35,11 @@ class StoreLocation:
         return self.path is not None
 
     @property
+    def label(self) -> str:
+        """How generated pages name the store: the file's name, or the URL without its password."""
+        return self.path.name if self.path is not None else self.name
+
+    @property
     def stem(self) -> str:
         """A short name: the file's stem, or the database's name."""
         if self.path is not None:
