@@ -551,6 +551,43 @@ def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | No
     return the_study
 
 
+def confirm_tuning(study: str, *, seeds: Sequence[int] = (0, 1, 2), episodes: int = 200, dataset=None,
+                   templates: Sequence[str | Path] = (), test_classes: Sequence[str] | None = None,
+                   per_class: int | None = None, storage: str = DEFAULT_STORAGE, device: str = "auto",
+                   reporter: Reporter | None = None):
+    """Retrain a study's best trial and the untuned defaults once per seed, score both on fresh
+    validation-class episodes, and test the difference (see ``tuning.confirm``); the result is
+    stored with the study, shown by ``fsc tune show`` and written into exported params files.
+    The data must be the study's own (checked by hash)."""
+    from fewshot_cryoet import tuning
+    from fewshot_cryoet.datasets.dataset import parse_snr
+    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.runner import resolve_device
+    from fewshot_cryoet.tuning.confirm import confirm
+
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SettingError("seeds", f"seeds {','.join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2")
+    if episodes < 1:
+        raise SettingError("episodes", "episodes must be ≥ 1")
+    torch_device = resolve_device(device)
+    the_study = tuning.load_study(storage, study)
+    settings = tuning.TuneSettings(**the_study.user_attrs["fsc"])
+    best = tuning.best_trial(the_study)
+    spec = method_specs([f"{settings.method}/{settings.variant}"])[0]
+    source = data_source(dataset, templates, per_class, test_classes)
+    data = source.at(parse_snr(settings.snr), reporter)
+    if data.content_hash != settings.dataset_hash:
+        raise SettingError("dataset", f"study {study!r} was tuned on {settings.dataset} (hash {settings.dataset_hash}), "
+                                      f"not on {source.name} (hash {data.content_hash}); give the study's own "
+                                      "--dataset or --templates")
+    result = confirm(spec.cls, settings, data, best.user_attrs.get("params", best.params),
+                     Budget.parse(settings.budget) if settings.budget else Budget(episodes=1), torch_device, seeds,
+                     episodes, reporter)
+    the_study.set_user_attr("confirmation", {**result.to_dict(), "trial": best.number})
+    return result
+
+
 def export_tuned(study: str, out: str | Path, storage: str = DEFAULT_STORAGE):
     """Write a study's best trial to a params file (for ``bench(tuned=[file])``); returns it."""
     from fewshot_cryoet import tuning
@@ -654,9 +691,12 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
 def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(claims, cells) of a store that one or several workers fill: every training and every chunk
     of test episodes claimed, by whom, in which state and how long ago its holder's last heartbeat
-    was; and the episodes stored per row, data set, SNR and N-way."""
+    was; and per cell (row, data set, SNR, N-way, K-shot, training seed) the test episodes planned
+    and stored, the chunks claimed now, and whether it is done, running or pending. Cells of runs
+    from before the store recorded plans show their stored episodes only."""
     with _existing_store(store) as results:
         claims = results.claims_frame()
+        progress = results.progress_frame()
         frame = results.frame()
     claims = pd.DataFrame({
         "work": ["test episodes" if i.startswith("eval-") else "training" for i in claims["identity"]],
@@ -666,9 +706,13 @@ def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.Da
                .reset_index() if len(claims) else claims)
     if len(summary):
         summary["last heartbeat"] = [f"{a:.0f} s ago" for a in summary.pop("newest")]
-    cells = (frame.groupby(["label", "dataset", "snr", "n_way"])["episode"].nunique().reset_index(name="episodes")
-             if not frame.empty else pd.DataFrame(columns=["label", "dataset", "snr", "n_way", "episodes"]))
-    return summary, cells
+    unplanned = frame[~frame["cell"].isin(progress["cell"])]
+    if len(unplanned):
+        old = unplanned.assign(train_seed=unplanned["train_seed"].fillna(unplanned["seed"]).astype(int)).groupby(
+            ["cell", "label", "dataset", "snr", "n_way", "k_shot", "train_seed"])["episode"].nunique()
+        progress = pd.concat([progress, old.reset_index(name="stored").assign(state="not planned")])
+    cells = progress.drop(columns=["cell"]).rename(columns={"train_seed": "seed", "episodes": "planned"})
+    return summary, cells.reset_index(drop=True)
 
 
 @contextmanager
@@ -757,6 +801,12 @@ def study_summary(study: optuna.Study, storage: str, top: int = 10) -> tuple[str
     header = (f"study {study.study_name} ({safe_url(storage)}): {s['method']}/{s['variant']}, SNR {s['snr']}, "
               f"{s['ways']}-way {s['shots']}-shot, budget {s['budget'] or 'none'} per trial, objective "
               f"{s['objective']}; trials: {counts}")
+    confirmation = study.user_attrs.get("confirmation")
+    if confirmation is not None:
+        from fewshot_cryoet.tuning.confirm import Confirmation
+
+        kept = Confirmation(**{k: v for k, v in confirmation.items() if k != "trial"})
+        header += f"\ntrial {confirmation['trial']} against the defaults, {kept.describe()}"
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-sum(t.values), t.number))
 
     def fmt(value) -> str:

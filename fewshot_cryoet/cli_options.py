@@ -126,11 +126,14 @@ def store_option(help: str):
                                     "several machines (the password is never printed).")
 
 
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
 def run_options(function):
     """--seed, --device."""
     return _stack(
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of everything random."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        device_option,
     )(function)
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 
 from fewshot_cryoet import api
-from fewshot_cryoet.cli_options import data_options, method_params, queries_per_class_option, run_options, storage_option
+from fewshot_cryoet.cli_options import (
+    data_options, device_option, method_params, parse_list, queries_per_class_option, run_options, storage_option,
+)
 from fewshot_cryoet.terminal import RichReporter, print_table, print_warning, progress_bars, say
 from fewshot_cryoet.tuning import OBJECTIVES, PRUNERS, SAMPLERS
 
@@ -104,6 +106,26 @@ def show(study, storage) -> None:
     from fewshot_cryoet import tuning
 
     _show(tuning.load_study(storage, study), storage)
+
+
+@tune.command("confirm")
+@click.argument("study")
+@click.option("--seeds", "seed_texts", default="0,1,2", show_default=True,
+              help="Training seeds: the best trial and the defaults are each retrained once per seed.")
+@click.option("--episodes", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Fresh validation-class episodes (none of them scored a trial).")
+@data_options
+@storage_option
+@device_option
+def confirm(study, seed_texts, episodes, dataset, templates, test_classes, per_class, storage, device) -> None:
+    """Test a study's best trial against the defaults before calling it better: both retrained with
+    several seeds, scored on fresh validation episodes, paired test (the test split is never read)."""
+    with progress_bars() as progress:
+        result = api.confirm_tuning(study, seeds=parse_list(seed_texts, "--seeds", int), episodes=episodes,
+                                    dataset=dataset, templates=templates,
+                                    test_classes=test_classes and test_classes.split(","), per_class=per_class,
+                                    storage=storage, device=device, reporter=RichReporter(progress))
+    say(result.describe())
 
 
 @tune.command("export")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from fewshot_cryoet.datasets.dataset import RECORDED
 from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.metrics import mean_ci95, significantly_worse
+from fewshot_cryoet.metrics import seeds_and_episodes_ci, significantly_worse
 from fewshot_cryoet.outputs import write_text
 
 LEADERBOARD_EPISODES = 600
@@ -51,26 +51,6 @@ def _with_training_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     stores before training seeds existed were all trained with it)."""
     seeds = frame["train_seed"] if "train_seed" in frame else pd.Series(math.nan, index=frame.index)
     return frame.assign(train_seed=seeds.fillna(frame["seed"]).astype(int))
-
-
-def seeds_and_episodes_ci(group: pd.DataFrame, replicates: int = 2000) -> tuple[float, float, int]:
-    """(mean, 95% CI half-width, number of training seeds) of a row's accuracy. One seed: mean ±
-    1.96·σ/√n over episodes. Several: the mean over seeds of their means, with a two-level
-    bootstrap (seeds with replacement, then episodes with replacement, the same episodes for every
-    seed as they were scored; 2000 replicates, fixed generator, half the 95% percentile range), so
-    the interval counts training-to-training variation as well as episode variation."""
-    table = group.pivot_table(index="episode", columns="train_seed", values="accuracy", aggfunc="first").dropna()
-    seeds = table.shape[1]
-    if seeds < 2:
-        mean, ci = mean_ci95(group["accuracy"])
-        return mean, ci, seeds
-    values = table.to_numpy()
-    rng = np.random.default_rng(0)
-    episodes = rng.integers(0, len(values), size=(replicates, len(values)))
-    chosen = rng.integers(0, seeds, size=(replicates, seeds))
-    means = np.take_along_axis(values[episodes], chosen[:, None, :], axis=2).mean(axis=(1, 2))
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(values.mean()), float((high - low) / 2), seeds
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 #: Significance level of every "tie" and "better" the leaderboards state.
@@ -42,6 +43,26 @@ def significantly_worse(best_mean: float, best_ci: float, mean: float, ci: float
     if math.isnan(best_ci) or math.isnan(ci):
         return mean < best_mean
     return best_mean - mean > math.sqrt(best_ci**2 + ci**2)
+
+
+def seeds_and_episodes_ci(group: pd.DataFrame, replicates: int = 2000) -> tuple[float, float, int]:
+    """(mean, 95% CI half-width, number of training seeds) of a row's accuracy. One seed: mean ±
+    1.96·σ/√n over episodes. Several: the mean over seeds of their means, with a two-level
+    bootstrap (seeds with replacement, then episodes with replacement, the same episodes for every
+    seed as they were scored; 2000 replicates, fixed generator, half the 95% percentile range), so
+    the interval counts training-to-training variation as well as episode variation."""
+    table = group.pivot_table(index="episode", columns="train_seed", values="accuracy", aggfunc="first").dropna()
+    seeds = table.shape[1]
+    if seeds < 2:
+        mean, ci = mean_ci95(group["accuracy"])
+        return mean, ci, seeds
+    values = table.to_numpy()
+    rng = np.random.default_rng(0)
+    episodes = rng.integers(0, len(values), size=(replicates, len(values)))
+    chosen = rng.integers(0, seeds, size=(replicates, seeds))
+    means = np.take_along_axis(values[episodes], chosen[:, None, :], axis=2).mean(axis=(1, 2))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float((high - low) / 2), seeds
 
 
 @dataclass(frozen=True)

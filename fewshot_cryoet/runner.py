@@ -150,6 +150,34 @@ def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_cla
                                             "classes, or allow class overlap (--allow-class-overlap) to measure that on purpose")
 
 
+class EvalPlan:
+    """A cell's test episodes still to score, as fixed chunks of EVAL_CHUNK episode numbers
+    (every worker names the same chunk alike), with its progress bar once started."""
+
+    def __init__(self, cell: Cell, episodes: EpisodeSet, done: set[int], wanted: int) -> None:
+        missing = [e for e in range(wanted) if e not in done]
+        self.cell, self.episodes, self.missing, self.task = cell, episodes, len(missing), None
+        self.chunks = {start: block for start in range(0, wanted, EVAL_CHUNK)
+                       if (block := [n for n in missing if start <= n < start + EVAL_CHUNK])}
+
+    @property
+    def complete(self) -> bool:
+        return not self.chunks
+
+
+@dataclass
+class Job:
+    """One model of the grid (a method, at one training seed): its fit, then its cells' episodes."""
+
+    spec: MethodSpec
+    method: FewShotMethod
+    train_seed: int | None
+    cells: dict[tuple[int, int], Cell]
+    plans: list[EvalPlan]
+    where: str
+    fitted: tuple[FitReport, str | None] | None = None
+
+
 class Runner:
     """Runs a benchmark grid into a results store."""
 
@@ -165,6 +193,7 @@ class Runner:
         #: several machines must share one folder (``--models``), which is checked by checkpoint hash.
         self.models_dir = Path(models_dir) if models_dir is not None else store.location.sibling(".models")
         self._scorers: dict[int, Scorer] = {}  # per method: its CRF cache spans every cell
+        self._announced: set[str] = set()  # trainings said to be another worker's
         self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
@@ -216,34 +245,61 @@ class Runner:
         all_cells = {id(m): self.cells(spec, m, dataset, dataset_name, snr, train, train_name, s)
                      for spec, m, s in methods}
         self.check_fresh([c for cells in all_cells.values() for c in cells.values()])
+        self.store.plan([c for cells in all_cells.values() for c in cells.values()], settings.episodes)
+        jobs = []
         for spec, method, train_seed in methods:
             cells = all_cells[id(method)]
             where = f"{method.label}" + (f" (training seed {train_seed})" if len(settings.training_seeds) > 1
                                          and method.trainable else "")
-            todo = {}
-            for key, cell in cells.items():
-                done = self.store.done_episodes(cell)
-                todo[key] = [e for e in range(settings.episodes) if e not in done]
-            if not any(todo.values()):
+            plans = [EvalPlan(cell, test_sets[key], self.store.done_episodes(cell), settings.episodes)
+                     for key, cell in cells.items()]
+            if all(plan.complete for plan in plans):
                 self.log(f"{where} at SNR {snr_label(snr)}: already complete")
                 continue
-            try:
-                report, checkpoint = self.fit(method, train if train is not None else dataset, snr, cells, train_seed)
-                for key, missing in todo.items():
-                    if missing:
-                        self.evaluate(method, spec, dataset, snr, test_sets[key], cells[key], missing, report,
-                                      checkpoint)
-            except FscError as exc:  # one method's bad input must not stop the rest of the grid
-                self.failures.append(f"{where} at SNR {snr_label(snr)}: {exc}")
-                self.log(f"skipped {self.failures[-1]}")
+            jobs.append(Job(spec, method, train_seed, cells, [p for p in plans if not p.complete], where))
+        # Work-list scheduling: a job whose training, or whose chunks of test episodes, another
+        # worker holds is passed over for the next one, and revisited; a worker waits only when
+        # everything left is someone else's (then polls until it is done or its claim lapses).
+        while jobs:
+            progressed = False
+            for job in list(jobs):
+                try:
+                    finished, moved = self._advance(job, dataset, snr, train)
+                except FscError as exc:  # one method's bad input must not stop the rest of the grid
+                    self.failures.append(f"{job.where} at SNR {snr_label(snr)}: {exc}")
+                    self.log(f"skipped {self.failures[-1]}")
+                    finished, moved = True, True
+                progressed |= moved
+                if finished:
+                    jobs.remove(job)
+            if jobs and not progressed:
+                time.sleep(CLAIM_POLL_SECONDS)
+
+    def _advance(self, job: Job, dataset: SubtomogramDataset, snr: float,
+                 train: SubtomogramDataset | None) -> tuple[bool, bool]:
+        """One pass over a job without waiting: (finished, made progress)."""
+        moved = False
+        if job.fitted is None:
+            job.fitted = self.fit(job.method, train if train is not None else dataset, snr, job.cells, job.train_seed,
+                                  wait=False)
+            if job.fitted is None:
+                return False, False  # another worker trains it
+            moved = True
+        report, checkpoint = job.fitted
+        for plan in job.plans:
+            if not plan.complete:
+                moved |= self.evaluate(job.method, job.spec, dataset, snr, plan, report, checkpoint)
+        return all(plan.complete for plan in job.plans), moved
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
-            cells: dict[tuple[int, int], Cell], train_seed: int | None = None) -> tuple[FitReport, str | None]:
+            cells: dict[tuple[int, int], Cell], train_seed: int | None = None,
+            wait: bool = True) -> tuple[FitReport, str | None] | None:
         """(fit report, checkpoint hash): trains the method on ``dataset`` (the training domain) once
         per store, whatever the number of processes running the same grid, and whatever the number
         of domains it is then tested on. The first process claims the fit in the store and
-        trains it (a heartbeat keeps the claim); the others wait for its checkpoint and reuse it,
-        saying so. A crashed trainer's claim goes stale and is taken over."""
+        trains it (a heartbeat keeps the claim); the others reuse its checkpoint, saying so. While
+        another process trains it, this one waits, or with ``wait=False`` returns None at once (it
+        has other work). A crashed trainer's claim goes stale and is taken over."""
         if not method.trainable:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
@@ -259,7 +315,7 @@ class Runner:
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}" + (
             f", training seed {seed}" if train_seed not in (None, self.settings.seed) else "")
-        waited = False
+        waited = identity in self._announced
         while True:
             claim = self.store.claim(identity)
             if claim.state == "mine" and checkpoint.exists() and report_path.exists():
@@ -279,9 +335,13 @@ class Runner:
                 return FitReport.from_dict(claim.report or {}), claim.checkpoint_hash
             if claim.state == "busy":
                 if not waited:
-                    self.log(f"{where}: another process ({claim.owner}) is training this model; waiting for it "
-                             f"(its claim lapses {self.store.lease_seconds:.0f} s after its last heartbeat)")
+                    self.log(f"{where}: another process ({claim.owner}) is training this model; "
+                             + ("waiting for it" if wait else "doing other work meanwhile")
+                             + f" (its claim lapses {self.store.lease_seconds:.0f} s after its last heartbeat)")
+                    self._announced.add(identity)
                     waited = True
+                if not wait:
+                    return None
                 time.sleep(CLAIM_POLL_SECONDS)
                 continue
             break
@@ -307,54 +367,51 @@ class Runner:
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
-                 episodes: EpisodeSet, cell: Cell, missing: list[int], report: FitReport,
-                 checkpoint: str | None = None) -> None:
-        """Score the cell's missing episodes, each committed at once with the checkpoint hash of
-        the fit that produced it; refuses to add to rows scored with another fit."""
+                 plan: EvalPlan, report: FitReport, checkpoint: str | None = None) -> bool:
+        """One pass over a cell's chunks of missing test episodes: each chunk not held by another
+        worker is claimed and scored, each episode committed at once with the checkpoint hash of
+        the fit that produced it. Returns whether any chunk was finished here or found finished;
+        ``plan`` keeps what is left. Refuses to add to rows scored with another fit."""
+        cell, episodes = plan.cell, plan.episodes
         other = self.store.checkpoints(cell) - {checkpoint}
         if other:
             raise FscError(f"{self.store.name}: this cell's stored episodes were scored with another trained model "
                            f"(checkpoint {', '.join(sorted(other))}, now {checkpoint}); use a new store")
-        task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
-                                  total=len(episodes), completed=len(episodes) - len(missing))
+        if plan.task is None:
+            plan.task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
+                                           total=len(episodes), completed=len(episodes) - plan.missing)
         scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments else None,
                                                              self.log, method.temperature))
         # Episodes in chunks, each claimed in the store, so processes running the same grid
         # (fsc bench --workers N, or the same command started on several machines) split the
         # work; a killed worker's chunk goes stale and is taken over, its stored episodes kept.
         # Chunks are fixed blocks of episode numbers, so every process names the same chunk alike.
-        blocks = {start: [n for n in missing if start <= n < start + EVAL_CHUNK]
-                  for start in range(0, len(episodes), EVAL_CHUNK)}
-        pending = [(start, chunk) for start, chunk in blocks.items() if chunk]
-        while pending:
-            progressed = False
-            for start, chunk in list(pending):
-                # named by its block of this grid's episode numbers (a resumed run asking for more
-                # episodes has other blocks) and the model scoring it
-                end = min(start + EVAL_CHUNK, len(episodes))
-                identity = f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
-                claim = self.store.claim(identity)
-                if claim.state == "busy":
-                    continue
-                pending.remove((start, chunk))
-                progressed = True
-                if claim.state == "done":
-                    task.advance(len(chunk))
-                    continue
-                try:
-                    with self.store.heartbeat(identity):
-                        done = self.store.done_episodes(cell)
-                        for number in chunk:
-                            if number not in done:
-                                self._score(method, spec, dataset, snr, episodes, cell, number, report, checkpoint,
-                                            scorer)
-                            task.advance()
-                except BaseException:
-                    self.store.release(identity)
-                    raise
-                self.store.finish(identity)
-            if pending and not progressed:
-                time.sleep(CLAIM_POLL_SECONDS)  # the rest is another worker's; wait for it or its claim to lapse
+        moved = False
+        for start, chunk in list(plan.chunks.items()):
+            # named by its block of this grid's episode numbers (a resumed run asking for more
+            # episodes has other blocks) and the model scoring it
+            end = min(start + EVAL_CHUNK, len(episodes))
+            identity = f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
+            claim = self.store.claim(identity)
+            if claim.state == "busy":
+                continue  # another worker's, for now
+            del plan.chunks[start]
+            moved = True
+            if claim.state == "done":
+                plan.task.advance(len(chunk))
+                continue
+            try:
+                with self.store.heartbeat(identity):
+                    done = self.store.done_episodes(cell)
+                    for number in chunk:
+                        if number not in done:
+                            self._score(method, spec, dataset, snr, episodes, cell, number, report, checkpoint, scorer)
+                        plan.task.advance()
+            except BaseException:
+                self.store.release(identity)
+                raise
+            self.store.finish(identity)
+        return moved
 
     def _score(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
                episodes: EpisodeSet, cell: Cell, number: int, report: FitReport, checkpoint: str | None,

@@ -285,6 +285,31 @@ class ResultsStore:
                            [dict(c=cell.key, e=result.episode, q=q, t=t, p=p, f=f) for q, t, p, f in result.query_classes])
         return bool(inserted)
 
+    def plan(self, cells: list[Cell], episodes: int) -> None:
+        """Record that a bench asked for ``episodes`` test episodes of each cell (the largest
+        request is kept), for :meth:`progress_frame`."""
+        rows = [dict(cell=c.key, label=c.label, dataset=c.dataset, snr=c.snr, n_way=c.n_way, k_shot=c.k_shot,
+                     train_seed=c.train_seed if c.train_seed is not None else c.seed, episodes=episodes) for c in cells]
+        with self.transaction() as db:
+            db.execute(text("INSERT INTO planned_cells VALUES (:cell, :label, :dataset, :snr, :n_way, :k_shot, "
+                            ":train_seed, :episodes) ON CONFLICT (cell) DO UPDATE SET episodes = excluded.episodes "
+                            "WHERE excluded.episodes > planned_cells.episodes"), rows)
+
+    def progress_frame(self) -> pd.DataFrame:
+        """One row per planned cell: episodes planned and stored, chunks of test episodes claimed
+        now (held by a worker, not done), and a state: done, running (a chunk is claimed) or
+        pending."""
+        planned = self._read("SELECT p.*, (SELECT COUNT(*) FROM episodes e WHERE e.cell = p.cell) AS stored "
+                             "FROM planned_cells p ORDER BY p.label, p.dataset, p.snr, p.n_way, p.k_shot, p.train_seed")
+        claims = self.claims_frame()
+        held = claims[(claims["state"] == "training") & claims["identity"].str.startswith("eval-")]
+        running = held["identity"].str.split("-").str[1].value_counts()
+        planned["claimed chunks"] = planned["cell"].map(running).fillna(0).astype(int)
+        planned["state"] = ["done" if stored >= wanted else "running" if chunks else "pending"
+                            for stored, wanted, chunks in zip(planned["stored"], planned["episodes"],
+                                                              planned["claimed chunks"])]
+        return planned
+
     def checkpoints(self, cell: Cell) -> set[str]:
         """Checkpoint hashes the cell's stored episodes were scored with (rows from before
         checkpoints were recorded say nothing)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, MetaData, PrimaryKeyConstraint, Table, Text, UniqueConstraint
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData()
 
@@ -68,6 +68,16 @@ Table(
     PrimaryKeyConstraint("dataset_hash", "snr"),
 )
 
+# The grid every bench invocation (every worker) asked for, cell by cell, so that ``fsc bench
+# --status`` can say what is pending from the store alone.
+Table(
+    "planned_cells", metadata,
+    Column("cell", Text, primary_key=True), Column("label", Text, nullable=False),
+    Column("dataset", Text, nullable=False), Column("snr", Text, nullable=False),
+    Column("n_way", Integer, nullable=False), Column("k_shot", Integer, nullable=False),
+    Column("train_seed", Integer), Column("episodes", Integer, nullable=False),
+)
+
 OUR_TABLES = frozenset(metadata.tables)
 
 #: What each older schema version lacks: columns added in place when such a store is opened (the
@@ -80,4 +90,5 @@ MIGRATIONS: dict[int, list[str]] = {
     4: ["ALTER TABLE episodes ADD COLUMN train_seed INTEGER"],
     5: [],  # the query_predictions table
     6: [],  # the snr_levels table
+    7: [],  # the planned_cells table
 }

@@ -40,6 +40,7 @@ TINY_VALUES = {
 TINY_ADDED = {
     "bench": ["--episodes", "2", "--ways", "2", "--per-class", "6"],
     "tune run": ["--val-episodes", "2", "--per-class", "6"],
+    "tune confirm": ["--episodes", "2", "--per-class", "6"],
     "train": ["--per-class", "6"],
     "simulate": ["--per-class", "6"],
 }
@@ -82,7 +83,7 @@ def tiny(command: str, previous_bench: str) -> list[list[str]]:
         for i, word in enumerate(words[:-1]):
             if word in TINY_VALUES:
                 words[i + 1] = TINY_VALUES[word]
-        sub = " ".join(words[:2]) if words[:2] == ["tune", "run"] else words[0]
+        sub = " ".join(words[:2]) if words[:2] in (["tune", "run"], ["tune", "confirm"]) else words[0]
         if sub in ("bench", "tune run", "train") and not budgets:
             words += ["--budget", "1ep"]
         if sub == "tune run":

@@ -13,6 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from fewshot_cryoet import api
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.store import ResultsStore
@@ -21,9 +22,14 @@ GRID = ["bench", "--methods", "protonet,radial", "--param", "protonet.channels=[
         "--episodes", "120", "--queries-per-class", "1", "--budget", "6ep"]
 
 
+#: Torch threads of each of two local workers (``--workers 2`` splits the cores); every process of
+#: a comparison uses as many, since CPU kernels sum in a thread-count-dependent order.
+THREADS = str(max(1, (os.cpu_count() or 1) // 2))
+
+
 def _fsc_process(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS=THREADS))
 
 
 def _finish(process: subprocess.Popen, timeout: float = 600) -> str:
@@ -80,11 +86,17 @@ def test_a_worker_killed_with_kill_9_is_taken_over_without_duplicates(store_url,
     with ResultsStore(store_url, create=False) as store:
         killed, held = store.frame(), store.claims_frame()
     assert 30 <= len(killed) < 600 and (held["state"] == "training").any()  # it died holding a chunk
+    claims, cells = api.bench_status(store_url)
+    assert cells["planned"].tolist() == [300, 300] and cells["stored"].sum() == len(killed)
+    assert "running" in set(cells["state"]) and set(cells["state"]) <= {"running", "pending"}
+    assert ((claims["work"] == "test episodes") & (claims["state"] == "claimed")).any()
     _finish(_fsc_process(*command))
     with ResultsStore(store_url, create=False) as store:
         final, claims = store.frame(), store.claims_frame()
     assert len(final) == 600 and not final.duplicated(["cell", "episode"]).any()
     assert (claims["state"] == "done").all()
+    status = CliRunner().invoke(main, ["bench", "--status", "--store", store_url], env={"COLUMNS": "200"})
+    assert status.exit_code == 0 and status.output.count("done") >= 3 and "pending" not in status.output
     merged = killed.merge(final, on=["cell", "episode"], suffixes=("_a", "_b"))
     assert len(merged) == len(killed) and (merged["accuracy_a"] == merged["accuracy_b"]).all()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -225,3 +226,41 @@ def test_showing_a_study_that_does_not_exist_creates_no_database(tmp_path):
     result = CliRunner().invoke(main, ["tune", "show", "nothing", "--storage", f"sqlite:///{storage}"])
     assert result.exit_code == 2 and "no such tuning database" in result.output
     assert not storage.exists()
+
+
+def test_confirm_retrains_the_best_trial_and_the_defaults_with_seeds_on_fresh_episodes(val2_dataset, tiny_dataset,
+                                                                                       tmp_path):
+    """``fsc tune confirm``: both configurations retrained per seed and scored on validation
+    episodes no trial saw; the verdict needs the paired test, is stored with the study, shown, and
+    exported; the same seeds give the same numbers; the study's own data only."""
+    from fewshot_cryoet.episodes import EpisodeSpec, sample_episodes
+    from fewshot_cryoet.tuning.confirm import FRESH_EPISODE_OFFSET
+
+    storage = f"sqlite:///{tmp_path / 'tune.sqlite'}"
+    made = _fsc("tune", "run", *TINY, "--dataset", val2_dataset.path, "--storage", storage, "--trials", 2,
+                "--study", "c", "--sampler", "random", "--pruner", "none", "--seed", 4)
+    assert made.exit_code == 0, made.output
+    first = api.confirm_tuning("c", seeds=[0, 1], episodes=6, dataset=val2_dataset.path, storage=storage)
+    again = api.confirm_tuning("c", seeds=[0, 1], episodes=6, dataset=val2_dataset.path, storage=storage)
+    assert first == again and first.seeds == [0, 1] and first.episodes == 6 and len(first.per_seed) == 2
+    assert first.mean_difference == pytest.approx(first.tuned_accuracy - first.default_accuracy)
+    assert first.verdict in ("tuned better", "defaults better", "no detectable difference")
+    if first.verdict != "no detectable difference":
+        assert first.p_value < 0.05 and abs(first.mean_difference) > first.ci95
+    study = optuna.load_study(study_name="c", storage=storage)
+    assert study.user_attrs["confirmation"]["trial"] == tuning.best_trial(study).number
+    assert first.tuned_params == tuning.best_trial(study).user_attrs["params"]
+    trial_episodes = sample_episodes(val2_dataset, EpisodeSpec("val", 2, 1, 2, 4 + 2), 6)
+    fresh = sample_episodes(val2_dataset, EpisodeSpec("val", 2, 1, 2, 4 + FRESH_EPISODE_OFFSET), 6)
+    assert not np.array_equal(trial_episodes.indices, fresh.indices)
+    shown = _fsc("tune", "show", "c", "--storage", storage)
+    assert shown.exit_code == 0 and "against the defaults" in shown.output and first.verdict in shown.output
+    exported = _fsc("tune", "export", "c", tmp_path / "c.json", "--storage", storage)
+    assert exported.exit_code == 0 and json.loads((tmp_path / "c.json").read_text())["confirmation"]["verdict"] == first.verdict
+    cli = _fsc("tune", "confirm", "c", "--seeds", "0,1", "--episodes", 6, "--dataset", val2_dataset.path,
+               "--storage", storage)
+    assert cli.exit_code == 0 and f"tuned {first.tuned_accuracy:.3f} vs defaults {first.default_accuracy:.3f}" in cli.output
+    duplicate = _fsc("tune", "confirm", "c", "--seeds", "1,1", "--dataset", val2_dataset.path, "--storage", storage)
+    assert duplicate.exit_code == 2 and "distinct seeds" in duplicate.output
+    other = _fsc("tune", "confirm", "c", "--dataset", tiny_dataset.path, "--storage", storage)  # other data
+    assert other.exit_code == 2 and "was tuned on" in other.output

@@ -89,7 +89,7 @@ class TuningObjective:
         import optuna
 
         from fewshot_cryoet.methods.base import FitContext
-        from fewshot_cryoet.scoring import Scorer, validator
+        from fewshot_cryoet.scoring import validator
 
         suggested = self.cls.search_space(trial, self.variant_params)
         params = {**self.settings.fixed_params, **suggested}
@@ -112,14 +112,7 @@ class TuningObjective:
                                  self.settings.seed, progress, report)
             fit = method.fit(context)
             trial.set_user_attr("fit_episodes", fit.episodes)
-        scorer = Scorer(method.crf_params() if method.segments else None, self.reporter.log)
-        accuracies, dices = [], []
-        for number, episode in enumerate(self.episodes):
-            self.interrupt.check()
-            result = scorer.episode(number, episode, method.predict(episode))
-            accuracies.append(result.accuracy)
-            if result.dice_crf is not None:
-                dices.append(result.dice_crf)
+        accuracies, dices = score_episodes(method, self.episodes, self.reporter, self.interrupt.check)
         accuracy = float(np.mean(accuracies))
         dice = float(np.mean(dices)) if dices else None
         trial.set_user_attr("accuracy", accuracy)
@@ -133,6 +126,23 @@ class TuningObjective:
         if self.settings.objective == "accuracy+dice":
             return (accuracy + dice) / 2
         return accuracy, dice
+
+
+def score_episodes(method: FewShotMethod, episodes: list, reporter: Reporter,
+                   between: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
+    """(accuracy per episode, CRF-refined Dice per episode where the method segments), scored by the
+    runner's scorer as fsc bench scores; ``between`` runs before each episode (Ctrl-C checks)."""
+    from fewshot_cryoet.scoring import Scorer
+
+    scorer = Scorer(method.crf_params() if method.segments else None, reporter.log)
+    accuracies, dices = [], []
+    for number, episode in enumerate(episodes):
+        between()
+        result = scorer.episode(number, episode, method.predict(episode))
+        accuracies.append(result.accuracy)
+        if result.dice_crf is not None:
+            dices.append(result.dice_crf)
+    return accuracies, dices
 
 
 def run_study(study: optuna.Study, objective: TuningObjective, trials: int, timeout_s: float | None,

@@ -67,6 +67,9 @@ class TunedParams:
     trials: int
     source: str
     values: list[float] = field(default_factory=list)
+    #: ``fsc tune confirm``'s outcome for this trial (retrained with seeds against the defaults on
+    #: fresh validation episodes), or None when it was not confirmed.
+    confirmation: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"format": PARAMS_FORMAT, **asdict(self)}, indent=2, sort_keys=True, default=str)
@@ -229,6 +232,8 @@ def tuned_params(study: optuna.Study, source: str) -> TunedParams:
         method=settings["method"], variant=settings["variant"],
         params={**settings["fixed_params"], **trial.user_attrs.get("params", trial.params)},
         study=study.study_name, trials=len(finished_trials(study)), source=source, values=list(trial.values),
+        confirmation=confirmation if (confirmation := study.user_attrs.get("confirmation")) is not None
+        and confirmation.get("trial") == trial.number else None,
     )
 
 
@@ -241,7 +246,7 @@ def load_params_file(path: Path) -> TunedParams:
         raise FscError(f"{path}: not a params file written by fsc tune --export (format {PARAMS_FORMAT})")
     try:
         return TunedParams(data["method"], data["variant"], dict(data["params"]), data["study"],
-                           int(data["trials"]), str(path), list(data.get("values", [])))
+                           int(data["trials"]), str(path), list(data.get("values", [])), data.get("confirmation"))
     except (KeyError, TypeError, ValueError) as exc:
         raise FscError(f"{path}: params file lacks or mangles {exc}") from None
 
