@@ -354,7 +354,10 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
     if status:
         claims, cells = api.bench_status(location)
         print_table(claims, f"claims in {location} (trainings and chunks of test episodes)", out)
-        print_table(cells, f"episodes stored in {location}", out)
+        print_table(cells, f"cells of the grid in {location}: test episodes planned and stored", out)
+        counts = cells["state"].value_counts()
+        say(f"{len(cells)} cell(s): " + ", ".join(f"{counts[state]} {state}" for state in
+                                                  ("done", "running", "pending", "not planned") if state in counts), out)
         return
     helpers = _start_workers(workers, location, device) if workers > 1 else []
     resume = resume or worker or workers > 1
