@@ -154,3 +154,14 @@ def test_unreachable_or_malformed_stores_give_one_line_errors_without_the_passwo
     missing = runner.invoke(main, ["leaderboard", "--store", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2 and "no such results store" in missing.output
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_status_reports_cells_a_store_never_planned(store_url, tiny_dataset):
+    """Rows written before stores recorded their grid still show, with their stored episodes."""
+    api.bench(["xcorr"], dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, queries_per_class=2,
+              params={"xcorr": {"angular_step": 60}}, store=store_url)
+    with ResultsStore(store_url) as store:
+        store.connection.exec_driver_sql("DELETE FROM planned_cells")  # as a schema-7 store left them
+    claims, cells = api.bench_status(store_url)
+    assert cells[["label", "stored", "state"]].values.tolist() == [["xcorr (angular_step=60)", 3, "not planned"]]
+    assert claims["state"].tolist() == ["done"] and claims["claims"].tolist() == [1]
