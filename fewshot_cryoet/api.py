@@ -397,8 +397,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
         for snr in snrs:
             train = train_source.at(snr, reporter) if train_source is not None else None
             for step, each in enumerate(budgets):  # training-free methods are scored once, with the first
-                runner = Runner(results, replace(settings, budget=each), reporter, resume,
-                                models_dir=Path(models) if models is not None else None)
+                runner = Runner(results, replace(settings, budget=each), reporter, resume, models_dir=models)
                 runner.run_snr(specs if step == 0 else [s for s in specs if s.cls.trainable], source.at(snr, reporter),
                                source.name, snr, train, train_source.name if train_source is not None else "",
                                allow_class_overlap)

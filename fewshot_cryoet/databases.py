@@ -39,7 +39,7 @@ def with_installed_postgres_driver(parsed: URL) -> URL:
 
 def missing_driver(option: str, parsed: URL) -> SettingError:
     """The error for a URL whose database driver is not installed."""
-    return SettingError(option, f"{option} {mask_secrets(display(parsed))}: no database driver for {parsed.drivername} is "
+    return SettingError(option, f"{option} {display(parsed)}: no database driver for {parsed.drivername} is "
                                 "installed; for PostgreSQL: pip install 'fewshot-cryoet[postgres]' (psycopg 3)")
 
 
@@ -48,12 +48,19 @@ def unreachable(what: str, parsed: URL, exc: BaseException) -> FscError:
     line of reason, and no password (masked in every form, and the URL's own password removed
     wherever the driver echoed it)."""
     host = f"{parsed.host}:{parsed.port or 'default port'}" if parsed.host else (parsed.database or display(parsed))
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     for secret in (parsed.password, parsed.query.get("password")):
         if isinstance(secret, str) and secret:
             reason = reason.replace(secret, "***")
     return FscError(f"cannot open {what} {display(parsed)} at {host}: {mask_secrets(reason)}; check that the server is "
                     "running and reachable, and the user, password and database in the URL")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what the database driver said (the original error under SQLAlchemy's
+    wrapper), or the error's type when it said nothing."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def display(parsed: URL) -> str:

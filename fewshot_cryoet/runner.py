@@ -182,7 +182,7 @@ class Runner:
     """Runs a benchmark grid into a results store."""
 
     def __init__(self, store: ResultsStore, settings: BenchSettings, reporter: Reporter | None = None,
-                 resume: bool = False, models_dir: Path | None = None) -> None:
+                 resume: bool = False, models_dir: str | Path | None = None) -> None:
         self.store = store
         self.settings = settings
         self.reporter = as_reporter(reporter)
@@ -280,8 +280,7 @@ class Runner:
         """One pass over a job without waiting: (finished, made progress)."""
         moved = False
         if job.fitted is None:
-            job.fitted = self.fit(job.method, train if train is not None else dataset, snr, job.cells, job.train_seed,
-                                  wait=False)
+            job.fitted = self.fit(job.method, train if train is not None else dataset, snr, job.cells, job.train_seed)
             if job.fitted is None:
                 return False, False  # another worker trains it
             moved = True
@@ -292,14 +291,13 @@ class Runner:
         return all(plan.complete for plan in job.plans), moved
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
-            cells: dict[tuple[int, int], Cell], train_seed: int | None = None,
-            wait: bool = True) -> tuple[FitReport, str | None] | None:
+            cells: dict[tuple[int, int], Cell], train_seed: int | None = None) -> tuple[FitReport, str | None] | None:
         """(fit report, checkpoint hash): trains the method on ``dataset`` (the training domain) once
         per store, whatever the number of processes running the same grid, and whatever the number
         of domains it is then tested on. The first process claims the fit in the store and
         trains it (a heartbeat keeps the claim); the others reuse its checkpoint, saying so. While
-        another process trains it, this one waits, or with ``wait=False`` returns None at once (it
-        has other work). A crashed trainer's claim goes stale and is taken over."""
+        another process trains it, this returns None at once, so the caller does other work and
+        asks again. A crashed trainer's claim goes stale and is taken over."""
         if not method.trainable:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
@@ -315,7 +313,6 @@ class Runner:
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}" + (
             f", training seed {seed}" if train_seed not in (None, self.settings.seed) else "")
-        waited = identity in self._announced
         while True:
             claim = self.store.claim(identity)
             if claim.state == "mine" and checkpoint.exists() and report_path.exists():
@@ -330,20 +327,16 @@ class Runner:
                                    f"must use the same --models folder (this one uses {self.models_dir}); to train "
                                    "again, use a new store")
                 method.load(checkpoint, dataset.box)
-                self.log(f"{where}: reusing the model trained {'just now by ' + claim.owner if waited else 'earlier'} "
+                self.log(f"{where}: reusing the model trained "
+                         f"{'just now by ' + claim.owner if identity in self._announced else 'earlier'} "
                          f"({checkpoint.name})")
                 return FitReport.from_dict(claim.report or {}), claim.checkpoint_hash
             if claim.state == "busy":
-                if not waited:
-                    self.log(f"{where}: another process ({claim.owner}) is training this model; "
-                             + ("waiting for it" if wait else "doing other work meanwhile")
-                             + f" (its claim lapses {self.store.lease_seconds:.0f} s after its last heartbeat)")
+                if identity not in self._announced:
+                    self.log(f"{where}: another process ({claim.owner}) is training this model; doing other work "
+                             f"meanwhile (its claim lapses {self.store.lease_seconds:.0f} s after its last heartbeat)")
                     self._announced.add(identity)
-                    waited = True
-                if not wait:
-                    return None
-                time.sleep(CLAIM_POLL_SECONDS)
-                continue
+                return None
             break
         try:
             with self.store.heartbeat(identity):

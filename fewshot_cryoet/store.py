@@ -38,7 +38,7 @@ import pandas as pd
 import sqlalchemy
 from sqlalchemy import text
 
-from fewshot_cryoet.databases import missing_driver, unreachable
+from fewshot_cryoet.databases import first_line, missing_driver, unreachable
 from fewshot_cryoet.errors import SettingError
 from fewshot_cryoet.store_location import StoreLocation, locate
 from fewshot_cryoet.store_schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
@@ -149,7 +149,7 @@ class ResultsStore:
         except sqlalchemy.exc.SQLAlchemyError as exc:
             self.engine.dispose()
             if path is not None:
-                raise SettingError("store", f"store {path}: cannot open results store ({exc.orig or exc}); "
+                raise SettingError("store", f"store {path}: cannot open results store ({first_line(exc)}); "
                                             "choose another store") from None
             raise unreachable("results store", self.location.url, exc) from None
         try:
@@ -176,7 +176,7 @@ class ResultsStore:
         try:
             version = self._schema_version()
         except sqlalchemy.exc.DatabaseError as exc:
-            raise SettingError("store", f"store {name}: not a results store ({_reason(exc)}); choose another store") from None
+            raise SettingError("store", f"store {name}: not a results store ({first_line(exc)}); choose another store") from None
         if version is None and not create:
             raise SettingError("store", f"store {name}: no results store there yet; run bench first")
         if version is not None and version != SCHEMA_VERSION and version not in MIGRATIONS:
@@ -206,7 +206,7 @@ class ResultsStore:
                 self.connection.exec_driver_sql("PRAGMA journal_mode=WAL")
                 self.connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
         except sqlalchemy.exc.DatabaseError as exc:
-            raise SettingError("store", f"store {name}: cannot write to the results store ({_reason(exc)}); check its "
+            raise SettingError("store", f"store {name}: cannot write to the results store ({first_line(exc)}); check its "
                                         "permissions or choose another --store") from None
 
     @contextmanager
@@ -407,10 +407,6 @@ class ResultsStore:
 
     def _read(self, sql: str) -> pd.DataFrame:
         return pd.read_sql_query(text(sql), self.connection)
-
-
-def _reason(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def _pid_alive(pid: int) -> bool:

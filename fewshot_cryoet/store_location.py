@@ -60,7 +60,7 @@ class StoreLocation:
 def locate(store: str | Path | StoreLocation) -> StoreLocation:
     """Parse ``--store``: a path (or ``sqlite:///path``) is a SQLite file; ``postgresql://`` (with or
     without a ``+driver``) a server; any other scheme is refused, naming the option."""
-    from fewshot_cryoet.databases import parse_url, with_installed_postgres_driver
+    from fewshot_cryoet.databases import display, parse_url, with_installed_postgres_driver
 
     if isinstance(store, StoreLocation):
         return store
@@ -80,7 +80,6 @@ def locate(store: str | Path | StoreLocation) -> StoreLocation:
     if backend == "postgresql":
         if not parsed.database:
             raise SettingError("store", f"store {mask_secrets(text)}: name the database, e.g. {URL_EXAMPLE.split(' or ')[1]}")
-        return StoreLocation(with_installed_postgres_driver(parsed), None,
-                             mask_secrets(parsed.render_as_string(hide_password=True)))
+        return StoreLocation(with_installed_postgres_driver(parsed), None, display(parsed))
     raise SettingError("store", f"store {mask_secrets(text)}: {backend} is not supported; give a SQLite file or a "
                                 "postgresql:// URL")

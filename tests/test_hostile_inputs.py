@@ -367,8 +367,8 @@ def test_sigterm_removes_partial_output(world, tmp_path):
 
 
 def test_two_benches_on_one_store_train_once_and_share_the_checkpoint(tiny_val2_dataset, tmp_path):
-    """Two processes run the same grid on one store: exactly one trains, the other waits for its
-    checkpoint (or reuses it), every episode is stored once, and every row names the checkpoint
+    """Two processes run the same grid on one store: exactly one trains, the other comes back for
+    its checkpoint and reuses it, every episode is stored once, and every row names the checkpoint
     that scored it."""
     args = ["bench", "--dataset", tiny_val2_dataset.path, "--methods", "protonet", *PROTONET, "--snr", 1,
             "--ways", 2, "--episodes", 12, "--budget", "6s", "--store", tmp_path / "r.sqlite", "--resume"]
@@ -380,7 +380,7 @@ def test_two_benches_on_one_store_train_once_and_share_the_checkpoint(tiny_val2_
     texts = [stdout + stderr for stdout, stderr in outputs]
     trained = [t for t in texts if "trained " in t and " episodes in " in t]
     assert len(trained) == 1, texts
-    assert sum(("waiting for it" in t or "reusing the model" in t) for t in texts) == 1, texts
+    assert sum(("doing other work meanwhile" in t or "reusing the model" in t) for t in texts) == 1, texts
     checkpoints = list((tmp_path / "r.models").glob("*.pt"))
     assert len(checkpoints) == 1
     with sqlite3.connect(tmp_path / "r.sqlite") as db:
