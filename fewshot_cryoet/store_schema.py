@@ -37,21 +37,20 @@ Table(
     Index("episodes_by_cell", "cell"),
 )
 
-Table(
-    "query_dice", metadata,
-    Column("cell", Text, nullable=False), Column("episode", Integer, nullable=False),
-    Column("query", Integer, nullable=False), Column("class", Text, nullable=False),
-    Column("dice", Float, nullable=False), Column("dice_crf", Float),
-    PrimaryKeyConstraint("cell", "episode", "query"),
-)
+def _per_query_table(name: str, *columns: Column) -> Table:
+    """A table with one row per query of a stored episode, keyed by (cell, episode, query)."""
+    return Table(
+        name, metadata,
+        Column("cell", Text, nullable=False), Column("episode", Integer, nullable=False),
+        Column("query", Integer, nullable=False), *columns,
+        PrimaryKeyConstraint("cell", "episode", "query"),
+    )
 
-Table(
-    "query_predictions", metadata,
-    Column("cell", Text, nullable=False), Column("episode", Integer, nullable=False),
-    Column("query", Integer, nullable=False), Column("truth", Text, nullable=False),
-    Column("predicted", Text, nullable=False), Column("confidence", Float),
-    PrimaryKeyConstraint("cell", "episode", "query"),
-)
+
+_per_query_table("query_dice", Column("class", Text, nullable=False), Column("dice", Float, nullable=False),
+                 Column("dice_crf", Float))
+_per_query_table("query_predictions", Column("truth", Text, nullable=False), Column("predicted", Text, nullable=False),
+                 Column("confidence", Float))
 
 # Claims: one row per training, or per chunk of a cell's test episodes, held by the process whose
 # heartbeat (seconds since the epoch, by the database's clock on PostgreSQL) is recent.
