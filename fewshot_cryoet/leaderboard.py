@@ -46,7 +46,7 @@ def _filled(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].fillna("") if c in frame else "" for c in CROSS_DOMAIN})
 
 
-def _with_training_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+def with_training_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Every row's training seed: its own, or the episode seed it was trained with (rows from
     stores before training seeds existed were all trained with it)."""
     seeds = frame["train_seed"] if "train_seed" in frame else pd.Series(math.nan, index=frame.index)
@@ -59,7 +59,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     configurations never merge, even under one label: where a label covers several, the label
     says what differs (budget, seed or hyper-parameter hash). An episode index appears at most
     once per row and training seed; anything else is refused, since it would narrow the CI."""
-    frame = _distinct_labels(_with_training_seeds(_filled(frame)))
+    frame = _distinct_labels(with_training_seeds(_filled(frame)))
     keys = ROW_KEYS
     rows = []
     for key, group in frame.groupby(keys, sort=False):

@@ -121,6 +121,43 @@ def test_precision_is_validated_and_nonfinite_steps_are_skipped(tiny_dataset):
     assert not method.autocast(training=True)._enabled
 
 
+
+def test_training_seeds_draw_their_own_initial_weights_and_never_reset_trained_ones(tiny_dataset):
+    """Seed-to-seed spread must include initialisation; a second fit continues, it does not restart."""
+    from fewshot_cryoet.episodes import EpisodeSource
+    from fewshot_cryoet.methods.base import FitContext
+
+    source = EpisodeSource(tiny_dataset, "train", 1.0)
+    small = {"channels": [4, 4, 4, 4]}
+
+    def initial_and_trained(seed: int) -> tuple[dict, dict]:
+        method = ProtoNet(small)
+        initial = {}
+        original = method.training_loss
+
+        def loss(episode):
+            if not initial:
+                initial.update({k: v.clone() for k, v in method.network.state_dict().items()})
+            return original(episode)
+        method.training_loss = loss
+        method.fit(FitContext(source, None, Budget(episodes=2), torch.device("cpu"), seed=seed))
+        return initial, {k: v.clone() for k, v in method.network.state_dict().items()}
+
+    init0, trained0 = initial_and_trained(0)
+    init0_again, trained0_again = initial_and_trained(0)
+    init1, _ = initial_and_trained(1)
+    weights = [k for k in init0 if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(init0[k], init0_again[k]) and torch.equal(trained0[k], trained0_again[k]) for k in weights)
+    assert not all(torch.equal(init0[k], init1[k]) for k in weights)
+    assert all(torch.equal(init0[k], ProtoNet(small).network.state_dict()[k]) for k in weights)  # seed 0 as before
+
+    method = ProtoNet(small)
+    method.fit(FitContext(source, None, Budget(episodes=2), torch.device("cpu"), seed=0))
+    trained = {k: v.clone() for k, v in method.network.state_dict().items()}
+    method.training_loss = lambda episode: sum(p.sum() for p in method.network.parameters()) * 0.0
+    method.fit(FitContext(source, None, Budget(episodes=1), torch.device("cpu"), seed=1))  # a zero-gradient step
+    assert all(torch.allclose(trained[k], method.network.state_dict()[k]) for k in weights)
+
 def test_radial_profile_is_rotation_invariant_and_tells_sizes_apart():
     """The floor sees size only: a turned particle keeps its profile, and a bigger one differs."""
     import numpy as np

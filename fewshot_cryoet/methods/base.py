@@ -458,16 +458,23 @@ class TorchMethod(FewShotMethod):
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
-        # Identical initial weights for identical hyper-parameters, without touching the caller's
-        # global random state (fork_rng restores it).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            network = self.build_network()
-        # Channels-last 3D weights: oneDNN (CPU) and cuDNN run 3D convolutions faster in it.
-        self.network = network.to(self.device, memory_format=torch.channels_last_3d)
         self._embeddings: dict = {}
         self._inference: torch.nn.Module | None = None
         self._bf16_failed = False  # set when bf16 training gave non-finite gradients repeatedly
+        self._initialise(0)
+
+    def _initialise(self, seed: int) -> None:
+        """Fresh initial weights drawn with ``seed``, without touching the caller's global random
+        state (fork_rng restores it): identical hyper-parameters and seed give identical weights.
+        Built with seed 0; :meth:`fit` redraws them with its training seed, so that training seeds
+        differ in initialisation as well as in episode order (the variance they are meant to show)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = self.build_network()
+        # Channels-last 3D weights: oneDNN (CPU) and cuDNN run 3D convolutions faster in it.
+        self.network = network.to(self.device, memory_format=torch.channels_last_3d)
+        self._initial_seed: int | None = seed  # None once the weights are trained or loaded
+        self._weights_changed()
 
     @property
     def inference_network(self) -> torch.nn.Module:
@@ -561,12 +568,16 @@ class TorchMethod(FewShotMethod):
                 f"checkpoint does not fit this {self.name} network (another profile, width or box size?): "
                 f"{first[1].strip() if len(first) > 1 else first[0]}"
             ) from None
+        self._initial_seed = None
         self._weights_changed()
 
     def fit(self, context: FitContext) -> FitReport:
         from timm.optim import create_optimizer_v2
 
         p = self.params
+        if self._initial_seed is not None and self._initial_seed != context.seed:
+            self._initialise(context.seed)  # untrained weights: draw them with the training seed
+        self._initial_seed = None  # trained from here on: a later fit continues from these weights
         optimizer = create_optimizer_v2(self.network, opt=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"])
         rng = np.random.default_rng(np.random.SeedSequence([context.seed, 1]))
         torch.manual_seed(context.seed)
