@@ -156,11 +156,18 @@ def main() -> None:
         lines.append(f"| {'∞' if snr == 'inf' else snr} | {lo:.2f}–{hi:.2f} | {raw} | {crf} | {' | '.join(ranges)} |")
     if summary is None:
         lines += ["", "Why nothing is run yet: the `paper` profile costs 33 GFLOP per volume forward. On the 2 CPU "
-                  "cores this project is built on, a plain implementation trains at about 1.3 volumes/s, so one "
-                  "training of the paper's length is out of reach; it needs the GPU path (`benchmarks/gpu_check.py` "
-                  "of the scale-out work). Run `fsc bench --templates ../shared/data/templates --snr inf --snr 1000 "
-                  "--snr 0.5 --methods cosnet/scnn,cosnet/scnn-decoder,cosnet/duse,cosnet/duse-decoder --param cosnet.profile=paper --store paper.sqlite` on a GPU, then "
-                  "this script with --store paper.sqlite."]
+                  "cores this project is built on, our implementation trains at 1.19 volumes/s and infers at 4.3 "
+                  "volumes/s (`benchmarks/results/cosnet_speed.md`), so one training of the paper's length "
+                  f"({PAPER_VOLUMES:,} volume passes) would take about 8 days. By those rates a working day (8 h) on "
+                  "2 cores holds the 12 models of Table 1 (4 variants × 3 SNR levels) at about 150 training "
+                  "episodes each (8.4 s per 10-volume episode, a 40-episode validation every 50 episodes and 1,600 "
+                  "test subtomograms per model at 200 per class): 1,500 volume passes and 3,750 pairs per model, "
+                  f"{3750 / PAPER_PAIRS:.2%} of the paper's pairs. That run, resumable model by model: `fsc simulate "
+                  "--templates ../shared/data/templates --snr inf --snr 1000 --snr 0.5 --out data/paper`, then `fsc "
+                  "bench --dataset data/paper --methods cosnet/scnn,cosnet/scnn-decoder,cosnet/duse,"
+                  "cosnet/duse-decoder --param cosnet.profile=paper --budget 150ep --store paper.sqlite --resume`, "
+                  "then this script with --store paper.sqlite. On a GPU (`benchmarks/gpu_check.py`), use the "
+                  "paper's budget instead."]
     lines += ["", *budget_lines(frame[paper_rows]), f"Cells: {verdicts['better']} better, {verdicts['tie']} tie, {verdicts['worse']} worse, "
               f"{verdicts['missing']} not run yet.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
