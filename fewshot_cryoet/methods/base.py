@@ -508,7 +508,9 @@ class TorchMethod(FewShotMethod):
 
     @abstractmethod
     def build_network(self) -> torch.nn.Module:
-        """The module holding every learned parameter."""
+        """The module holding every learned parameter, initial weights included (pretrained ones
+        too): :meth:`fit` calls it again under its training seed, so weights set elsewhere before
+        training would be lost."""
 
     @abstractmethod
     def training_loss(self, episode: Episode) -> torch.Tensor:
