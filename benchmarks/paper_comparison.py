@@ -12,12 +12,15 @@ say "not run". The page is generated; do not edit it by hand.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from fewshot_cryoet import api
 from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
+from fewshot_cryoet.methods.base import Budget
 from fewshot_cryoet.methods.cosnet import PROFILES, COSNet
 from fewshot_cryoet.metrics import significantly_worse
 from fewshot_cryoet.store import ResultsStore
@@ -52,11 +55,22 @@ def published_widths(params_json: str) -> bool:
     return params["channels"] == PROFILES["paper"]["channels"] and params["embedding"] == PROFILES["paper"]["embedding"]
 
 
+# What a working day on 2 cores holds per Table-1 model for the paper profile (see the page's text).
+WORKING_DAY_EPISODES = 150
+
+
 def pairs_per_episode(params: dict) -> int:
     """Support-query pairs one COS-Net training episode scores: every query against every support
-    (the loss is over the whole way·shot × way·query matrix, balanced between same and different)."""
-    way = int(params.get("train_way", 5))
-    return way * int(params.get("train_shot", 1)) * way * int(params.get("train_query", 1))
+    (the loss is over the whole way·shot × way·query matrix, balanced between same and different);
+    settings a row does not state are COS-Net's defaults."""
+    p = {**COSNet.defaults, **params}
+    return p["train_way"] * p["train_shot"] * p["train_way"] * p["train_query"]
+
+
+def volumes_per_episode(params: dict) -> int:
+    """Volume passes of one COS-Net training episode: its supports and its queries."""
+    p = {**COSNet.defaults, **params}
+    return p["train_way"] * (p["train_shot"] + p["train_query"])
 
 
 def budget_lines(rows: pd.DataFrame) -> list[str]:
@@ -64,8 +78,9 @@ def budget_lines(rows: pd.DataFrame) -> list[str]:
     trained paper-profile model (configuration, SNR and seed)."""
     lines = ["## Training budget beside the paper's", "",
              f"The paper trained 40 epochs × 1000 batches × 10 pairs: {PAPER_PAIRS:,} pairs, {PAPER_VOLUMES:,} "
-             "volume passes. One of our COS-Net training episodes (5-way, 1 support and 1 query per class) is 10 "
-             "volume passes and scores 25 pairs.", "",
+             f"volume passes. One of our COS-Net training episodes ({COSNet.defaults['train_way']}-way, "
+             f"{COSNet.defaults['train_shot']} support and {COSNet.defaults['train_query']} query per class) is "
+             f"{volumes_per_episode({})} volume passes and scores {pairs_per_episode({})} pairs.", "",
              "| network | SNR | seed | episodes | volume passes | pairs | share of the paper's pairs |",
              "|---|---|---|---|---|---|---|"]
     fits = with_training_seeds(rows).dropna(subset=["fit_episodes"]).drop_duplicates(["label", "snr", "train_seed"])
@@ -75,9 +90,10 @@ def budget_lines(rows: pd.DataFrame) -> list[str]:
         lines.append(f"| {r['label']} | {r['snr']} | {r['train_seed']} | {int(r['fit_episodes']):,} | {volumes} | "
                      f"{pairs:,} | {pairs / PAPER_PAIRS:.2%} |")
     if fits.empty:
-        default = 300 * pairs_per_episode({})
-        lines.append(f"| not run yet (the default budget, 300 episodes) | — | — | 300 | 3,000 | {default:,} | "
-                     f"{default / PAPER_PAIRS:.2%} |")
+        episodes = Budget.parse(inspect.signature(api.bench).parameters["budget"].default).episodes  # fsc bench's
+        pairs = episodes * pairs_per_episode({})
+        lines.append(f"| not run yet (the default budget, {episodes} episodes) | — | — | {episodes} | "
+                     f"{episodes * volumes_per_episode({}):,} | {pairs:,} | {pairs / PAPER_PAIRS:.2%} |")
     return lines + [""]
 
 
@@ -159,13 +175,17 @@ def main() -> None:
                   "cores this project is built on, our implementation trains at 1.19 volumes/s and infers at 4.3 "
                   "volumes/s (`benchmarks/results/cosnet_speed.md`), so one training of the paper's length "
                   f"({PAPER_VOLUMES:,} volume passes) would take about 8 days. By those rates a working day (8 h) on "
-                  "2 cores holds the 12 models of Table 1 (4 variants × 3 SNR levels) at about 150 training "
-                  "episodes each (8.4 s per 10-volume episode, a 40-episode validation every 50 episodes and 1,600 "
-                  "test subtomograms per model at 200 per class): 1,500 volume passes and 3,750 pairs per model, "
-                  f"{3750 / PAPER_PAIRS:.2%} of the paper's pairs. That run, resumable model by model: `fsc simulate "
+                  f"2 cores holds the 12 models of Table 1 (4 variants × 3 SNR levels) at about {WORKING_DAY_EPISODES} "
+                  "training episodes each (8.4 s per 10-volume episode, a 40-episode validation every 50 episodes "
+                  "and 1,600 test subtomograms per model at 200 per class): "
+                  f"{WORKING_DAY_EPISODES * volumes_per_episode({}):,} volume passes and "
+                  f"{WORKING_DAY_EPISODES * pairs_per_episode({}):,} pairs per model, "
+                  f"{WORKING_DAY_EPISODES * pairs_per_episode({}) / PAPER_PAIRS:.2%} of the paper's pairs. That run, "
+                  "resumable model by model: `fsc simulate "
                   "--templates ../shared/data/templates --snr inf --snr 1000 --snr 0.5 --out data/paper`, then `fsc "
                   "bench --dataset data/paper --methods cosnet/scnn,cosnet/scnn-decoder,cosnet/duse,"
-                  "cosnet/duse-decoder --param cosnet.profile=paper --budget 150ep --store paper.sqlite --resume`, "
+                  f"cosnet/duse-decoder --param cosnet.profile=paper --budget {WORKING_DAY_EPISODES}ep --store paper.sqlite "
+                  "--resume`, "
                   "then this script with --store paper.sqlite. On a GPU (`benchmarks/gpu_check.py`), use the "
                   "paper's budget instead."]
     lines += ["", *budget_lines(frame[paper_rows]), f"Cells: {verdicts['better']} better, {verdicts['tie']} tie, {verdicts['worse']} worse, "

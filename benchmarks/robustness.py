@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from fewshot_cryoet import api
+from fewshot_cryoet.cli_options import parse_list
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
@@ -239,7 +240,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="Only redraw the page from the store.")
     args = parser.parse_args()
     snrs = [float(s) for s in (args.snr or ["inf", "0.5"])]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_list(args.seeds, "--seeds", int)  # duplicates are refused by api.bench, as for fsc bench
     templates = [args.templates] if args.templates else []
     store = args.work / "robustness.sqlite"
     if not args.render_only:

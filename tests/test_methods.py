@@ -121,7 +121,6 @@ def test_precision_is_validated_and_nonfinite_steps_are_skipped(tiny_dataset):
     assert not method.autocast(training=True)._enabled
 
 
-
 def test_training_seeds_draw_their_own_initial_weights_and_never_reset_trained_ones(tiny_dataset):
     """Seed-to-seed spread must include initialisation; a second fit continues, it does not restart."""
     from fewshot_cryoet.episodes import EpisodeSource
@@ -157,6 +156,7 @@ def test_training_seeds_draw_their_own_initial_weights_and_never_reset_trained_o
     method.training_loss = lambda episode: sum(p.sum() for p in method.network.parameters()) * 0.0
     method.fit(FitContext(source, None, Budget(episodes=1), torch.device("cpu"), seed=1))  # a zero-gradient step
     assert all(torch.allclose(trained[k], method.network.state_dict()[k]) for k in weights)
+
 
 def test_radial_profile_is_rotation_invariant_and_tells_sizes_apart():
     """The floor sees size only: a turned particle keeps its profile, and a bigger one differs."""
