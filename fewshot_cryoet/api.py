@@ -354,8 +354,9 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     (the rest of the grid completes). ``seeds`` trains each trainable method once per training
     seed; every model is scored on the same test episodes (those of ``seed``), and the leaderboard
     cell becomes the mean over seeds with an interval that counts both sources of variance.
-    ``budget`` may be a list of increasing budgets: each trainable method is trained at each, for
-    accuracy-versus-budget curves (the leaderboard draws them).
+    ``budget`` may be a list of increasing budgets: each trainable method gets a model at each, for
+    accuracy-versus-budget curves (the leaderboard draws them); with episode budgets one training
+    to the largest gives them all (see :func:`curve_order`).
 
     Cross-domain: with ``train_dataset`` (a registered name, folder or data set), methods are
     trained and selected on it and tested on ``dataset``'s test classes; rows record both data
@@ -396,8 +397,9 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
         failures = []
         for snr in snrs:
             train = train_source.at(snr, reporter) if train_source is not None else None
-            for step, each in enumerate(budgets):  # training-free methods are scored once, with the first
-                runner = Runner(results, replace(settings, budget=each), reporter, resume, models_dir=models)
+            for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
+                runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
+                                models_dir=models)
                 runner.run_snr(specs if step == 0 else [s for s in specs if s.cls.trainable], source.at(snr, reporter),
                                source.name, snr, train, train_source.name if train_source is not None else "",
                                allow_class_overlap)
@@ -412,6 +414,17 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
                   ].reset_index(drop=True)
     frame.attrs["failures"] = failures
     return frame
+
+
+def curve_order(budgets: list) -> list[tuple]:
+    """(budget, smaller budgets its training should also leave) in the order a budget curve is
+    run. Episode budgets run largest first, and that training keeps the models of the smaller
+    ones on its way (``FitContext.snapshots``: the same models a training of each would select),
+    so the curve costs its largest budget instead of the sum; the smaller runs reuse them. Time
+    budgets end at a moment, not a step, so each is trained on its own, smallest first."""
+    if len(budgets) > 1 and all(b.minutes is None and b.episodes is not None for b in budgets):
+        return [(budgets[-1], list(budgets[:-1]))] + [(b, []) for b in budgets[:-1]]
+    return [(b, []) for b in budgets]
 
 
 def _specs(methods, params, tuned, storage) -> list[MethodSpec]:

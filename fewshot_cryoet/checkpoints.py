@@ -13,6 +13,7 @@ unpickle is refused with a one-line error naming the file and the global it want
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from pathlib import Path
@@ -96,8 +97,12 @@ def method_from_payload(cls, params: dict[str, Any], variant: str | None, payloa
 
 
 def write_checkpoint(payload: dict[str, Any], path: str | Path) -> str:
-    """Save atomically; returns the file's hash (recorded with every result scored with it)."""
-    save_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+    """Save atomically; returns the file's hash (recorded with every result scored with it).
+    Serialised in memory first: ``torch.save`` to a path names the zip's root folder after the
+    file, and the temporary name is random, so identical checkpoints would hash differently."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    save_atomic(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
     return file_hash(path)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +60,10 @@ class BenchSettings:
     #: Training seeds of trainable methods (each trains its own model, all scored on the test
     #: episodes of ``seed``); None: trained once, with ``seed``.
     train_seeds: list[int] | None = None
+    #: Smaller episode budgets of the same budget curve: a training at ``budget`` also leaves
+    #: their models where exact (see ``FitContext.snapshots``), so the curve costs its largest
+    #: budget only; the runs at those budgets then reuse them.
+    snapshot_budgets: list[Budget] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.train_seeds is not None:
@@ -79,6 +83,13 @@ class BenchSettings:
     @property
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+
+def fit_identity(cell: Cell, budget: str, seed: int) -> str:
+    """The name of one training in the store's claims and the checkpoint folder: what decides
+    its weights (method, variant, hyper-parameters, budget, training data, SNR, seed)."""
+    return f"{cell.method}-{cell.variant}-{cell.params_hash}-{budget}-" \
+           f"{cell.train_dataset_hash or cell.dataset_hash}-{cell.snr}-{seed}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -302,14 +313,13 @@ class Runner:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
         seed = self.settings.seed if train_seed is None else train_seed
-        identity = f"{any_cell.method}-{any_cell.variant}-{any_cell.params_hash}-{any_cell.budget}-" \
-                   f"{any_cell.train_dataset_hash or any_cell.dataset_hash}-{any_cell.snr}-{seed}"
+        identity = fit_identity(any_cell, any_cell.budget, seed)
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FscError(f"{self.models_dir}: cannot create the checkpoint folder ({exc.strerror}); "
                            "choose another --models folder or --store") from None
-        checkpoint = self.models_dir / (identity.replace(",", "_") + ".pt")
+        checkpoint = self._checkpoint_path(identity)
         report_path = checkpoint.with_suffix(".json")
         where = f"{method.label} at SNR {snr_label(snr)}" + (
             f", training seed {seed}" if train_seed not in (None, self.settings.seed) else "")
@@ -340,7 +350,7 @@ class Runner:
             break
         try:
             with self.store.heartbeat(identity):
-                report = self._train(method, dataset, snr, seed)
+                report = self._train(method, dataset, snr, seed, self._snapshot_saver(method, dataset, any_cell, seed))
                 digest = method.save(checkpoint, dataset.box)
                 write_json(report_path, asdict(report))
         except BaseException:
@@ -350,11 +360,37 @@ class Runner:
         self.log(f"{where}: {report.describe()}")
         return report, digest
 
-    def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float, seed: int) -> FitReport:
+    def _checkpoint_path(self, identity: str) -> Path:
+        return self.models_dir / (identity.replace(",", "_") + ".pt")
+
+    def _snapshot_saver(self, method: FewShotMethod, dataset: SubtomogramDataset, cell: Cell, seed: int):
+        """The ``FitContext.snapshot`` callback: records the model of a smaller budget of the curve
+        as that budget's own training (checkpoint, report and a finished claim), unless it was
+        trained already or another process is training it."""
+        def save(step: int, report: FitReport) -> None:
+            identity = fit_identity(cell, str(Budget(episodes=step)), seed)
+            if self.store.claim(identity).state != "mine":
+                return
+            checkpoint = self._checkpoint_path(identity)
+            try:
+                digest = method.save(checkpoint, dataset.box)
+                write_json(checkpoint.with_suffix(".json"), asdict(report))
+            except BaseException:
+                self.store.release(identity)
+                raise
+            self.store.finish(identity, digest, asdict(report))
+            self.log(f"{method.label} at SNR {cell.snr}, training seed {seed}: the {step}ep model of the budget "
+                     f"curve, kept from this training ({report.describe()})")
+        return save
+
+    def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float, seed: int,
+               snapshot=None) -> FitReport:
         task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)} seed {seed}", total=1.0)
         settings = self.settings
         context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
                               seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
+        if snapshot is not None and settings.snapshot_budgets:
+            context = replace(context, snapshots=tuple(b.episodes for b in settings.snapshot_budgets), snapshot=snapshot)
         report = method.fit(context)
         task.update(1.0)
         return report

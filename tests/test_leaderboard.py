@@ -11,6 +11,7 @@ import pytest
 from fewshot_cryoet import api
 from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.leaderboard import summarise
+from fewshot_cryoet.reporting import CallbackReporter
 from fewshot_cryoet.store import ResultsStore
 
 
@@ -124,16 +125,28 @@ def test_training_seeds_share_the_test_episodes_and_widen_the_interval(tiny_val2
 
 def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp_path):
     store = tmp_path / "curve.sqlite"
+    protonet = {"channels": [4, 8], "val_every": 2}
+    said = []
     api.bench(["protonet", "xcorr"], dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=6, queries_per_class=2,
-              store=store, budget=["2ep", "4ep", "8ep"], params={"protonet": {"channels": [4, 8]},
-                                                                 "xcorr": {"angular_step": 90}})
+              store=store, budget=["2ep", "4ep", "8ep"], params={"protonet": protonet, "xcorr": {"angular_step": 90}},
+              reporter=CallbackReporter(on_log=said.append))
     frame = ResultsStore(store).frame()
     assert sorted(frame[frame["method"] == "protonet"]["budget"].unique()) == ["2ep", "4ep", "8ep"]
     assert set(frame[frame["method"] == "xcorr"]["budget"]) == {""} and (frame["method"] == "xcorr").sum() == 6
     written = api.leaderboard(store, tmp_path / "boards")
     curves = pd.read_csv(tmp_path / "boards" / "budget_curves.csv")
-    assert list(curves["fit_episodes"]) == [2, 4, 8] and set(curves["row"]) == {"protonet (channels=[4, 8])"}
+    assert list(curves["fit_episodes"]) == [2, 4, 8] and set(curves["row"]) == {"protonet (channels=[4, 8], val_every=2)"}
     assert tmp_path / "boards" / "budget_curves.png" in written
+    # one training (8ep) left the 2ep and 4ep models, which the runs at those budgets reused
+    assert sum("trained 8 episodes" in line for line in said) == 1
+    smaller = [line for line in said if "trained 2 episodes" in line or "trained 4 episodes" in line]
+    assert len(smaller) == 2 and all("kept from this training" in line for line in smaller)
+    alone = tmp_path / "alone.sqlite"  # the 4ep model from the 8ep training equals one trained alone
+    api.bench(["protonet"], dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=6, queries_per_class=2,
+              store=alone, budget="4ep", params={"protonet": protonet})
+    mine = frame[(frame["method"] == "protonet") & (frame["budget"] == "4ep")].sort_values("episode")
+    theirs = ResultsStore(alone).frame().sort_values("episode")
+    assert list(mine["accuracy"]) == list(theirs["accuracy"]) and list(mine["checkpoint"]) == list(theirs["checkpoint"])
     with pytest.raises(FscError, match="strictly increasing"):
         api.bench(["protonet"], dataset=tiny_val2_dataset, store=store, budget=["4ep", "2ep"])
     with pytest.raises(FscError, match="strictly increasing"):

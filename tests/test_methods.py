@@ -177,3 +177,35 @@ def test_radial_profile_is_rotation_invariant_and_tells_sizes_apart():
         assert float(torch.corrcoef(torch.stack([x, y]))[0, 1]) > 0.98
     episode = Episode(upright, torch.arange(3), rotated, torch.arange(3), ("a", "b", "c"), 10.0, float("inf"))
     assert RadialProfile().predict(episode).scores.argmax(dim=1).tolist() == [0, 1, 2]
+
+
+def test_a_longer_training_hands_over_exactly_the_models_of_smaller_budgets(tiny_val2_dataset):
+    """Budget curves train once: the snapshot at s episodes equals a training of s episodes (same
+    weights, temperature and selection), and taking it leaves the longer training unchanged."""
+    from dataclasses import replace
+
+    from fewshot_cryoet.runner import fit_context
+
+    def fit(budget: int, snapshots: tuple[int, ...] = ()):
+        method = ProtoNet({"channels": [4, 8], "val_every": 2})
+        kept = {}
+
+        def snapshot(step, report):
+            kept[step] = ({k: v.clone() for k, v in method.network.state_dict().items()}, method.temperature, report)
+        context = fit_context(tiny_val2_dataset, 1.0, False, Budget(episodes=budget), torch.device("cpu"),
+                              queries=2, seed=0)  # validation accuracy rises at every check
+        report = method.fit(replace(context, snapshots=snapshots, snapshot=snapshot))
+        return {k: v.clone() for k, v in method.network.state_dict().items()}, method.temperature, report, kept
+
+    alone4, temperature4, report4, _ = fit(4)
+    alone8, temperature8, report8, _ = fit(8)
+    long8, long_temperature, long_report, kept = fit(8, snapshots=(3, 4, 8))
+    assert sorted(kept) == [4]  # 3 is no multiple of val_every, 8 is the training itself
+    state4, snapshot_temperature, snapshot_report = kept[4]
+    assert all(torch.equal(state4[k], alone4[k]) for k in alone4)
+    assert snapshot_temperature == temperature4 == snapshot_report.temperature
+    assert snapshot_report.episodes == 4 and snapshot_report.history == report4.history
+    assert snapshot_report.best_validation_accuracy == report4.best_validation_accuracy
+    assert all(torch.equal(long8[k], alone8[k]) for k in alone8) and long_temperature == temperature8
+    assert long_report.history == report8.history
+    assert not all(torch.equal(alone4[k], alone8[k]) for k in alone4)  # the two budgets differ at all

@@ -123,6 +123,13 @@ class FitContext:
     progress: Callable[[float, str], None] | None = None
     report: Callable[[int, float], None] | None = None
     calibrate: Callable[[FewShotMethod], float] | None = None
+    #: Smaller episode budgets whose models the caller wants from this same training:
+    #: ``snapshot(step, report)`` is called at each such step with the method holding exactly the
+    #: weights (and temperature) a training of ``step`` episodes would have kept, so a budget
+    #: curve costs its largest budget only. A method that cannot give them exactly ignores this
+    #: (the caller then trains those budgets on their own); see ``TorchMethod.fit``.
+    snapshots: tuple[int, ...] = ()
+    snapshot: Callable[[int, FitReport], None] | None = None
 
 
 @dataclass
@@ -590,6 +597,7 @@ class TorchMethod(FewShotMethod):
         report = FitReport()
         best_state, best_score = None, -1.0
         step = 0
+        snapshots = self._exact_snapshots(context)
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
             self.network.train()
@@ -617,6 +625,8 @@ class TorchMethod(FewShotMethod):
                     best_score, best_state = score, copy.deepcopy(self.network.state_dict())
                     report.best_validation_accuracy = validation.accuracy
                     report.best_validation_dice = validation.dice
+            if step in snapshots:
+                self._snapshot(context, step, report, best_state, time.perf_counter() - start)
             if context.progress is not None:
                 done = max(step / max_episodes if max_episodes < math.inf else 0,
                            (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
@@ -627,3 +637,40 @@ class TorchMethod(FewShotMethod):
         report.episodes = step
         report.seconds = time.perf_counter() - start
         return report
+
+    def _exact_snapshots(self, context: FitContext) -> set[int]:
+        """The requested snapshot steps this training can serve exactly. A training of ``s``
+        episodes takes the same first ``s`` steps as a longer one (same seed, same episodes, no
+        schedule that depends on the total) and validates at every multiple of ``val_every``
+        and at its last step; so when ``s`` is such a multiple, the longer training has made the
+        same validations by step ``s`` and holds the same best weights. Time budgets end at a
+        wall-clock moment, not a step, so they get none."""
+        budget = context.budget
+        if context.snapshot is None or budget.minutes is not None or budget.episodes is None:
+            return set()
+        every = self.params["val_every"] if context.validate is not None else 1
+        return {s for s in context.snapshots if 0 < s < budget.episodes and s % every == 0}
+
+    def _snapshot(self, context: FitContext, step: int, report: FitReport, best_state: dict | None,
+                  seconds: float) -> None:
+        """Hand ``context.snapshot`` the model a training of ``step`` episodes would have ended
+        with (best weights so far, calibrated as the fit wrapper calibrates a finished fit), then
+        put the training state back. The global random state is restored too, so the rest of this
+        training is the same as without the snapshot."""
+        current = copy.deepcopy(self.network.state_dict()) if best_state is not None else None
+        temperature = self.temperature
+        partial = replace(report, history=list(report.history), episodes=step, seconds=seconds)
+        devices = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                if best_state is not None:
+                    self.network.load_state_dict(best_state)
+                self._weights_changed()
+                if context.calibrate is not None:
+                    self.temperature = partial.temperature = context.calibrate(self)
+                context.snapshot(step, partial)
+            finally:
+                if current is not None:
+                    self.network.load_state_dict(current)
+                self.temperature = temperature
+                self._weights_changed()
