@@ -8,7 +8,9 @@ into 143; outputs are written atomically, so neither leaves half-written data th
 
 from __future__ import annotations
 
+import contextlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -363,7 +365,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
     resume = resume or worker or workers > 1
     if episodes < LEADERBOARD_EPISODES:
         say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
-    with progress_bars() as progress:
+    with progress_bars() as progress, _workers_stopped_on_exit(helpers):
         frame = api.bench(
             methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
             snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
@@ -385,13 +387,32 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
         raise FscError(f"{len(failures)} method run(s) failed, the rest completed: " + "; ".join(failures))
 
 
+@contextlib.contextmanager
+def _workers_stopped_on_exit(helpers: list):
+    """The workers ``--workers`` started belong to this command: if it stops early (Ctrl-C,
+    SIGTERM, an error), they are terminated too (each releases its claims, as on Ctrl-C), rather
+    than running on unseen after the command the user started has ended. A normal end leaves
+    them to finish their share."""
+    try:
+        yield
+    except BaseException:
+        for helper in helpers:
+            if helper.poll() is None:
+                helper.terminate()
+        for helper in helpers:
+            try:
+                helper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+        raise
+
+
 def _start_workers(workers: int, store: StoreLocation, device: str) -> list:
     """``workers − 1`` more processes running this very command with --worker (this one is the
     first); each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
     or cuda, worker i sees only GPU i mod the count; otherwise the CPU cores are split evenly (at
     least one torch thread each), so the workers do not fight over them."""
     import os
-    import subprocess
 
     import torch
 

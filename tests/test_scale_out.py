@@ -165,3 +165,33 @@ def test_status_reports_cells_a_store_never_planned(store_url, tiny_dataset):
     claims, cells = api.bench_status(store_url)
     assert cells[["label", "stored", "state"]].values.tolist() == [["xcorr (angular_step=60)", 3, "not planned"]]
     assert claims["state"].tolist() == ["done"] and claims["claims"].tolist() == [1]
+
+
+def test_stopping_the_command_stops_the_workers_it_started(tiny_val2_dataset, tmp_path):
+    """``fsc bench --workers 2`` owns its started worker: a SIGTERM to the command (as from
+    ``kill`` or a batch system) ends the worker too, instead of leaving it running unseen."""
+    command = ["bench", "--dataset", tiny_val2_dataset.path, "--methods", "protonet", "--param",
+               "protonet.channels=[4,4]", "--snr", "1", "--ways", "2", "--episodes", "600", "--budget", "100000ep",
+               "--store", tmp_path / "store.sqlite", "--workers", 2]
+    process = _fsc_process(*command)
+    children = f"/proc/{process.pid}/task/{process.pid}/children"
+    deadline, worker = time.time() + 120, None
+    while time.time() < deadline and worker is None and process.poll() is None:
+        time.sleep(0.3)
+        pids = open(children).read().split() if os.path.exists(children) else []
+        worker = int(pids[0]) if pids else None
+    assert worker is not None, "no worker was started"
+    try:
+        time.sleep(3)  # let both processes get into the grid
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 143, output[-2000:]
+        assert not os.path.exists(f"/proc/{worker}"), "the started worker outlived the command"
+    finally:  # never leave a process of this test training behind, whatever failed
+        if process.poll() is None:
+            process.kill()
+        try:
+            if "fewshot_cryoet" in open(f"/proc/{worker}/cmdline").read():
+                os.kill(worker, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
