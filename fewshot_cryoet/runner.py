@@ -92,6 +92,12 @@ def fit_identity(cell: Cell, budget: str, seed: int) -> str:
            f"{cell.train_dataset_hash or cell.dataset_hash}-{cell.snr}-{seed}"
 
 
+def chunk_identity(cell: Cell, start: int, end: int, checkpoint: str | None) -> str:
+    """The claim name of a block of a cell's test episodes, scored with one model: every worker
+    names the same block alike (a resumed run asking for more episodes has other blocks)."""
+    return f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present, else CPU) or an explicit torch device that must exist."""
     if name == "auto":
@@ -295,6 +301,7 @@ class Runner:
             if job.fitted is None:
                 return False, False  # another worker trains it
             moved = True
+            self._settle_finished_chunks(job.cells.values(), job.fitted[1])
         report, checkpoint = job.fitted
         for plan in job.plans:
             if not plan.complete:
@@ -419,8 +426,7 @@ class Runner:
         for start, chunk in list(plan.chunks.items()):
             # named by its block of this grid's episode numbers (a resumed run asking for more
             # episodes has other blocks) and the model scoring it
-            end = min(start + EVAL_CHUNK, len(episodes))
-            identity = f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
+            identity = chunk_identity(cell, start, min(start + EVAL_CHUNK, len(episodes)), checkpoint)
             claim = self.store.claim(identity)
             if claim.state == "busy":
                 continue  # another worker's, for now
@@ -441,6 +447,22 @@ class Runner:
                 raise
             self.store.finish(identity)
         return moved
+
+    def _settle_finished_chunks(self, cells, checkpoint: str | None) -> None:
+        """A worker killed after storing a chunk's last episode but before marking the chunk done
+        leaves a claim that no plan revisits, since nothing in it is missing. Each chunk whose
+        episodes are all stored is therefore claimed as usual and marked done when the claim is
+        free or its holder is gone (a live holder's is left to it), so the store's claims end
+        done once the grid is."""
+        wanted = self.settings.episodes
+        for cell in cells:
+            done = self.store.done_episodes(cell)
+            for start in range(0, wanted, EVAL_CHUNK):
+                end = min(start + EVAL_CHUNK, wanted)
+                if all(n in done for n in range(start, end)):
+                    identity = chunk_identity(cell, start, end, checkpoint)
+                    if self.store.claim(identity).state == "mine":
+                        self.store.finish(identity)
 
     def _score(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
                episodes: EpisodeSet, cell: Cell, number: int, report: FitReport, checkpoint: str | None,

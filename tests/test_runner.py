@@ -66,6 +66,28 @@ def test_resume_continues_without_duplicates_and_refuses_silent_reruns(tiny_data
     assert len(merged) == len(before) and (merged["accuracy_a"] == merged["accuracy_b"]).all()
 
 
+def test_a_chunk_finished_by_a_worker_killed_before_it_said_so_is_settled(tiny_dataset, tmp_path):
+    """kill -9 between storing a chunk's last episode and marking the chunk done leaves a claim no
+    plan revisits (nothing in it is missing); the next run over the cell marks it done."""
+    import socket
+
+    path = tmp_path / "r.sqlite"
+    spec = [MethodSpec(CrossCorrelation, params=FAST_XCORR)]
+    Runner(ResultsStore(path), _settings(60)).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host that no longer runs
+    db = sqlite3.connect(path)
+    with db:
+        (identity,) = db.execute("SELECT identity FROM fits WHERE identity LIKE 'eval-%-0-50-%' LIMIT 1").fetchone()
+        db.execute("UPDATE fits SET state = 'training', owner = 'killed', host = ?, pid = ? WHERE identity = ?",
+                   (socket.gethostname(), gone.pid, identity))
+    db.close()
+    assert (ResultsStore(path).claims_frame()["state"] == "training").sum() == 1
+    Runner(ResultsStore(path), _settings(120), resume=True).run_snr(spec, tiny_dataset, "tiny", 1.0)
+    store = ResultsStore(path)
+    assert len(store.frame()) == 2 * 120 and (store.claims_frame()["state"] == "done").all()
+
+
 def test_trained_models_are_reused_on_resume(tiny_dataset, tmp_path):
     path = tmp_path / "r.sqlite"
     spec = [MethodSpec(ProtoNet, params=TINY_PROTONET)]
