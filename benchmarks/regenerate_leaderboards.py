@@ -77,7 +77,7 @@ STEPS: tuple[Step, ...] = (
     ), page="benchmarks/robustness.py"),
 )
 
-WORKER_COMMANDS = ("fsc bench ",)  # the commands --workers applies to
+WORKER_COMMANDS = ("fsc bench ", "python benchmarks/robustness.py ")  # the commands --workers applies to
 
 
 def outputs(step: Step) -> list[str]:

@@ -8,10 +8,11 @@ shows the accuracy on the default domain, each shifted accuracy and its drop, an
 segmenting methods. Rows differ in one remedy at a time, at the same episode budget, on the same
 test episodes, so their differences are paired.
 
-Run (resumable: data sets are simulated once, results go to a store and a rerun continues):
+Run (resumable: data sets are simulated once, results go to a store and a rerun continues;
+``--workers 2`` on 2 cores trains two rows at a time):
 
     python benchmarks/robustness.py --templates ../shared/data/templates --work robustness-work --seeds 0,1,2 \
-        --out leaderboards/robustness
+        --out leaderboards/robustness --workers 2
 
 The page and CSV under ``--out`` are generated; do not edit them by hand.
 """
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import parse_list
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
+from fewshot_cryoet.local_workers import stopped_on_exit
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 from fewshot_cryoet.outputs import write_text
 from fewshot_cryoet.reporting import CallbackReporter
@@ -73,11 +78,36 @@ def simulate_domains(templates: list[str], work: Path, per_class: int, snrs: lis
     return folders
 
 
+def rows_from(rank: int, workers: int) -> tuple[Row, ...]:
+    """The rows in the order worker ``rank`` of ``workers`` takes them: each starts at its own
+    part of the table, so the workers train different rows at the same time (the store's claims
+    give every training and test chunk to one of them) instead of queueing for the same one."""
+    start = rank * len(ROWS) // workers
+    return ROWS[start:] + ROWS[:start]
+
+
+def start_helpers(workers: int, work: Path, helpers: list[subprocess.Popen]) -> None:
+    """``workers − 1`` more processes of this very command (``--rank i``), added to ``helpers``
+    as each starts, the CPU cores split between all of them; logs in ``<work>/workers/``."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    logs = work / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    for rank in range(1, workers):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        with open(logs / f"rank-{rank}.log", "w") as log:
+            helpers.append(subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT))
+    print(f"started {workers - 1} more worker(s), {threads} CPU thread(s) each; their logs: {logs}/", flush=True)
+
+
 def run(folders: dict[str, Path], store: Path, snrs: list[float], episodes: int, budget: str,
-        seeds: list[int]) -> None:
+        seeds: list[int], rows: tuple[Row, ...] = ROWS) -> None:
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
     for snr in snrs:
-        for row in ROWS:
+        for row in rows:
             for name in ("default", *SHIFTED):
                 print(f"SNR {snr}: {row.name} on {name}", flush=True)
                 home = name == row.train
@@ -238,14 +268,29 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="Training seeds, comma-separated: each row is trained once "
                         "per seed and its cells are the mean over seeds (two-level bootstrap interval) [0].")
     parser.add_argument("--render-only", action="store_true", help="Only redraw the page from the store.")
+    parser.add_argument("--workers", type=int, default=1, help="Processes sharing the work through the store's "
+                        "claims, the CPU cores split between them (--workers 2 on 2 cores) [1].")
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)  # set on the started workers
     args = parser.parse_args()
+    if args.workers < 1 or not 0 <= args.rank < args.workers:
+        raise SystemExit(f"--workers {args.workers}: give 1 or more")
     snrs = [float(s) for s in (args.snr or ["inf", "0.5"])]
     seeds = parse_list(args.seeds, "--seeds", int)  # duplicates are refused by api.bench, as for fsc bench
     templates = [args.templates] if args.templates else []
     store = args.work / "robustness.sqlite"
     if not args.render_only:
-        folders = simulate_domains(templates, args.work, args.per_class, snrs)
-        run(folders, store, snrs, args.episodes, args.budget, seeds)
+        folders = simulate_domains(templates, args.work, args.per_class, snrs)  # before any worker starts
+        helpers: list[subprocess.Popen] = []
+        with stopped_on_exit(helpers):  # entered before any worker starts, so none outlives an early stop
+            if args.rank == 0 and args.workers > 1:
+                start_helpers(args.workers, args.work, helpers)
+            run(folders, store, snrs, args.episodes, args.budget, seeds, rows_from(args.rank, args.workers))
+            failed = [f"worker {i + 1} exited with status {code}" for i, code in enumerate(h.wait() for h in helpers)
+                      if code]
+        if failed:
+            raise SystemExit("; ".join(failed) + f" (logs in {args.work / 'workers'}/); run again to finish")
+        if args.rank:
+            return  # the first process draws the page
     data, body = table(store, args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "robustness.csv", data.to_csv(index=False))

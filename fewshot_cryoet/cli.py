@@ -8,7 +8,6 @@ into 143; outputs are written atomically, so neither leaves half-written data th
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from fewshot_cryoet.terminal import (
 )
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.local_workers import stopped_on_exit
 from fewshot_cryoet.store import STALE_SECONDS
 from fewshot_cryoet.store_location import StoreLocation, locate
 
@@ -361,20 +361,23 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
         say(f"{len(cells)} cell(s): " + ", ".join(f"{counts[state]} {state}" for state in
                                                   ("done", "running", "pending", "not planned") if state in counts), out)
         return
-    helpers = _start_workers(workers, location, device) if workers > 1 else []
-    resume = resume or worker or workers > 1
-    if episodes < LEADERBOARD_EPISODES:
-        say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
-    with progress_bars() as progress, _workers_stopped_on_exit(helpers):
-        frame = api.bench(
-            methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
-            snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
-            queries_per_class=queries_per_class, dataset=dataset, templates=templates,
-            test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),
-            episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
-            lease_seconds=lease_seconds, train_dataset=train_dataset,
-            allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
-            reporter=RichReporter(progress))
+    helpers: list = []
+    with stopped_on_exit(helpers):  # entered before any worker starts, so none outlives an early stop
+        if workers > 1:
+            _start_workers(workers, location, device, helpers)
+        resume = resume or worker or workers > 1
+        if episodes < LEADERBOARD_EPISODES:
+            say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {LEADERBOARD_EPISODES})", out)
+        with progress_bars() as progress:
+            frame = api.bench(
+                methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
+                snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
+                queries_per_class=queries_per_class, dataset=dataset, templates=templates,
+                test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),
+                episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
+                lease_seconds=lease_seconds, train_dataset=train_dataset,
+                allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
+                reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
         accuracy = accuracy_table(summarise(frame), frame).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
         where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])
@@ -387,29 +390,9 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
         raise FscError(f"{len(failures)} method run(s) failed, the rest completed: " + "; ".join(failures))
 
 
-@contextlib.contextmanager
-def _workers_stopped_on_exit(helpers: list):
-    """The workers ``--workers`` started belong to this command: if it stops early (Ctrl-C,
-    SIGTERM, an error), they are terminated too (each releases its claims, as on Ctrl-C), rather
-    than running on unseen after the command the user started has ended. A normal end leaves
-    them to finish their share."""
-    try:
-        yield
-    except BaseException:
-        for helper in helpers:
-            if helper.poll() is None:
-                helper.terminate()
-        for helper in helpers:
-            try:
-                helper.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-        raise
-
-
-def _start_workers(workers: int, store: StoreLocation, device: str) -> list:
+def _start_workers(workers: int, store: StoreLocation, device: str, helpers: list) -> None:
     """``workers − 1`` more processes running this very command with --worker (this one is the
-    first); each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
+    first), added to ``helpers`` as each starts; each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
     or cuda, worker i sees only GPU i mod the count; otherwise the CPU cores are split evenly (at
     least one torch thread each), so the workers do not fight over them."""
     import os
@@ -433,7 +416,6 @@ def _start_workers(workers: int, store: StoreLocation, device: str) -> list:
         torch.set_num_threads(threads)
     logs = store.sibling(".workers")
     logs.mkdir(parents=True, exist_ok=True)
-    helpers = []
     for i in range(1, workers):
         env = dict(os.environ, FSC_WORKER=str(i + 1))
         if gpus > 1:
@@ -445,7 +427,6 @@ def _start_workers(workers: int, store: StoreLocation, device: str) -> list:
                                             stdout=log, stderr=subprocess.STDOUT))
     split = f"one GPU each ({gpus} visible)" if gpus > 1 else f"{threads} CPU thread(s) each"
     say(f"started {workers - 1} more worker(s) on {store}, {split}; their logs: {logs}/")
-    return helpers
 
 
 @main.command("methods")

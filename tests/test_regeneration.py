@@ -73,7 +73,8 @@ def test_only_adds_the_steps_needed_and_refuses_unknown_names():
         regenerate.plan(["nope"])
 
 
-def test_workers_go_to_benches_only():
+def test_workers_go_to_the_commands_that_split_work():
     assert regenerate.with_workers("fsc bench --seeds 0", 2) == "fsc bench --seeds 0 --workers 2"
     assert regenerate.with_workers("fsc leaderboard", 2) == "fsc leaderboard"
+    assert regenerate.with_workers("python benchmarks/robustness.py --seeds 0", 2).endswith("--workers 2")
     assert regenerate.with_workers("fsc bench --seeds 0", 1) == "fsc bench --seeds 0"
