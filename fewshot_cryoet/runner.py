@@ -358,8 +358,7 @@ class Runner:
         try:
             with self.store.heartbeat(identity):
                 report = self._train(method, dataset, snr, seed, self._snapshot_saver(method, dataset, any_cell, seed))
-                digest = method.save(checkpoint, dataset.box)
-                write_json(report_path, asdict(report))
+                digest = self._write_model(method, dataset.box, identity, report)
         except BaseException:
             self.store.release(identity)
             raise
@@ -370,6 +369,14 @@ class Runner:
     def _checkpoint_path(self, identity: str) -> Path:
         return self.models_dir / (identity.replace(",", "_") + ".pt")
 
+    def _write_model(self, method: FewShotMethod, box: int, identity: str, report: FitReport) -> str:
+        """A training's checkpoint and, beside it, its report (read back when a later version finds
+        the checkpoint without a claim); returns the checkpoint's hash."""
+        checkpoint = self._checkpoint_path(identity)
+        digest = method.save(checkpoint, box)
+        write_json(checkpoint.with_suffix(".json"), asdict(report))
+        return digest
+
     def _snapshot_saver(self, method: FewShotMethod, dataset: SubtomogramDataset, cell: Cell, seed: int):
         """The ``FitContext.snapshot`` callback: records the model of a smaller budget of the curve
         as that budget's own training (checkpoint, report and a finished claim), unless it was
@@ -378,10 +385,8 @@ class Runner:
             identity = fit_identity(cell, str(Budget(episodes=step)), seed)
             if self.store.claim(identity).state != "mine":
                 return
-            checkpoint = self._checkpoint_path(identity)
             try:
-                digest = method.save(checkpoint, dataset.box)
-                write_json(checkpoint.with_suffix(".json"), asdict(report))
+                digest = self._write_model(method, dataset.box, identity, report)
             except BaseException:
                 self.store.release(identity)
                 raise
