@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewshot_cryoet.outputs import write_json
+
 TEMPLATES = "../shared/data/templates"
 SHARED = "data/st"  # the shared templates simulated once; several pages read it
 SIMULATE_SHARED = ("fsc simulate --templates ../shared/data/templates --snr 1000 --snr 0.5 --snr 0.1 --snr 0.05 "
@@ -120,10 +122,6 @@ def load_log(path: Path) -> dict:
         raise SystemExit(f"{path}: not a regeneration log ({exc}); pass another --times") from None
 
 
-def save_log(path: Path, log: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(log, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Path(".")) -> dict:
@@ -140,7 +138,7 @@ def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Pat
             print(f"{step.name}: {step.creates} exists already (made before this log); skipped, time not counted",
                   flush=True)
             entry["finished"], entry["note"] = time.strftime("%Y-%m-%d %H:%M"), "existed before the log"
-            save_log(times, log)
+            write_json(times, log)
             continue
         for command in step.commands:
             command = with_workers(command, workers)
@@ -150,12 +148,12 @@ def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Pat
                 status = subprocess.run(command, shell=True, cwd=root).returncode
             finally:
                 entry["seconds"] += time.perf_counter() - start
-                save_log(times, log)
+                write_json(times, log)
             if status != 0:
                 raise SystemExit(f"{step.name}: `{command}` exited with status {status}; fix it and run again "
                                  "(finished steps are skipped, benches resume)")
         entry["finished"], entry["workers"] = time.strftime("%Y-%m-%d %H:%M"), workers
-        save_log(times, log)
+        write_json(times, log)
     return log
 
 
