@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from fewshot_cryoet import api
 from fewshot_cryoet.cli_options import parse_list
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
-from fewshot_cryoet.local_workers import stopped_on_exit
+from fewshot_cryoet.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 from fewshot_cryoet.outputs import write_text
 from fewshot_cryoet.reporting import CallbackReporter
@@ -91,16 +90,12 @@ def start_helpers(workers: int, work: Path, helpers: list[subprocess.Popen]) -> 
     as each starts, the CPU cores split between all of them; logs in ``<work>/workers/``."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = cpu_threads(workers)
     torch.set_num_threads(threads)
-    logs = work / "workers"
-    logs.mkdir(parents=True, exist_ok=True)
     for rank in range(1, workers):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        with open(logs / f"rank-{rank}.log", "w") as log:
-            helpers.append(subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], env=env,
-                                            stdout=log, stderr=subprocess.STDOUT))
-    print(f"started {workers - 1} more worker(s), {threads} CPU thread(s) each; their logs: {logs}/", flush=True)
+        launch([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], work / "workers" / f"rank-{rank}.log",
+               thread_env(threads), helpers)
+    print(f"started {workers - 1} more worker(s), {threads} CPU thread(s) each; their logs: {work / 'workers'}/", flush=True)
 
 
 def run(folders: dict[str, Path], store: Path, snrs: list[float], episodes: int, budget: str,
@@ -272,8 +267,10 @@ def main() -> None:
                         "claims, the CPU cores split between them (--workers 2 on 2 cores) [1].")
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)  # set on the started workers
     args = parser.parse_args()
-    if args.workers < 1 or not 0 <= args.rank < args.workers:
+    if args.workers < 1:
         raise SystemExit(f"--workers {args.workers}: give 1 or more")
+    if not 0 <= args.rank < args.workers:  # only this script's own started workers pass --rank
+        raise SystemExit(f"--rank {args.rank}: must be from 0 to --workers − 1 ({args.workers - 1})")
     snrs = [float(s) for s in (args.snr or ["inf", "0.5"])]
     seeds = parse_list(args.seeds, "--seeds", int)  # duplicates are refused by api.bench, as for fsc bench
     templates = [args.templates] if args.templates else []

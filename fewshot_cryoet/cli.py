@@ -9,7 +9,6 @@ into 143; outputs are written atomically, so neither leaves half-written data th
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from fewshot_cryoet.terminal import (
 )
 from fewshot_cryoet.datasets.presets import PRESETS
 from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.local_workers import stopped_on_exit
+from fewshot_cryoet.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
 from fewshot_cryoet.store import STALE_SECONDS
 from fewshot_cryoet.store_location import StoreLocation, locate
 
@@ -395,8 +394,6 @@ def _start_workers(workers: int, store: StoreLocation, device: str, helpers: lis
     first), added to ``helpers`` as each starts; each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
     or cuda, worker i sees only GPU i mod the count; otherwise the CPU cores are split evenly (at
     least one torch thread each), so the workers do not fight over them."""
-    import os
-
     import torch
 
     argv = []
@@ -411,20 +408,14 @@ def _start_workers(workers: int, store: StoreLocation, device: str, helpers: lis
         if not word.startswith("--workers="):
             argv.append(word)
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = cpu_threads(workers)
     if gpus <= 1:
         torch.set_num_threads(threads)
     logs = store.sibling(".workers")
-    logs.mkdir(parents=True, exist_ok=True)
     for i in range(1, workers):
-        env = dict(os.environ, FSC_WORKER=str(i + 1))
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        else:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        with open(logs / f"worker-{i + 1}.log", "w") as log:  # the worker keeps its own copy of the handle
-            helpers.append(subprocess.Popen([sys.executable, "-m", "fewshot_cryoet", *argv, "--worker"], env=env,
-                                            stdout=log, stderr=subprocess.STDOUT))
+        devices = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1 else thread_env(threads)
+        launch([sys.executable, "-m", "fewshot_cryoet", *argv, "--worker"], logs / f"worker-{i + 1}.log",
+               {"FSC_WORKER": str(i + 1), **devices}, helpers)
     split = f"one GPU each ({gpus} visible)" if gpus > 1 else f"{threads} CPU thread(s) each"
     say(f"started {workers - 1} more worker(s) on {store}, {split}; their logs: {logs}/")
 
