@@ -86,7 +86,26 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             "device": group["device"].iloc[0], "package_version": group["package_version"].iloc[0],
             "plugin": group["plugin"].iloc[0],
         })
-    return pd.DataFrame(rows)
+    return _in_budget_order(pd.DataFrame(rows))
+
+
+def _in_budget_order(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows of several budgets ordered by increasing budget, otherwise in the store's order. The
+    store keeps the order in which results were computed, and a budget curve trains (and so often
+    scores) its largest budget first: without this a table would read 100ep, 1000ep, 300ep."""
+    if summary.empty or summary.loc[summary["budget"] != "", "budget"].nunique() < 2:
+        return summary
+    from fewshot_cryoet.methods.base import Budget  # here: reading a store needs no torch otherwise
+
+    def size(text: str) -> tuple[float, float]:
+        if not text:
+            return (0.0, 0.0)  # untrained methods first, as a floor
+        budget = Budget.parse(text)
+        return (math.inf if budget.episodes is None else budget.episodes,
+                math.inf if budget.minutes is None else budget.minutes)
+
+    order = sorted(range(len(summary)), key=lambda i: size(summary["budget"].iloc[i]))  # stable
+    return summary.iloc[order].reset_index(drop=True)
 
 
 def _examples_seen(group: pd.DataFrame) -> float:
@@ -294,11 +313,13 @@ def dice_table(summary: pd.DataFrame, column: str = "dice") -> pd.DataFrame | No
 
 
 def per_class_dice(query_dice: pd.DataFrame) -> pd.DataFrame | None:
-    """Dice per test class (mean ± std) for each segmenting method, SNR and N-way."""
+    """Dice per test class (mean ± std) for each segmenting row, SNR and N-way. Rows are told
+    apart as in every other table (:func:`_distinct_labels`), so the budgets of a budget curve
+    are not pooled under one label."""
     if query_dice.empty:
         return None
     keys = ["train_dataset", "dataset", "label", "snr", "n_way", "k_shot", "class"]
-    query_dice = _filled(query_dice)
+    query_dice = _distinct_labels(_filled(query_dice))
     raw = query_dice.groupby(keys)["dice"].agg(["mean", "std", "count"])
     refined = query_dice.groupby(keys)["dice_crf"].agg(["mean", "std"]).add_prefix("crf_")
     out = raw.join(refined).reset_index()

@@ -393,17 +393,19 @@ class ResultsStore:
             "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr ORDER BY e.id")
         return frame.assign(mask_snr=frame["mask_snr"].astype(float))
 
+    #: Each stored query's row identity: enough to tell configurations apart that share a label.
+    _QUERY_ROW = ("e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "
+                  "e.dataset, e.train_dataset")
+
     def query_predictions_frame(self) -> pd.DataFrame:
         """Every stored query's true and predicted class, with its row's identity."""
-        return self._read(
-            "SELECT q.*, e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "
-            "e.dataset, e.train_dataset FROM query_predictions q "
-            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
+        return self._read(f"SELECT q.*, {self._QUERY_ROW} FROM query_predictions q "
+                          "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
 
     def query_dice_frame(self) -> pd.DataFrame:
-        return self._read(
-            "SELECT q.*, e.label, e.snr, e.n_way, e.k_shot, e.dataset, e.train_dataset FROM query_dice q "
-            "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
+        """Every stored query's Dice (raw and CRF-refined), with its row's identity."""
+        return self._read(f"SELECT q.*, {self._QUERY_ROW} FROM query_dice q "
+                          "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
 
     def _read(self, sql: str) -> pd.DataFrame:
         return pd.read_sql_query(text(sql), self.connection)

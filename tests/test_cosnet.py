@@ -151,6 +151,13 @@ def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_
     assert "COS-Net DuSE-SCNN w decoder (cpu)" in markdown and "COS-Net SCNN w/o decoder (cpu)" in markdown
     crf_section = markdown.split("CRF-refined")[1]
     assert any(line.startswith("| COS-Net SCNN w/o decoder") and "—" in line for line in crf_section.splitlines())
+    # a second budget of the decoder variant: its Dice per class is a row of its own, not pooled
+    shorter = BenchSettings(ways=[2], shots=[1], queries=2, episodes=4, budget=Budget(episodes=2), device="cpu")
+    Runner(store, shorter).run_snr(specs[:1], tiny_dataset, "tiny", 1.0)
+    render(store.frame(), store.query_dice_frame(), tmp_path / "boards", "r.sqlite")
+    per_class = (tmp_path / "boards" / "leaderboard.md").read_text().split("Dice per test class")[1].split("##")[0]
+    rows = [line for line in per_class.splitlines() if "DuSE-SCNN w decoder" in line]
+    assert sorted(line.split(" · budget ")[1].split("'")[0] for line in rows) == ["2ep", "4ep", "4ep"]  # 2ep: 2-way only
 
 
 def test_segmentation_figure_from_a_checkpoint(tiny_dataset, tmp_path):

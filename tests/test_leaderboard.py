@@ -137,6 +137,10 @@ def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp
     curves = pd.read_csv(tmp_path / "boards" / "budget_curves.csv")
     assert list(curves["fit_episodes"]) == [2, 4, 8] and set(curves["row"]) == {"protonet (channels=[4, 8], val_every=2)"}
     assert tmp_path / "boards" / "budget_curves.png" in written
+    # the 8ep model was trained and scored first, yet the table reads in increasing budget
+    table = (tmp_path / "boards" / "leaderboard.md").read_text().split("### Accuracy")[1]
+    budgets = [line.split(" · budget ")[1].split()[0] for line in table.splitlines() if " · budget " in line]
+    assert budgets[:3] == ["2ep", "4ep", "8ep"]
     # one training (8ep) left the 2ep and 4ep models, which the runs at those budgets reused
     assert sum("trained 8 episodes" in line for line in said) == 1
     smaller = [line for line in said if "trained 2 episodes" in line or "trained 4 episodes" in line]
