@@ -182,15 +182,40 @@ def _ordered(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 EPISODE_SET = ["dataset_hash", "snr", "n_way", "k_shot", "q_query", "seed"]
 
 
-def episode_scores(frame: pd.DataFrame, row) -> pd.Series:
-    """Per-episode accuracy of one summary row (the mean over its training seeds), indexed by
-    episode number; rows are matched by configuration and data, not by label (``frame`` as the
-    store gives it, or passed through :func:`_filled`)."""
+def _results_of(frame: pd.DataFrame, row) -> pd.DataFrame:
+    """The stored results of one summary row, matched by configuration and data, not by label."""
     mask = pd.Series(True, index=frame.index)
     for key in ROW_KEYS:
         if key != "label":
             mask &= frame[key] == row[key]
-    return frame[mask].groupby("episode")["accuracy"].mean().sort_index()  # the mean over training seeds
+    return frame[mask]
+
+
+def episode_scores(frame: pd.DataFrame, row) -> pd.Series:
+    """Per-episode accuracy of one summary row (the mean over its training seeds), indexed by
+    episode number (``frame`` as the store gives it, or passed through :func:`_filled`)."""
+    return _results_of(frame, row).groupby("episode")["accuracy"].mean().sort_index()  # the mean over training seeds
+
+
+def seed_scores(frame: pd.DataFrame, row, episodes: pd.Index) -> pd.Series:
+    """Mean accuracy of one summary row per training seed, over ``episodes`` only."""
+    results = with_training_seeds(_results_of(frame, row))
+    return results[results["episode"].isin(episodes)].groupby("train_seed")["accuracy"].mean()
+
+
+def _per_seed(a: pd.Series, b: pd.Series) -> str:
+    """Both rows' per-seed ranges and whether they are apart (every seed of one above every seed
+    of the other). The paired test compares per-episode means over seeds, so it tells whether
+    these trainings differ on these episodes; ranges that overlap warn that other trainings might
+    not. Empty when neither row has several seeds."""
+    if len(a) < 2 and len(b) < 2:
+        return ""
+
+    def span(scores: pd.Series) -> str:
+        return f"{scores.min():.3f}" if len(scores) == 1 else f"{scores.min():.3f}–{scores.max():.3f}"
+
+    apart = a.min() > b.max() or b.min() > a.max()
+    return f"{span(a)} vs {span(b)}: {'apart' if apart else 'overlap'}"
 
 
 def _tied(best, row, frame: pd.DataFrame | None) -> bool:
@@ -246,7 +271,8 @@ def _rows_named(summary: pd.DataFrame, name: str) -> pd.DataFrame:
 def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """``a`` against ``b`` (labels, or method names with one row each), cell by cell on the
     episodes both were scored on: means, the mean paired difference ± 95% CI, the Wilcoxon
-    p-value and the verdict ("tie" unless p < 0.05)."""
+    p-value and the verdict ("tie" unless p < 0.05), and, where a row has several training seeds,
+    the range of its per-seed means (see :func:`_per_seed`)."""
     from fewshot_cryoet.metrics import paired_comparison
 
     summary = summarise(frame)
@@ -268,7 +294,8 @@ def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                          "k_shot": x["k_shot"], "episodes": len(common), a: round(float(sa[common].mean()), 4),
                          b: round(float(sb[common].mean()), 4),
                          "difference": f"{result.mean_difference:+.3f} ± {result.ci95:.3f}",
-                         "p (Wilcoxon)": float(f"{result.p_value:.3g}"), "verdict": result.verdict(a, b)})
+                         "p (Wilcoxon)": float(f"{result.p_value:.3g}"), "verdict": result.verdict(a, b),
+                         "per seed": _per_seed(seed_scores(frame, x, common), seed_scores(frame, y, common))})
     if not rows:
         raise SettingError("compare", f"compare: {a} and {b} share no episodes (other data sets, SNRs or settings)")
     return pd.DataFrame(rows)

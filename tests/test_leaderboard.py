@@ -121,6 +121,12 @@ def test_training_seeds_share_the_test_episodes_and_widen_the_interval(tiny_val2
     assert summary[summary["method"] == "xcorr"]["seeds"].iloc[0] == 1
     with pytest.raises(FscError, match="1 given twice"):
         api.bench(["protonet"], seeds=[0, 1, 1], resume=True, **common)
+    # --compare shows each side's per-seed range, so a paired verdict can be read against the seeds
+    compared = api.compare(store, "protonet", "xcorr").iloc[0]
+    per_seed = frame.groupby(frame["train_seed"].fillna(frame["seed"]))["accuracy"].mean()
+    xcorr = ResultsStore(store).frame().query("method == 'xcorr'")["accuracy"].mean()
+    apart = "apart" if per_seed.min() > xcorr or per_seed.max() < xcorr else "overlap"
+    assert compared["per seed"] == f"{per_seed.min():.3f}–{per_seed.max():.3f} vs {xcorr:.3f}: {apart}"
 
 
 def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp_path):
