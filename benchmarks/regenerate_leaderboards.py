@@ -122,8 +122,6 @@ def load_log(path: Path) -> dict:
         raise SystemExit(f"{path}: not a regeneration log ({exc}); pass another --times") from None
 
 
-
-
 def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Path(".")) -> dict:
     """Run the steps not yet finished (by the log at ``times``), each command in a shell from
     ``root``; stop at the first failing command with its exit status. Wall time of every attempt,

@@ -92,10 +92,11 @@ def start_helpers(workers: int, work: Path, helpers: list[subprocess.Popen]) -> 
 
     threads = cpu_threads(workers)
     torch.set_num_threads(threads)
+    logs = work / "workers"
     for rank in range(1, workers):
-        launch([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], work / "workers" / f"rank-{rank}.log",
+        launch([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], logs / f"rank-{rank}.log",
                thread_env(threads), helpers)
-    print(f"started {workers - 1} more worker(s), {threads} CPU thread(s) each; their logs: {work / 'workers'}/", flush=True)
+    print(f"started {workers - 1} more worker(s), {threads} CPU thread(s) each; their logs: {logs}/", flush=True)
 
 
 def run(folders: dict[str, Path], store: Path, snrs: list[float], episodes: int, budget: str,

@@ -391,9 +391,10 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
 
 def _start_workers(workers: int, store: StoreLocation, device: str, helpers: list) -> None:
     """``workers − 1`` more processes running this very command with --worker (this one is the
-    first), added to ``helpers`` as each starts; each writes its log in ``<store>.workers/``. With several GPUs visible and --device auto
-    or cuda, worker i sees only GPU i mod the count; otherwise the CPU cores are split evenly (at
-    least one torch thread each), so the workers do not fight over them."""
+    first), added to ``helpers`` as each starts; each writes its log in ``<store>.workers/``.
+    With several GPUs visible and --device auto or cuda, worker i sees only GPU i mod the count;
+    otherwise the CPU cores are split evenly (at least one torch thread each), so the workers do
+    not fight over them."""
     import torch
 
     argv = []
