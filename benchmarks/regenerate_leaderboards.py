@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from fewshot_cryoet.outputs import write_json
@@ -79,6 +80,8 @@ STEPS: tuple[Step, ...] = (
     ), page="benchmarks/robustness.py"),
 )
 
+#: How often a running command's wall time is added to the log (see ``run_counted``).
+LOG_EVERY_SECONDS = 60.0
 WORKER_COMMANDS = ("fsc bench ", "python benchmarks/robustness.py ")  # the commands --workers applies to
 
 
@@ -122,6 +125,32 @@ def load_log(path: Path) -> dict:
         raise SystemExit(f"{path}: not a regeneration log ({exc}); pass another --times") from None
 
 
+def run_counted(command: str, root: Path, entry: dict, save: Callable[[], None],
+                every: float = LOG_EVERY_SECONDS) -> int:
+    """Run ``command`` in a shell from ``root`` and return its exit status, adding its wall time
+    to ``entry["seconds"]`` and calling ``save`` every ``every`` seconds while it runs, and once
+    when it ends. Why not only at the end: an attempt killed without warning (SIGKILL when a
+    session or machine goes away) would otherwise leave no trace, and the log's sum would no
+    longer be the real cost; this way at most ``every`` seconds of it go uncounted."""
+    process = subprocess.Popen(command, shell=True, cwd=root)
+    counted = time.perf_counter()
+    try:
+        while True:
+            try:
+                return process.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                now = time.perf_counter()
+                entry["seconds"] += now - counted
+                counted = now
+                save()
+    except BaseException:  # Ctrl-C in this driver: stop the command too, as subprocess.run does
+        process.kill()
+        process.wait()
+        raise
+
+
 def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Path(".")) -> dict:
     """Run the steps not yet finished (by the log at ``times``), each command in a shell from
     ``root``; stop at the first failing command with its exit status. Wall time of every attempt,
@@ -141,12 +170,7 @@ def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Pat
         for command in step.commands:
             command = with_workers(command, workers)
             print(f"{step.name}: {command}", flush=True)
-            start = time.perf_counter()
-            try:
-                status = subprocess.run(command, shell=True, cwd=root).returncode
-            finally:
-                entry["seconds"] += time.perf_counter() - start
-                write_json(times, log)
+            status = run_counted(command, root, entry, lambda: write_json(times, log))
             if status != 0:
                 raise SystemExit(f"{step.name}: `{command}` exited with status {status}; fix it and run again "
                                  "(finished steps are skipped, benches resume)")

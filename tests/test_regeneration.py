@@ -60,6 +60,18 @@ def test_steps_resume_skip_what_finished_and_count_every_attempt(tmp_path):
     assert log["steps"]["second"]["finished"] and log["steps"]["second"]["seconds"] > failed_seconds
 
 
+def test_a_running_command_is_counted_while_it_runs(tmp_path):
+    """A driver killed without warning (SIGKILL) still leaves the time spent so far in the log."""
+    entry = {"seconds": 5.0}
+    saved = []
+    status = regenerate.run_counted(f'"{sys.executable}" -c "import time; time.sleep(1.0)"', tmp_path, entry,
+                                    lambda: saved.append(entry["seconds"]), every=0.2)
+    assert status == 0
+    assert len(saved) >= 3, "the log was written only at the end"
+    assert saved == sorted(saved) and saved[0] > 5.0  # added to the earlier attempts, growing
+    assert saved[-1] == entry["seconds"] and entry["seconds"] >= 6.0
+
+
 def test_a_step_whose_output_predates_the_log_is_skipped_uncounted(tmp_path):
     (tmp_path / "made").mkdir()
     step = regenerate.Step("simulate", (f'"{sys.executable}" -c "import sys; sys.exit(1)"',), creates="made")
