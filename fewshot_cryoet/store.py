@@ -264,9 +264,10 @@ class ResultsStore:
             checkpoint: str | None = None, fit_examples: int | None = None) -> bool:
         """Write one episode (and its per-query Dice) in a single transaction; False when another
         process already stored that episode (the same fit gives the same numbers)."""
+        key = cell.key  # a hash of the whole cell: once per episode, not once per query row
         row = asdict(cell)
         row.update(
-            cell=cell.key, episode=result.episode, accuracy=result.accuracy, dice=result.dice,
+            cell=key, episode=result.episode, accuracy=result.accuracy, dice=result.dice,
             dice_crf=result.dice_crf, predict_seconds=result.predict_seconds, fit_seconds=fit_seconds,
             fit_episodes=fit_episodes, fit_examples=fit_examples, val_accuracy=val_accuracy, device=device,
             package_version=package_version, plugin=plugin, checkpoint=checkpoint,
@@ -279,10 +280,10 @@ class ResultsStore:
                                        "ON CONFLICT (cell, episode) DO NOTHING"), row).rowcount
             if inserted and result.query_dice:
                 db.execute(text("INSERT INTO query_dice VALUES (:c, :e, :q, :k, :d, :dc)"),
-                           [dict(c=cell.key, e=result.episode, q=q, k=k, d=d, dc=dc) for q, k, d, dc in result.query_dice])
+                           [dict(c=key, e=result.episode, q=q, k=k, d=d, dc=dc) for q, k, d, dc in result.query_dice])
             if inserted and result.query_classes:
                 db.execute(text("INSERT INTO query_predictions VALUES (:c, :e, :q, :t, :p, :f)"),
-                           [dict(c=cell.key, e=result.episode, q=q, t=t, p=p, f=f) for q, t, p, f in result.query_classes])
+                           [dict(c=key, e=result.episode, q=q, t=t, p=p, f=f) for q, t, p, f in result.query_classes])
         return bool(inserted)
 
     def plan(self, cells: list[Cell], episodes: int) -> None:
@@ -316,6 +317,14 @@ class ResultsStore:
         rows = self.connection.execute(text("SELECT DISTINCT checkpoint FROM episodes WHERE cell = :cell AND "
                                             "checkpoint IS NOT NULL"), {"cell": cell.key})
         return {r[0] for r in rows}
+
+    def crf_refined(self, cell: Cell) -> bool | None:
+        """Whether the cell's stored episodes with raw Dice were scored with the CRF (any of them
+        has a CRF Dice: a CRF that failed on every query of an episode leaves only that one
+        empty), or None when none is stored yet."""
+        row = self.connection.execute(text("SELECT COUNT(dice), COUNT(dice_crf) FROM episodes WHERE cell = :cell"),
+                                      {"cell": cell.key}).one()
+        return None if row[0] == 0 else row[1] > 0
 
     # -- claims: a training, or a chunk of test episodes ---------------------------------------------
     def claim(self, identity: str, stale_after: float | None = None) -> Claim:

@@ -160,6 +160,32 @@ def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_
     assert sorted(line.split(" · budget ")[1].split("'")[0] for line in rows) == ["2ep", "4ep", "4ep"]  # 2ep: 2-way only
 
 
+def test_no_crf_changes_only_the_crf_dice_and_a_cell_is_never_mixed(tiny_dataset, tmp_path):
+    spec = MethodSpec(COSNet, "duse-decoder", TINY)
+
+    def run(store: ResultsStore, crf: bool, episodes: int = 3) -> Runner:
+        settings = BenchSettings(ways=[2], shots=[1], queries=2, episodes=episodes, budget=Budget(episodes=3),
+                                 device="cpu", crf=crf)
+        runner = Runner(store, settings, resume=True)
+        runner.run_snr([spec], tiny_dataset, "tiny", 1.0)
+        return runner
+
+    with ResultsStore(tmp_path / "crf.sqlite") as refined, ResultsStore(tmp_path / "raw.sqlite") as raw:
+        run(refined, crf=True)
+        run(raw, crf=False)
+        a, b = refined.frame(), raw.frame()
+        assert a["dice_crf"].notna().all() and b["dice_crf"].isna().all()
+        for column in ("accuracy", "dice", "checkpoint"):
+            assert a[column].tolist() == b[column].tolist()
+        assert raw.query_dice_frame()["dice_crf"].isna().all()
+        # resuming the other way would leave a cell whose CRF Dice covers only some episodes
+        failures = run(raw, crf=True, episodes=5).failures
+        assert len(failures) == 1 and "without the CRF (--no-crf); resume with --no-crf" in failures[0]
+        assert len(raw.frame()) == 3
+        run(raw, crf=False, episodes=5)
+        assert len(raw.frame()) == 5 and raw.frame()["dice_crf"].isna().all()
+
+
 def test_segmentation_figure_from_a_checkpoint(tiny_dataset, tmp_path):
     from click.testing import CliRunner
 
