@@ -24,8 +24,8 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot_cryoet.outputs import write_json

@@ -431,8 +431,8 @@ class Runner:
         if plan.task is None:
             plan.task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                                            total=len(episodes), completed=len(episodes) - plan.missing)
-        scorer = self._scorers.setdefault(id(method), Scorer(method.crf_params() if method.segments and self.settings.crf else None,
-                                                             self.log, method.temperature))
+        crf = method.crf_params() if method.segments and self.settings.crf else None
+        scorer = self._scorers.setdefault(id(method), Scorer(crf, self.log, method.temperature))
         # Episodes in chunks, each claimed in the store, so processes running the same grid
         # (fsc bench --workers N, or the same command started on several machines) split the
         # work; a killed worker's chunk goes stale and is taken over, its stored episodes kept.
