@@ -131,7 +131,7 @@ def goals(data: pd.DataFrame, found: dict, frame: pd.DataFrame) -> list[str]:
     its default-domain accuracy (≥ 0.95 wanted), that row against xcorr on all-shifted at SNR 0.5
     (a paired Wilcoxon test on the same episodes), and COS-Net's raw Dice on every shifted domain
     (≥ 0.75 wanted)."""
-    from fewshot_cryoet.leaderboard import episode_scores
+    from fewshot_cryoet.leaderboard import episode_scores, per_seed_ranges, seed_scores
     from fewshot_cryoet.metrics import paired_comparison
 
     lines = ["### Against the goals", ""]
@@ -159,10 +159,12 @@ def goals(data: pd.DataFrame, found: dict, frame: pd.DataFrame) -> list[str]:
                 a, b = episode_scores(frame, mine), episode_scores(frame, xcorr)
                 common = a.index.intersection(b.index)
                 result = paired_comparison(a[common], b[common])
+                seeds = per_seed_ranges(seed_scores(frame, mine, common), seed_scores(frame, xcorr, common))
                 lines.append(f"- SNR 0.5, all-shifted: the best learned row, **{top['row']}**, against xcorr: "
                              f"{result.mean_difference:+.3f} ± {result.ci95:.3f} accuracy per episode, Wilcoxon "
                              f"p = {result.p_value:.2g} over {len(common)} shared episodes: "
-                             f"{result.verdict(top['row'], 'xcorr')} (the goal: beat xcorr).")
+                             f"{result.verdict(top['row'], 'xcorr')} (the goal: beat xcorr)"
+                             + (f"; per training seed {seeds}" if seeds else "") + ".")
         dice = part[part["default_dice"].notna()]
         for _, r in dice.iterrows():
             values = [r[f"{n}_dice"] for n in SHIFTED if f"{n}_dice" in r and not pd.isna(r[f"{n}_dice"])]
@@ -241,7 +243,8 @@ def table(store: Path, budget: str) -> tuple[pd.DataFrame, str]:
                     "—" if pd.isna(r.get(f"{name}_dice")) else f"{r[f'{name}_dice']:.3f}" for name in SHIFTED]) + " |")
         lines.append("")
     lines += goals(data, found, frame)
-    note = (f"Test episodes per cell: {episodes.min()}–{episodes.max()}"
+    counts = f"{episodes.min()}" if episodes.min() == episodes.max() else f"{episodes.min()}–{episodes.max()}"
+    note = (f"Test episodes per cell: {counts}"
             + (f" — **fewer than {LEADERBOARD_EPISODES}: not leaderboard grade**" if quick else "") + ".")
     fits = frame[frame["train_dataset"].isin(["", "randomised"]) & frame["fit_episodes"].notna()]
     fits = fits[(fits["train_dataset"] != "") | (fits["dataset"] == "default")]

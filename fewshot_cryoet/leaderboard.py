@@ -203,7 +203,7 @@ def seed_scores(frame: pd.DataFrame, row, episodes: pd.Index) -> pd.Series:
     return results[results["episode"].isin(episodes)].groupby("train_seed")["accuracy"].mean()
 
 
-def _per_seed(a: pd.Series, b: pd.Series) -> str:
+def per_seed_ranges(a: pd.Series, b: pd.Series) -> str:
     """Both rows' per-seed ranges and whether they are apart (every seed of one above every seed
     of the other). The paired test compares per-episode means over seeds, so it tells whether
     these trainings differ on these episodes; ranges that overlap warn that other trainings might
@@ -272,7 +272,7 @@ def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """``a`` against ``b`` (labels, or method names with one row each), cell by cell on the
     episodes both were scored on: means, the mean paired difference ± 95% CI, the Wilcoxon
     p-value and the verdict ("tie" unless p < 0.05), and, where a row has several training seeds,
-    the range of its per-seed means (see :func:`_per_seed`)."""
+    the range of its per-seed means (see :func:`per_seed_ranges`)."""
     from fewshot_cryoet.metrics import paired_comparison
 
     summary = summarise(frame)
@@ -295,7 +295,7 @@ def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                          b: round(float(sb[common].mean()), 4),
                          "difference": f"{result.mean_difference:+.3f} ± {result.ci95:.3f}",
                          "p (Wilcoxon)": float(f"{result.p_value:.3g}"), "verdict": result.verdict(a, b),
-                         "per seed": _per_seed(seed_scores(frame, x, common), seed_scores(frame, y, common))})
+                         "per seed": per_seed_ranges(seed_scores(frame, x, common), seed_scores(frame, y, common))})
     if not rows:
         raise SettingError("compare", f"compare: {a} and {b} share no episodes (other data sets, SNRs or settings)")
     return pd.DataFrame(rows)
