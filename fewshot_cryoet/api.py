@@ -408,14 +408,11 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
                                source.name, snr, train, train_source.name if train_source is not None else "",
                                allow_class_overlap)
                 failures += runner.failures
-        frame = results.frame()
+        frame = results.frame(label=sorted({spec.label for spec in specs}), snr=[snr_label(s) for s in snrs],
+                              seed=seed, dataset=source.name,
+                              train_dataset=train_source.name if train_source is not None else "")
     finally:
         results.close()
-    labels = {spec.label for spec in specs}
-    frame = frame[frame["label"].isin(labels) & frame["snr"].isin([snr_label(s) for s in snrs])
-                  & frame["seed"].eq(seed) & frame["dataset"].eq(source.name)
-                  & frame["train_dataset"].eq(train_source.name if train_source is not None else "")
-                  ].reset_index(drop=True)
     frame.attrs["failures"] = failures
     return frame
 

@@ -394,13 +394,31 @@ class ResultsStore:
             db.execute(text("INSERT INTO snr_levels VALUES (:d, :s, :m) ON CONFLICT (dataset_hash, snr) "
                             "DO UPDATE SET mask_snr = excluded.mask_snr"), dict(d=dataset_hash, s=snr, m=value))
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self, **where: object) -> pd.DataFrame:
         """Every episode row as a DataFrame, with its level's median in-mask SNR (``mask_snr``,
-        NaN where unknown: noise-free levels, stores from before schema 7)."""
-        frame = self._read(
-            "SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
-            "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr ORDER BY e.id")
-        return frame.assign(mask_snr=frame["mask_snr"].astype(float))
+        NaN where unknown: noise-free levels, stores from before schema 7).
+
+        Keywords keep only the rows whose column equals a value, or is in a list of values
+        (``frame(dataset="default", snr=["inf", "0.5"])``). The database filters them: a run
+        that wants its own rows back must not read a large store whole (a 300,000-row store
+        took 10 s to read, for every ``api.bench`` call of a grid)."""
+        unknown = sorted(set(where) - set(metadata.tables["episodes"].columns.keys()))
+        if unknown:
+            raise ValueError(f"episodes have no column {', '.join(unknown)}")
+        clauses, values = [], {}
+        for i, (column, wanted) in enumerate(sorted(where.items())):
+            clauses.append(f"e.{column} IN :where{i}")  # the column is one of the table's, checked above
+            values[f"where{i}"] = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
+        sql = text("SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
+                   "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr"
+                   + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.id")
+        sql = sql.bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in values))
+        frame = pd.read_sql_query(sql, self.connection, params=values)
+        # A column that is NULL in every row read comes back as objects: give it the type it has
+        # when some rows hold values, so a filtered read and a whole one agree.
+        empty = {c.name: float if isinstance(c.type, (sqlalchemy.Float, sqlalchemy.Integer)) else "str"
+                 for c in metadata.tables["episodes"].columns if frame[c.name].dtype == object}
+        return frame.astype({**empty, "mask_snr": float})
 
     #: Each stored query's row identity: enough to tell configurations apart that share a label.
     _QUERY_ROW = ("e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "

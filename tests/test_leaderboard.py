@@ -42,6 +42,21 @@ def test_a_label_shared_by_configurations_says_what_differs(two_configurations):
         f"xcorr · params {h}" for h in frame.loc[frame["method"] == "xcorr", "params_hash"].unique()}
 
 
+def test_a_filtered_read_is_the_matching_rows_of_a_whole_one(two_configurations):
+    store = ResultsStore(two_configurations)
+    whole = store.frame()
+    xcorr = store.frame(method="xcorr", snr=["1", "0.5"])
+    expected = whole[whole["method"] == "xcorr"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(xcorr, expected, check_dtype=False)
+    assert len(xcorr) == 20
+    # columns NULL in every row read (xcorr has no training, no Dice) keep the type they have in a whole read
+    assert xcorr["fit_seconds"].dtype == float and xcorr["dice"].dtype == float
+    assert xcorr["checkpoint"].isna().all() and xcorr["checkpoint"].dtype == whole["checkpoint"].dtype
+    assert store.frame(method="no-such-method").empty
+    with pytest.raises(ValueError, match="no column colour"):
+        store.frame(colour="red")
+
+
 def test_an_episode_counted_twice_in_a_row_is_refused(two_configurations):
     frame = ResultsStore(two_configurations).frame()
     damaged = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)
