@@ -402,22 +402,21 @@ class ResultsStore:
         (``frame(dataset="default", snr=["inf", "0.5"])``). The database filters them: a run
         that wants its own rows back must not read a large store whole (a 300,000-row store
         took 10 s to read, for every ``api.bench`` call of a grid)."""
-        unknown = sorted(set(where) - set(metadata.tables["episodes"].columns.keys()))
+        columns = metadata.tables["episodes"].columns
+        unknown = sorted(set(where) - set(columns.keys()))
         if unknown:
             raise ValueError(f"episodes have no column {', '.join(unknown)}")
         clauses, values = [], {}
         for i, (column, wanted) in enumerate(sorted(where.items())):
             clauses.append(f"e.{column} IN :where{i}")  # the column is one of the table's, checked above
             values[f"where{i}"] = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
-        sql = text("SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
-                   "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr"
-                   + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.id")
-        sql = sql.bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in values))
-        frame = pd.read_sql_query(sql, self.connection, params=values)
+        frame = self._read("SELECT e.*, l.mask_snr FROM episodes e LEFT JOIN snr_levels l "
+                           "ON l.dataset_hash = e.dataset_hash AND l.snr = e.snr"
+                           + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY e.id", **values)
         # A column that is NULL in every row read comes back as objects: give it the type it has
         # when some rows hold values, so a filtered read and a whole one agree.
         empty = {c.name: float if isinstance(c.type, (sqlalchemy.Float, sqlalchemy.Integer)) else "str"
-                 for c in metadata.tables["episodes"].columns if frame[c.name].dtype == object}
+                 for c in columns if frame[c.name].dtype == object}
         return frame.astype({**empty, "mask_snr": float})
 
     #: Each stored query's row identity: enough to tell configurations apart that share a label.
@@ -434,8 +433,10 @@ class ResultsStore:
         return self._read(f"SELECT q.*, {self._QUERY_ROW} FROM query_dice q "
                           "JOIN episodes e ON e.cell = q.cell AND e.episode = q.episode ORDER BY e.id, q.query")
 
-    def _read(self, sql: str) -> pd.DataFrame:
-        return pd.read_sql_query(text(sql), self.connection)
+    def _read(self, sql: str, **lists: list) -> pd.DataFrame:
+        """Run a query into a DataFrame; each keyword binds a list of values to ``IN :name``."""
+        query = text(sql).bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in lists))
+        return pd.read_sql_query(query, self.connection, params=lists or None)
 
 
 def _pid_alive(pid: int) -> bool:
