@@ -376,7 +376,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     CRF or without it throughout; resuming it the other way is refused."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.runner import BenchSettings, Runner
+    from fewshot_cryoet.runner import BenchSettings, Level, Runner
     from fewshot_cryoet.store import STALE_SECONDS, ResultsStore
 
     specs = _specs(methods, params, tuned, storage)
@@ -399,15 +399,17 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     results = ResultsStore(store, lease_seconds=STALE_SECONDS if lease_seconds is None else lease_seconds)
     try:
         failures = []
-        for snr in snrs:
-            train = train_source.at(snr, reporter) if train_source is not None else None
-            for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
-                runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
-                                models_dir=models)
-                runner.run_snr(specs if step == 0 else [s for s in specs if s.cls.trainable], source.at(snr, reporter),
-                               source.name, snr, train, train_source.name if train_source is not None else "",
-                               allow_class_overlap)
-                failures += runner.failures
+        def level(snr: float) -> Level:  # the data of a level are loaded when a process gets there
+            return snr, lambda: (source.at(snr, reporter),
+                                 train_source.at(snr, reporter) if train_source is not None else None)
+
+        for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
+            runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
+                            models_dir=models)
+            runner.run_levels(specs if step == 0 else [s for s in specs if s.cls.trainable],
+                              [level(snr) for snr in snrs], source.name,
+                              train_source.name if train_source is not None else "", allow_class_overlap)
+            failures += runner.failures
         frame = results.frame(label=sorted({spec.label for spec in specs}), snr=[snr_label(s) for s in snrs],
                               seed=seed, dataset=source.name,
                               train_dataset=train_source.name if train_source is not None else "")

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -197,7 +197,15 @@ class Job:
     cells: dict[tuple[int, int], Cell]
     plans: list[EvalPlan]
     where: str
+    snr: float
+    dataset: SubtomogramDataset  # tested on
+    train: SubtomogramDataset | None  # trained on, when it is another data set (cross-domain)
     fitted: tuple[FitReport, str | None] | None = None
+
+
+#: One SNR level of a grid and how to load its data: (SNR, a function giving the test data set and
+#: the training one, or None to train on the test data set's training classes).
+Level = tuple[float, Callable[[], tuple[SubtomogramDataset, "SubtomogramDataset | None"]]]
 
 
 class Runner:
@@ -216,6 +224,7 @@ class Runner:
         self.models_dir = Path(models_dir) if models_dir is not None else store.location.sibling(".models")
         self._scorers: dict[int, Scorer] = {}  # per method: its CRF cache spans every cell
         self._announced: set[str] = set()  # trainings said to be another worker's
+        self._started = time.monotonic()  # when the current run began (see run_levels)
         self.failures: list[str] = []
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
@@ -253,6 +262,45 @@ class Runner:
                 allow_class_overlap: bool = False) -> None:
         """Fit and evaluate every method at one SNR level of ``dataset``. With ``train`` (cross-domain),
         methods are trained and selected on ``train`` and tested on ``dataset``'s test classes."""
+        self.run_levels(specs, [(snr, lambda: (dataset, train))], dataset_name, train_name, allow_class_overlap)
+
+    def run_levels(self, specs: list[MethodSpec], levels: Iterable[Level], dataset_name: str, train_name: str = "",
+                   allow_class_overlap: bool = False) -> None:
+        """Fit and evaluate every method at each SNR level, as one work list.
+
+        Why not level after level: with several processes on one grid, the last training of a level
+        would keep every other process waiting for it (an hour for a paper-profile COS-Net with a
+        decoder). A process moves on to the next level, loading its data then, as soon as all that
+        is left at the levels it has reached is held by others.
+
+        Why a process keeps to its own models: a model's test episodes share their volumes, so the
+        process that scored some of them has their embeddings (and a decoder's masks) cached, and
+        another process joining the same model computes them all again. A model that another
+        process trained during this run is therefore left to that process, which scores it next,
+        while there is other work; it is joined only when nothing else is left."""
+        self._started = time.monotonic()
+        pending = iter(levels)
+        jobs: list[Job] = []
+        while True:
+            if self._pass(jobs, join=False):
+                continue
+            level = next(pending, None)
+            if level is not None:
+                snr, load = level
+                dataset, train = load()
+                jobs += self._jobs(specs, dataset, dataset_name, snr, train, train_name, allow_class_overlap)
+                continue
+            if not jobs:
+                return
+            # Everything left is held by others, or is a model another process trained and scores:
+            # help with it, or wait until its claim is done or lapses.
+            if not self._pass(jobs, join=True):
+                time.sleep(CLAIM_POLL_SECONDS)
+
+    def _jobs(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float,
+              train: SubtomogramDataset | None, train_name: str, allow_class_overlap: bool) -> list[Job]:
+        """The models of one SNR level still to train or score, after the checks that refuse bad
+        input before any work there."""
         settings = self.settings
         dataset.check()  # an edited manifest or damaged files are refused before any training
         self.store.record_snr_level(dataset.content_hash, snr_label(snr), dataset.mask_snr(snr))
@@ -278,49 +326,53 @@ class Runner:
             if all(plan.complete for plan in plans):
                 self.log(f"{where} at SNR {snr_label(snr)}: already complete")
                 continue
-            jobs.append(Job(spec, method, train_seed, cells, [p for p in plans if not p.complete], where))
-        # Work-list scheduling: a job whose training, or whose chunks of test episodes, another
-        # worker holds is passed over for the next one, and revisited; a worker waits only when
-        # everything left is someone else's (then polls until it is done or its claim lapses).
-        while jobs:
-            progressed = False
-            for job in list(jobs):
-                try:
-                    finished, moved = self._advance(job, dataset, snr, train)
-                except FscError as exc:  # one method's bad input must not stop the rest of the grid
-                    self.failures.append(f"{job.where} at SNR {snr_label(snr)}: {exc}")
-                    self.log(f"skipped {self.failures[-1]}")
-                    finished, moved = True, True
-                progressed |= moved
-                if finished:
-                    jobs.remove(job)
-            if jobs and not progressed:
-                time.sleep(CLAIM_POLL_SECONDS)
+            jobs.append(Job(spec, method, train_seed, cells, [p for p in plans if not p.complete], where, snr,
+                            dataset, train))
+        return jobs
 
-    def _advance(self, job: Job, dataset: SubtomogramDataset, snr: float,
-                 train: SubtomogramDataset | None) -> tuple[bool, bool]:
-        """One pass over a job without waiting: (finished, made progress)."""
+    def _pass(self, jobs: list[Job], join: bool) -> bool:
+        """One pass over the work list without waiting; finished jobs leave it. Models already
+        loaded here come first (their caches are warm). Returns whether anything progressed."""
+        progressed = False
+        for job in sorted(jobs, key=lambda j: j.fitted is None):
+            try:
+                finished, moved = self._advance(job, join)
+            except FscError as exc:  # one method's bad input must not stop the rest of the grid
+                self.failures.append(f"{job.where} at SNR {snr_label(job.snr)}: {exc}")
+                self.log(f"skipped {self.failures[-1]}")
+                finished, moved = True, True
+            progressed |= moved
+            if finished:
+                jobs.remove(job)
+        return progressed
+
+    def _advance(self, job: Job, join: bool = True) -> tuple[bool, bool]:
+        """One pass over a job without waiting: (finished, made progress). ``join`` False leaves
+        a model another process trained during this run to that process (see :meth:`run_levels`)."""
         moved = False
         if job.fitted is None:
-            job.fitted = self.fit(job.method, train if train is not None else dataset, snr, job.cells, job.train_seed)
+            job.fitted = self.fit(job.method, job.train if job.train is not None else job.dataset, job.snr, job.cells,
+                                  job.train_seed, join)
             if job.fitted is None:
-                return False, False  # another worker trains it
+                return False, False  # another worker trains it, or trained it and scores it
             moved = True
             self._settle_finished_chunks(job.cells.values(), job.fitted[1])
         report, checkpoint = job.fitted
         for plan in job.plans:
             if not plan.complete:
-                moved |= self.evaluate(job.method, job.spec, dataset, snr, plan, report, checkpoint)
+                moved |= self.evaluate(job.method, job.spec, job.dataset, job.snr, plan, report, checkpoint)
         return all(plan.complete for plan in job.plans), moved
 
     def fit(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float,
-            cells: dict[tuple[int, int], Cell], train_seed: int | None = None) -> tuple[FitReport, str | None] | None:
+            cells: dict[tuple[int, int], Cell], train_seed: int | None = None,
+            join: bool = True) -> tuple[FitReport, str | None] | None:
         """(fit report, checkpoint hash): trains the method on ``dataset`` (the training domain) once
         per store, whatever the number of processes running the same grid, and whatever the number
         of domains it is then tested on. The first process claims the fit in the store and
         trains it (a heartbeat keeps the claim); the others reuse its checkpoint, saying so. While
         another process trains it, this returns None at once, so the caller does other work and
-        asks again. A crashed trainer's claim goes stale and is taken over."""
+        asks again; so it does with ``join`` False for a model another process finished during
+        this run. A crashed trainer's claim goes stale and is taken over."""
         if not method.trainable:
             return FitReport(), None
         any_cell = next(iter(cells.values()))
@@ -342,6 +394,8 @@ class Runner:
                 self.store.finish(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
                 continue
             if claim.state == "done":
+                if not join and claim.owner != self.store.owner and claim.age < time.monotonic() - self._started:
+                    return None  # another process trained it during this run and is scoring it now
                 if not checkpoint.exists() or file_hash(checkpoint) != claim.checkpoint_hash:
                     found = "missing" if not checkpoint.exists() else f"hashes to {file_hash(checkpoint)}"
                     raise FscError(f"{checkpoint}: {found}, but {claim.owner} trained it with hash "

@@ -19,7 +19,7 @@ from fewshot_cryoet.methods.base import Budget, Prediction
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.reporting import CallbackReporter
-from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner
+from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner, fit_identity
 from fewshot_cryoet.scoring import Scorer
 from fewshot_cryoet.store import ResultsStore
 
@@ -220,3 +220,36 @@ def test_processes_opening_a_new_store_at_once_do_not_crash(tmp_path, seen):
 
     store = LateToTheRace(tmp_path / "s.sqlite")
     assert store.connection.exec_driver_sql("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_a_process_moves_on_to_the_next_level_while_another_holds_this_ones(tiny_dataset, tmp_path):
+    """SNR levels are one work list: a training another process holds at the first level does not
+    keep this process waiting; it trains and scores the second level, then takes the first over
+    once the other's claim lapses (a holder that never heartbeats, here)."""
+    path = tmp_path / "r.sqlite"
+    spec = MethodSpec(ProtoNet, params=TINY_PROTONET)
+    settings = _settings(4)
+    runner = Runner(ResultsStore(path, lease_seconds=2.0), settings)
+    cell = next(iter(runner.cells(spec, spec.cls(spec.params, spec.variant, "cpu"), tiny_dataset, "tiny",
+                                  float("inf")).values()))
+    assert ResultsStore(path).claim(fit_identity(cell, cell.budget, settings.seed)).state == "mine"
+    runner.run_levels([spec], [(snr, lambda: (tiny_dataset, None)) for snr in (float("inf"), 1.0)], "tiny")
+    frame = ResultsStore(path).frame().sort_values("id")
+    assert len(frame) == 2 * 2 * 4 and not runner.failures
+    assert list(dict.fromkeys(frame["snr"])) == ["1", "inf"]  # the held level was scored last
+
+
+def test_a_model_another_process_trained_during_the_run_is_joined_only_when_asked(tiny_dataset, tmp_path):
+    """The process that trained a model scores it with warm caches; another process leaves it to
+    it while it has other work (``join=False``) and reuses the checkpoint when it joins."""
+    path = tmp_path / "r.sqlite"
+    spec = MethodSpec(ProtoNet, params=TINY_PROTONET)
+    later = Runner(ResultsStore(path), _settings(4))  # its run begins now
+    Runner(ResultsStore(path), _settings(4)).run_snr([spec], tiny_dataset, "tiny", 1.0)  # another trains meanwhile
+    method = spec.cls(spec.params, spec.variant, "cpu")
+    cells = later.cells(spec, method, tiny_dataset, "tiny", 1.0)
+    assert later.fit(method, tiny_dataset, 1.0, cells, join=False) is None
+    report, checkpoint = later.fit(method, tiny_dataset, 1.0, cells, join=True)
+    assert report.episodes == 3 and checkpoint
+    fresh = Runner(ResultsStore(path), _settings(4))  # a run begun after the training: no reason to wait
+    assert fresh.fit(spec.cls(spec.params, spec.variant, "cpu"), tiny_dataset, 1.0, cells, join=False) is not None
