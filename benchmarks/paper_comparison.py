@@ -99,18 +99,18 @@ def cost_lines(rows: pd.DataFrame) -> list[str]:
     fits = trainings(rows)
     if fits.empty:
         return lines + ["No model is trained yet, so nothing is measured.", ""]
-    model = ["label", "snr", "train_seed"]
+    model, full = ["label", "snr", "train_seed"], len(WAYS) * LEADERBOARD_EPISODES  # test episodes of a whole model
     scoring = with_training_seeds(rows).groupby(model).agg(scored=("episode", "size"),
                                                            scoring_seconds=("predict_seconds", "sum")).reset_index()
     models = fits.merge(scoring, on=model, how="left")
     models = models.assign(decoder=models["label"].str.contains(" w decoder", regex=False),
-                           complete=models["scored"] >= len(WAYS) * LEADERBOARD_EPISODES)
+                           complete=models["scored"] >= full)
     lines += ["| network | SNR | training episodes | training time | per episode | test episodes scored | "
               "scoring time |", "|---|---|---|---|---|---|---|"]
     for _, r in models.sort_values(["snr", "label"]).iterrows():
         lines.append(f"| {r['label']} | {r['snr']} | {int(r['fit_episodes'])} | {r['fit_seconds'] / 60:.0f} min | "
                      f"{r['fit_seconds'] / r['fit_episodes']:.1f} s | {int(r['scored']):,} of "
-                     f"{len(WAYS) * LEADERBOARD_EPISODES:,} | {r['scoring_seconds'] / 60:.0f} min |")
+                     f"{full:,} | {r['scoring_seconds'] / 60:.0f} min |")
     trained, scored = float(models["fit_seconds"].sum()), float(models["scoring_seconds"].sum())
     lines += ["", f"Times are process time, one torch thread per process, two workers side by side; scoring time is "
               "the methods' prediction time (including the cache fills a resume repeats) and leaves out the CRF. "

@@ -346,7 +346,7 @@ class Runner:
                 jobs.remove(job)
         return progressed
 
-    def _advance(self, job: Job, join: bool = True) -> tuple[bool, bool]:
+    def _advance(self, job: Job, join: bool) -> tuple[bool, bool]:
         """One pass over a job without waiting: (finished, made progress). ``join`` False leaves
         a model another process trained during this run to that process (see :meth:`run_levels`)."""
         moved = False
