@@ -461,6 +461,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     from fewshot_cryoet.model_dir import ModelCard, save_model
     from fewshot_cryoet.outputs import check_output_folder
     from fewshot_cryoet.runner import fit_context, resolve_device
+    from fewshot_cryoet.training_state import TrainingStateFile
 
     from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
@@ -494,10 +495,15 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     for level in levels[1:]:
         source.at(level, reporter)  # each level must be in the data set
     instance = spec.cls(spec.params, spec.variant, torch_device)
+    # Interrupted, the same command resumes from this file (fewshot_cryoet.training_state); it is
+    # named after the model folder and removed once the folder is written.
+    identity = (f"{instance.name}-{instance.variant}-{instance.params_hash()}-{budget_}-{data.content_hash}-"
+                f"{','.join(snr_label(s) for s in levels)}-{seed}-{queries_per_class}q")
+    resume = TrainingStateFile(Path(out).with_name(Path(out).name + ".training.pt"), identity, reporter.log)
     task = reporter.task(f"train {instance.label}", total=1.0)
     context = fit_context(data, levels if len(levels) > 1 else snr, instance.segments, budget_, torch_device,
                           queries_per_class, seed, progress=lambda fraction, _: task.update(fraction))
-    report = instance.fit(context)
+    report = instance.fit(replace(context, resume=resume))
     task.update(1.0)
     card = ModelCard(
         method=instance.name, variant=instance.variant, params=instance.params, box=data.box,
@@ -506,6 +512,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
         train_classes=list(context.train.classes), fit={**asdict(report), "label": spec.label or instance.label},
     )
     save_model(instance, card, Path(out), overwrite)
+    resume.remove()
     return card
 
 

@@ -26,6 +26,7 @@ from fewshot_cryoet.reporting import Reporter, as_reporter
 from fewshot_cryoet.scoring import Scorer, validator
 from fewshot_cryoet.checkpoints import file_hash
 from fewshot_cryoet.outputs import write_json
+from fewshot_cryoet.training_state import TrainingStateFile
 from fewshot_cryoet.store import Cell, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
@@ -390,8 +391,10 @@ class Runner:
         while True:
             claim = self.store.claim(identity)
             if claim.state == "mine" and checkpoint.exists() and report_path.exists():
-                # trained by a version that kept no claims: record it as this store's fit
+                # trained by a version that kept no claims, or by a process stopped between writing the
+                # model and recording it: record it as this store's fit
                 self.store.finish(identity, file_hash(checkpoint), json.loads(report_path.read_text()))
+                TrainingStateFile(self._training_state_path(identity), identity).remove()
                 continue
             if claim.state == "done":
                 if not join and claim.owner != self.store.owner and claim.age < time.monotonic() - self._started:
@@ -414,10 +417,13 @@ class Runner:
                     self._announced.add(identity)
                 return None
             break
+        resume = TrainingStateFile(self._training_state_path(identity), identity, lambda text: self.log(f"{where}: {text}"))
         try:
             with self.store.heartbeat(identity):
-                report = self._train(method, dataset, snr, seed, self._snapshot_saver(method, dataset, any_cell, seed))
+                report = self._train(method, dataset, snr, seed, self._snapshot_saver(method, dataset, any_cell, seed),
+                                     resume)
                 digest = self._write_model(method, dataset.box, identity, report)
+                resume.remove()
         except BaseException:
             self.store.release(identity)
             raise
@@ -427,6 +433,11 @@ class Runner:
 
     def _checkpoint_path(self, identity: str) -> Path:
         return self.models_dir / (identity.replace(",", "_") + ".pt")
+
+    def _training_state_path(self, identity: str) -> Path:
+        """Beside the checkpoint: the state an interrupted training resumes from (any worker of the
+        store may take over a lapsed claim, and they share the models folder)."""
+        return self.models_dir / (identity.replace(",", "_") + ".training.pt")
 
     def _write_model(self, method: FewShotMethod, box: int, identity: str, report: FitReport) -> str:
         """A training's checkpoint and, beside it, its report (read back when a later version finds
@@ -455,14 +466,14 @@ class Runner:
         return save
 
     def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float, seed: int,
-               snapshot=None) -> FitReport:
+               snapshot=None, resume: TrainingStateFile | None = None) -> FitReport:
         task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)} seed {seed}", total=1.0)
         settings = self.settings
         context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
                               seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
         if snapshot is not None and settings.snapshot_budgets:
             context = replace(context, snapshots=tuple(b.episodes for b in settings.snapshot_budgets), snapshot=snapshot)
-        report = method.fit(context)
+        report = method.fit(replace(context, resume=resume))
         task.update(1.0)
         return report
 

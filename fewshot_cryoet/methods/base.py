@@ -16,7 +16,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -34,6 +34,7 @@ from fewshot_cryoet.segmentation.crf import CRFParams
 
 if TYPE_CHECKING:
     from fewshot_cryoet.scoring import ValidationScore
+    from fewshot_cryoet.training_state import TrainingState, TrainingStateFile
 
 CHECKPOINT_FORMAT = 1
 
@@ -130,6 +131,9 @@ class FitContext:
     #: (the caller then trains those budgets on their own); see ``TorchMethod.fit``.
     snapshots: tuple[int, ...] = ()
     snapshot: Callable[[int, FitReport], None] | None = None
+    #: Where the training keeps its state so that, interrupted, it resumes where it stopped
+    #: (``fewshot_cryoet.training_state``); None trains from the start every time.
+    resume: TrainingStateFile | None = None
 
 
 @dataclass
@@ -141,6 +145,7 @@ class FitReport:
     best_validation_dice: float | None = None
     skipped_steps: int = 0  # training steps skipped for non-finite gradients
     temperature: float | None = None  # fitted on validation episodes (see fewshot_cryoet.calibration)
+    resumed_at: list[int] = field(default_factory=list)  # episodes at which an interrupted training resumed
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitReport:
@@ -156,6 +161,8 @@ class FitReport:
             text += f", confidence temperature {self.temperature:.3g}"
         if self.skipped_steps:
             text += f"; {self.skipped_steps} steps skipped for non-finite gradients"
+        if self.resumed_at:
+            text += f"; resumed after interruption at episode {', '.join(map(str, self.resumed_at))}"
         return text
     history: list[tuple[int, float, float | None]] = field(default_factory=list)  # (episode, accuracy, Dice)
 
@@ -591,12 +598,17 @@ class TorchMethod(FewShotMethod):
         rng = np.random.default_rng(np.random.SeedSequence([context.seed, 1]))
         torch.manual_seed(context.seed)
         budget = context.budget
-        start = time.perf_counter()
-        deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
-        max_episodes = budget.episodes if budget.episodes is not None else math.inf
         report = FitReport()
         best_state, best_score = None, -1.0
         step = 0
+        saved = context.resume.load() if context.resume is not None else None
+        if saved is not None:
+            step, best_state, best_score = saved.step, saved.best_network, saved.best_score
+            report = FitReport.from_dict({**saved.report, "resumed_at": [*saved.report.get("resumed_at", []), step]})
+            self._restore(saved, optimizer, rng)
+        start = time.perf_counter() - (saved.seconds if saved is not None else 0.0)
+        deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
+        max_episodes = budget.episodes if budget.episodes is not None else math.inf
         snapshots = self._exact_snapshots(context)
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
@@ -615,7 +627,8 @@ class TorchMethod(FewShotMethod):
                     self._bf16_failed = True
             step += 1
             last = step >= max_episodes or time.perf_counter() >= deadline
-            if context.validate is not None and (step % p["val_every"] == 0 or last):
+            validated = context.validate is not None and (step % p["val_every"] == 0 or last)
+            if validated:
                 validation = context.validate(self)
                 report.history.append((step, validation.accuracy, validation.dice))
                 score = validation.selection
@@ -627,6 +640,9 @@ class TorchMethod(FewShotMethod):
                     report.best_validation_dice = validation.dice
             if step in snapshots:
                 self._snapshot(context, step, report, best_state, time.perf_counter() - start)
+            if context.resume is not None and not last and context.resume.due(validated):
+                context.resume.save(self._training_state(step, time.perf_counter() - start, optimizer, best_state,
+                                                         best_score, report, rng))
             if context.progress is not None:
                 done = max(step / max_episodes if max_episodes < math.inf else 0,
                            (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
@@ -637,6 +653,33 @@ class TorchMethod(FewShotMethod):
         report.episodes = step
         report.seconds = time.perf_counter() - start
         return report
+
+    def _training_state(self, step: int, seconds: float, optimizer, best_state: dict | None, best_score: float,
+                        report: FitReport, rng: np.random.Generator) -> TrainingState:
+        """What :meth:`fit` needs to carry on after ``step`` episodes exactly as if never stopped."""
+        from fewshot_cryoet.training_state import TrainingState
+
+        def detached(state: dict | None) -> dict | None:
+            return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
+
+        cuda = torch.device(self.device).type == "cuda"
+        return TrainingState(
+            step=step, seconds=seconds, network=detached(self.network.state_dict()),
+            optimizer=optimizer.state_dict(), best_network=detached(best_state), best_score=best_score,
+            report=json.loads(json.dumps(asdict(report))), sampler=rng.bit_generator.state,
+            torch_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state(self.device) if cuda else None,
+            bf16_failed=self._bf16_failed)
+
+    def _restore(self, saved: TrainingState, optimizer, rng: np.random.Generator) -> None:
+        """Put back a :class:`TrainingState`: weights, optimizer moments and every random state."""
+        self.network.load_state_dict(saved.network)
+        optimizer.load_state_dict(saved.optimizer)
+        rng.bit_generator.state = saved.sampler
+        torch.set_rng_state(saved.torch_rng)
+        if saved.cuda_rng is not None and torch.device(self.device).type == "cuda":
+            torch.cuda.set_rng_state(saved.cuda_rng, self.device)
+        self._bf16_failed = saved.bf16_failed
+        self._weights_changed()
 
     def _exact_snapshots(self, context: FitContext) -> set[int]:
         """The requested snapshot steps this training can serve exactly. A training of ``s``
