@@ -478,6 +478,8 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
         raise SettingError("method", f"method {spec.cls.name} needs no training; use it directly "
                                      f"(fsc predict --method {spec.cls.name})")
     check_output_folder(Path(out), overwrite, "model")  # before hours of training, not after
+    state_path = Path(out).with_name(Path(out).name + ".training.pt")
+    TrainingStateFile.refuse_foreign(state_path)  # before the data are simulated or read
     budget_ = Budget.parse(budget)
     torch_device = resolve_device(device)
     from fewshot_cryoet.datasets.presets import TRAINING_IMAGING
@@ -499,7 +501,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     # named after the model folder and removed once the folder is written.
     identity = (f"{instance.name}-{instance.variant}-{instance.params_hash()}-{budget_}-{data.content_hash}-"
                 f"{','.join(snr_label(s) for s in levels)}-{seed}-{queries_per_class}q")
-    resume = TrainingStateFile(Path(out).with_name(Path(out).name + ".training.pt"), identity, reporter.log)
+    resume = TrainingStateFile(state_path, identity, reporter.log)
     task = reporter.task(f"train {instance.label}", total=1.0)
     context = fit_context(data, levels if len(levels) > 1 else snr, instance.segments, budget_, torch_device,
                           queries_per_class, seed, progress=lambda fraction, _: task.update(fraction))

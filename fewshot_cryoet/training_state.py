@@ -94,18 +94,31 @@ class TrainingStateFile:
                 self._read()
             self.path.unlink()
 
+    @staticmethod
+    def refuse_foreign(path: str | Path) -> None:
+        """Refuse a file at ``path`` that is not a training state fsc wrote, before the expensive
+        work that tells a training's identity (simulating or loading its data) starts."""
+        if Path(path).exists():
+            _read_state(Path(path), None)
+
     def _read(self) -> dict[str, Any]:
-        try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise FscError(f"{self.path}: not a training state fsc can read ({type(exc).__name__}); "
-                           "it was not written by fsc, or was damaged; move it away to train from the start") from None
-        if not isinstance(payload, dict) or payload.get("marker") != MARKER:
-            raise FscError(f"{self.path}: not a training state written by fsc; move it away to train from the start")
-        if payload.get("format", 0) > FORMAT:
-            raise FscError(f"{self.path}: training state from a newer fewshot-cryoet; upgrade it, or move the file "
-                           "away to train from the start")
-        if payload.get("identity") != self.identity:
-            raise FscError(f"{self.path}: training state of another training ({payload.get('identity')}); "
-                           "move it away to train from the start")
-        return payload
+        return _read_state(self.path, self.identity)
+
+
+def _read_state(path: Path, identity: str | None) -> dict[str, Any]:
+    """The payload of a training state file fsc wrote (for ``identity``, unless None), read
+    without running code from it; anything else is refused with a one-line error."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FscError(f"{path}: not a training state fsc can read ({type(exc).__name__}); "
+                       "it was not written by fsc, or was damaged; move it away to train from the start") from None
+    if not isinstance(payload, dict) or payload.get("marker") != MARKER:
+        raise FscError(f"{path}: not a training state written by fsc; move it away to train from the start")
+    if payload.get("format", 0) > FORMAT:
+        raise FscError(f"{path}: training state from a newer fewshot-cryoet; upgrade it, or move the file "
+                       "away to train from the start")
+    if identity is not None and payload.get("identity") != identity:
+        raise FscError(f"{path}: training state of another training ({payload.get('identity')}); "
+                       "move it away to train from the start")
+    return payload

@@ -120,3 +120,29 @@ def test_fsc_train_interrupted_resumes_when_run_again(tiny_val2_dataset, tmp_pat
     first = read_checkpoint(tmp_path / "whole" / "weights.pt")["state"]["network"]
     second = read_checkpoint(tmp_path / "model" / "weights.pt")["state"]["network"]
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+class _RunsCode:
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.target}",)
+
+
+def test_fsc_train_refuses_a_foreign_or_hostile_state_file_before_reading_data(tmp_path):
+    """A pickle that would run code, or any file fsc did not write, at the state's path: refused
+    with a one-line error naming it, nothing run, the file untouched (checked before the data set
+    is even opened: the one given here does not exist)."""
+    import pickle
+
+    from fewshot_cryoet import api
+
+    state = tmp_path / "model.training.pt"
+    for content in (pickle.dumps(_RunsCode(tmp_path / "pwned"), protocol=2), b"notes"):
+        state.write_bytes(content)
+        with pytest.raises(FscError, match=f"{state}: not a training state fsc can read"):
+            api.train("protonet", tmp_path / "model", dataset=tmp_path / "no-such-dataset", budget="2ep", device="cpu")
+        assert state.read_bytes() == content and not (tmp_path / "pwned").exists()
