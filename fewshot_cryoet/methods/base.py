@@ -560,14 +560,21 @@ class TorchMethod(FewShotMethod):
     def autocast(self, training: bool):
         """bf16 autocast context, chosen by the ``precision`` parameter: ``fp32`` never,
         ``bf16`` always, ``auto`` on CUDA and for CPU training where the processor has native bf16
-        (AVX512-BF16/AMX: 3D convolutions train about 2× faster). CPU inference stays fp32 under
-        ``auto``: the folded inference copy is already fast and small networks lose in bf16.
+        (AVX512-BF16/AMX: 3D convolutions train about 2× faster) and torch runs one thread. Why one
+        thread: oneDNN's bf16 training kernels add their threads' partial sums in whatever order the
+        threads finish, so with two threads the same seed gave different weights from run to run
+        (measured on an AMD EPYC with AVX512-BF16; fp32, and bf16 on one thread, gave the same
+        weights every time). ``fsc bench --workers`` runs one thread per worker, so its workers keep
+        bf16; one process on several cores trains in fp32 and stays reproducible. CPU inference
+        stays fp32 under ``auto``: the folded inference copy is already fast and small networks
+        lose in bf16.
         Training steps with non-finite gradients are skipped; after a few, ``auto`` falls back to
         fp32 for the rest of the fit (seen with 4-channel networks on oneDNN's bf16 kernels)."""
         precision = self.params.get("precision", "auto")  # auto, bf16 or fp32 (checked in resolve)
         if precision == "auto":
             enabled = not (training and self._bf16_failed) and (
-                self.device.type == "cuda" or (training and self.device.type == "cpu" and _cpu_has_bf16()))
+                self.device.type == "cuda"
+                or (training and self.device.type == "cpu" and _cpu_has_bf16() and torch.get_num_threads() == 1))
         else:
             enabled = precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
