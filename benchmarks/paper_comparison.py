@@ -56,10 +56,13 @@ def published_widths(params_json: str) -> bool:
 WORKING_DAY_EPISODES = 150
 WORKING_DAY_SECONDS = 8 * 3600
 TABLE_ONE_MODELS = len(PAPER_ACCURACY)  # 4 variants × 3 SNR levels, one training seed each
+#: The run's finished models, committed: a session that loses the store continues from them.
+ARCHIVE = "leaderboards/paper-results"
 RUN_COMMANDS = (
     "fsc simulate --templates ../shared/data/templates --snr inf --snr 1000 --snr 0.5 --out data/paper",
     "fsc bench --dataset data/paper --methods cosnet/scnn,cosnet/scnn-decoder,cosnet/duse,cosnet/duse-decoder "
-    f"--param cosnet.profile=paper --budget {WORKING_DAY_EPISODES}ep --store paper.sqlite --resume --workers 2",
+    f"--param cosnet.profile=paper --budget {WORKING_DAY_EPISODES}ep --store paper.sqlite --resume --workers 2 "
+    f"--archive {ARCHIVE}",
     "python benchmarks/paper_comparison.py --store paper.sqlite --out leaderboards/README.md",
 )
 
@@ -95,7 +98,8 @@ def cost_lines(rows: pd.DataFrame) -> list[str]:
              f"the {TABLE_ONE_MODELS} models of Table 1 (4 variants × 3 SNR levels, one training seed each) for "
              f"{WORKING_DAY_EPISODES} episodes, a 40-episode validation every 50, and tests each on 600 episodes per "
              "N (1,600 test subtomograms, 200 per class; the decoder variants also run the CRF). It resumes model by "
-             "model and chunk by chunk:", "", "```bash", *RUN_COMMANDS, "```", ""]
+             f"model and chunk by chunk, and keeps every finished model's results in `{ARCHIVE}/` (committed), from "
+             "which it continues on a machine that has neither the store nor the checkpoints:", "", "```bash", *RUN_COMMANDS, "```", ""]
     fits = trainings(rows)
     if fits.empty:
         return lines + ["No model is trained yet, so nothing is measured.", ""]

@@ -83,7 +83,7 @@ STEPS: tuple[Step, ...] = (
     Step("simulate-paper", (SIMULATE_PAPER,), creates=PAPER),
     Step("paper", (
         f"fsc bench --dataset data/paper --methods {TABLE_ONE_METHODS} --param cosnet.profile=paper --budget 150ep "
-        "--store paper.sqlite --resume",
+        "--store paper.sqlite --resume --archive leaderboards/paper-results",
         "python benchmarks/paper_comparison.py --store paper.sqlite --out leaderboards/README.md",
     ), page="leaderboards/README.md", needs=("simulate-paper",)),
 )

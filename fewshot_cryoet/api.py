@@ -348,7 +348,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
           allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
           models: str | Path | None = None, lease_seconds: float | None = None, crf: bool = True,
-          reporter: Reporter | None = None) -> pd.DataFrame:
+          archive: str | Path | None = None, reporter: Reporter | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
     (the rest of the grid completes). ``seeds`` trains each trainable method once per training
@@ -373,9 +373,14 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
 
     ``crf`` False skips the dense CRF of segmenting methods: CRF Dice stays empty, accuracy and
     raw Dice are the same, and scoring takes a fraction of the time. A cell is scored with the
-    CRF or without it throughout; resuming it the other way is refused."""
+    CRF or without it throughout; resuming it the other way is refused.
+
+    ``archive``: a folder (:mod:`~fewshot_cryoet.results_archive`) that receives each model's
+    cells once all are scored, and whose cells are loaded into the store first, so that a run
+    carried by machines that do not keep their disks continues from a committed folder."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.results_archive import ResultsArchive
     from fewshot_cryoet.runner import BenchSettings, Level, Runner
     from fewshot_cryoet.store import STALE_SECONDS, ResultsStore
 
@@ -396,19 +401,25 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
             raise SettingError("snr", f"snr {', '.join(missing)}: {source.fixed.path} has no SNR {', '.join(missing)} "
                                       f"(it has {', '.join(source.fixed.snr_labels)})")
     train_source = data_source(train_dataset) if train_dataset is not None else None
+    kept = ResultsArchive(archive) if archive is not None else None  # a foreign folder is refused first
     results = ResultsStore(store, lease_seconds=STALE_SECONDS if lease_seconds is None else lease_seconds)
     try:
         failures = []
+        if kept is not None:
+            loaded = kept.load_into(results)
+            as_reporter(reporter).log(f"archive {kept.folder}: {len(loaded.added)} finished cells loaded into "
+                                      f"{results.name}, {len(loaded.already)} already there")
         def level(snr: float) -> Level:  # the data of a level are loaded when a process gets there
             return snr, lambda: (source.at(snr, reporter),
                                  train_source.at(snr, reporter) if train_source is not None else None)
 
         for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
             runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
-                            models_dir=models)
+                            models_dir=models, archive=kept)
             runner.run_levels(specs if step == 0 else [s for s in specs if s.cls.trainable],
                               [level(snr) for snr in snrs], source.name,
                               train_source.name if train_source is not None else "", allow_class_overlap)
+            runner.archive_finished()  # models other processes finished last
             failures += runner.failures
         frame = results.frame(label=sorted({spec.label for spec in specs}), snr=[snr_label(s) for s in snrs],
                               seed=seed, dataset=source.name,

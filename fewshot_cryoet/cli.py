@@ -344,10 +344,13 @@ def info(dataset, verify) -> None:
                    "cores are split between them, one torch thread each at least); implies --resume.")
 @click.option("--no-crf", "no_crf", is_flag=True, help="Skip the dense CRF of segmenting methods: no CRF Dice, "
               "the same accuracy and raw Dice, scoring several times faster.")
+@click.option("--archive", type=click.Path(path_type=Path), default=None,
+              help="Folder that keeps each model's results once all its cells are scored (plain files to commit), "
+                   "loaded into --store first: a run continues from it on a machine without the store or checkpoints.")
 @click.option("--status", is_flag=True, help="Instead: show --store's progress (claims, heartbeats, episodes per cell).")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
           test_classes, per_class, budgets, episodes, seed, device, store, resume, worker, models, lease_seconds,
-          train_dataset, allow_class_overlap, seed_texts, workers, no_crf, status) -> None:
+          train_dataset, allow_class_overlap, seed_texts, workers, no_crf, archive, status) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite or
     PostgreSQL store, which several workers may share."""
     from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
@@ -378,7 +381,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
                 episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
                 lease_seconds=lease_seconds, train_dataset=train_dataset,
                 allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
-                crf=not no_crf, reporter=RichReporter(progress))
+                crf=not no_crf, archive=archive, reporter=RichReporter(progress))
     if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
         accuracy = accuracy_table(summarise(frame), frame).map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
         where = domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0])

@@ -27,6 +27,7 @@ from fewshot_cryoet.scoring import Scorer, validator
 from fewshot_cryoet.checkpoints import file_hash
 from fewshot_cryoet.outputs import write_json
 from fewshot_cryoet.training_state import TrainingStateFile
+from fewshot_cryoet.results_archive import ResultsArchive
 from fewshot_cryoet.store import Cell, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
@@ -213,8 +214,12 @@ class Runner:
     """Runs a benchmark grid into a results store."""
 
     def __init__(self, store: ResultsStore, settings: BenchSettings, reporter: Reporter | None = None,
-                 resume: bool = False, models_dir: str | Path | None = None) -> None:
+                 resume: bool = False, models_dir: str | Path | None = None,
+                 archive: ResultsArchive | None = None) -> None:
         self.store = store
+        #: Where each model's cells are copied once all are scored (``--archive``), so that a run
+        #: continues from them on another machine.
+        self.archive = archive
         self.settings = settings
         self.reporter = as_reporter(reporter)
         self.log = self.reporter.log
@@ -345,7 +350,15 @@ class Runner:
             progressed |= moved
             if finished:
                 jobs.remove(job)
+                self.archive_finished()
         return progressed
+
+    def archive_finished(self) -> None:
+        """Copy the models finished so far (by any process on this store) into the archive."""
+        if self.archive is None:
+            return
+        for cell in self.archive.save_finished(self.store).added:
+            self.log(f"archived cell {cell} in {self.archive.folder}")
 
     def _advance(self, job: Job, join: bool) -> tuple[bool, bool]:
         """One pass over a job without waiting: (finished, made progress). ``join`` False leaves

@@ -419,6 +419,60 @@ class ResultsStore:
                  for c in columns if frame[c.name].dtype == object}
         return frame.astype({**empty, "mask_snr": float})
 
+    #: The tables that hold a cell's results, keyed by its ``cell`` column (episodes first: the
+    #: query tables' rows belong to its episodes).
+    CELL_TABLES = ("episodes", "query_dice", "query_predictions")
+
+    def finished_models(self) -> list[list[str]]:
+        """Cells whose planned test episodes are all stored, grouped by the model that scored them:
+        a trained model's group holds every cell its checkpoint scored, and is left out while any
+        of them is unfinished (a model is final only when all its cells are); a training-free
+        cell is a group of its own. Cells scored by two checkpoints are never final."""
+        rows = self.connection.execute(text(
+            "SELECT p.cell, p.episodes, COUNT(e.id), COUNT(DISTINCT e.checkpoint), MIN(e.checkpoint) "
+            "FROM planned_cells p LEFT JOIN episodes e ON e.cell = p.cell GROUP BY p.cell, p.episodes"))
+        groups: dict[str, list[tuple[str, bool]]] = {}
+        for cell, planned, stored, checkpoints, checkpoint in rows:
+            complete = stored >= planned and checkpoints <= 1
+            groups.setdefault(checkpoint or f"cell:{cell}", []).append((cell, complete))
+        return [sorted(c for c, _ in group) for group in groups.values() if all(done for _, done in group)]
+
+    def cell_rows(self, cell: str) -> dict[str, list[dict]]:
+        """A cell's rows, table by table (:data:`CELL_TABLES`, then its ``planned_cells`` row and
+        its level's ``snr_levels`` row), without database-made ids: what :meth:`add_cell_rows` takes."""
+        read = lambda sql: [dict(r) for r in self.connection.execute(text(sql), {"cell": cell}).mappings()]  # noqa: E731
+        tables = {"episodes": [{k: v for k, v in r.items() if k != "id"}
+                               for r in read("SELECT * FROM episodes WHERE cell = :cell ORDER BY episode")]}
+        for name in self.CELL_TABLES[1:]:
+            tables[name] = read(f"SELECT * FROM {name} WHERE cell = :cell ORDER BY episode, query")
+        tables["planned_cells"] = read("SELECT * FROM planned_cells WHERE cell = :cell")
+        tables["snr_levels"] = read("SELECT DISTINCT l.* FROM snr_levels l JOIN episodes e ON e.cell = :cell "
+                                    "AND l.dataset_hash = e.dataset_hash AND l.snr = e.snr")
+        return tables
+
+    def stored_episodes(self, cell: str) -> int:
+        return int(self.connection.execute(text("SELECT COUNT(*) FROM episodes WHERE cell = :cell"),
+                                           {"cell": cell}).scalar_one())
+
+    def add_cell_rows(self, tables: dict[str, list[dict]]) -> None:
+        """Insert one cell's rows (as :meth:`cell_rows` gives them) in a single transaction. Rows the
+        store has already are kept (two workers loading one archive at once insert it once)."""
+        keys = {"episodes": "(cell, episode)", "query_dice": "(cell, episode, query)",
+                "query_predictions": "(cell, episode, query)", "planned_cells": "(cell)",
+                "snr_levels": "(dataset_hash, snr)"}
+        with self.transaction() as db:
+            for name in keys:
+                rows = tables.get(name) or []
+                if not rows:
+                    continue
+                columns = list(rows[0])
+                unknown = set(columns) - set(metadata.tables[name].columns.keys())
+                if unknown:
+                    raise ValueError(f"{name} has no column {', '.join(sorted(unknown))}")
+                quoted = ", ".join(f'"{c}"' for c in columns)  # "query" and "class" are reserved words
+                db.execute(text(f"INSERT INTO {name} ({quoted}) VALUES ({', '.join(':' + c for c in columns)}) "
+                                f"ON CONFLICT {keys[name]} DO NOTHING"), rows)
+
     #: Each stored query's row identity: enough to tell configurations apart that share a label.
     _QUERY_ROW = ("e.label, e.method, e.variant, e.params_hash, e.budget, e.seed, e.snr, e.n_way, e.k_shot, "
                   "e.dataset, e.train_dataset")
