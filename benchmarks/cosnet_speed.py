@@ -1,6 +1,10 @@
 """COS-Net speed: our implementation against a plain one of the published network, same weights.
 
-Run:  python benchmarks/cosnet_speed.py [--repeats 3] [--out benchmarks/results/cosnet_speed.md]
+Run:  python benchmarks/cosnet_speed.py [--repeats 3] [--threads 2,1] [--out benchmarks/results/cosnet_speed.md]
+
+``--threads`` measures each torch thread count in turn (default: all cores, then one). Both matter
+on a CPU: one process uses every core, while each ``fsc bench --workers`` worker runs one thread,
+and ``precision=auto`` trains in bf16 only on one thread (see ``TorchMethod.autocast``).
 
 The plain baseline is the published network (``profile=paper``: stem, two conv → ReLU → BatchNorm
 per level, DuSE, 64 channels, 32768 → 512 → 512, a decoder of two levels and a 1×1×1 output; 18.2 M
@@ -65,9 +69,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", default=None, help="torch thread counts to measure, comma-separated "
+                        "[CPU: all cores, then 1; CUDA: as set]")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cosnet_speed.md")
     args = parser.parse_args()
-    lines = measure(torch.device(args.device), args.repeats)
+    device = torch.device(args.device)
+    counts = ([int(t) for t in args.threads.split(",")] if args.threads else
+              [torch.get_num_threads()] if device.type == "cuda" else sorted({os.cpu_count() or 1, 1}, reverse=True))
+    lines = []
+    for count in counts:
+        torch.set_num_threads(count)
+        measured = measure(device, args.repeats)  # title, blank, network, then this setting's lines
+        lines = (lines or measured[:3]) + ["", f"## {count} torch thread{'s' if count > 1 else ''}", "", *measured[3:]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -94,14 +94,14 @@ WORKER_COMMANDS = ("fsc bench ", "python benchmarks/robustness.py ")  # the comm
 
 
 def outputs(step: Step) -> list[str]:
-    """The leaderboard folders (or files) a step writes, read off its commands' ``--out``, or
-    ``leaderboards/synthetic`` for the README main job's ``fsc leaderboard``."""
+    """The leaderboard folders (or files) a step writes, read off its commands' ``--out`` and
+    ``--archive`` (a bench's committed results), or ``leaderboards/synthetic`` for the README
+    main job's ``fsc leaderboard``."""
     found = []
     for command in step.commands:
         words = shlex.split(command)
-        if "--out" in words:
-            found.append(words[words.index("--out") + 1])
-        elif words[:2] == ["fsc", "leaderboard"]:
+        found += [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--out", "--archive")]
+        if words[:2] == ["fsc", "leaderboard"] and "--out" not in words:
             found.append("leaderboards/synthetic")
     return [f for f in found if f.startswith("leaderboards")]
 
