@@ -2,9 +2,8 @@
 
 Run:  python benchmarks/cosnet_speed.py [--repeats 3] [--threads 2,1] [--out benchmarks/results/cosnet_speed.md]
 
-``--threads`` measures each torch thread count in turn (default: all cores, then one). Both matter
-on a CPU: one process uses every core, while each ``fsc bench --workers`` worker runs one thread,
-and ``precision=auto`` trains in bf16 only on one thread (see ``TorchMethod.autocast``).
+``--threads`` measures each torch thread count in turn (default: all cores, then one): one process
+uses every core, while each ``fsc bench --workers`` worker runs one thread.
 
 The plain baseline is the published network (``profile=paper``: stem, two conv → ReLU → BatchNorm
 per level, DuSE, 64 channels, 32768 → 512 → 512, a decoder of two levels and a 1×1×1 output; 18.2 M
@@ -13,7 +12,8 @@ batch norm as separate layers, every layer run for every volume, the pair loss w
 Python loops. It is our ``PublishedNetwork`` module (so the layers are the ones the parameter and
 FLOP test checks) with none of the levers. Ours is ``fewshot_cryoet.methods.cosnet`` as the suite
 runs it: channels-last 3D memory, bf16 autocast where the processor has native bf16 (AVX512-BF16
-or AMX on CPU; always on CUDA), every BatchNorm folded for inference (after a ReLU it folds into
+or AMX on CPU, where it is asked for with ``precision=bf16`` because ``auto`` keeps CPU training in
+reproducible fp32; always on CUDA), every BatchNorm folded for inference (after a ReLU it folds into
 the next convolution, see ``methods/fast.py``), the decoder skipped when only classes are needed,
 and embeddings of repeated volumes cached (not used here: every volume is new).
 
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
+from fewshot_cryoet.methods.base import cpu_has_bf16
 from fewshot_cryoet.methods.cosnet import COSNet, PublishedNetwork
 
 
@@ -89,7 +90,8 @@ def main() -> None:
 def measure(device: torch.device, repeats: int = 3) -> list[str]:
     """The comparison on ``device``, as the lines of the results page (also used by gpu_check)."""
     torch.manual_seed(0)
-    ours = COSNet({"profile": "paper"}, "duse-decoder", device=device)
+    precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    ours = COSNet({"profile": "paper", "precision": precision}, "duse-decoder", device=device)
     c = ours.network.stem[0].out_channels
     embedding = ours.network.features[-1].out_features
     plain = PublishedNetwork(32, c, embedding, True, True, "add").to(device)  # contiguous fp32

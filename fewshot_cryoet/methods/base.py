@@ -439,7 +439,7 @@ class NormalisedSource:
         return getattr(self._source, name)
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively here (emulated bf16 would be slower than fp32)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -558,23 +558,18 @@ class TorchMethod(FewShotMethod):
         return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
     def autocast(self, training: bool):
-        """bf16 autocast context, chosen by the ``precision`` parameter: ``fp32`` never,
-        ``bf16`` always, ``auto`` on CUDA and for CPU training where the processor has native bf16
-        (AVX512-BF16/AMX: 3D convolutions train about 2× faster) and torch runs one thread. Why one
-        thread: oneDNN's bf16 training kernels add their threads' partial sums in whatever order the
-        threads finish, so with two threads the same seed gave different weights from run to run
-        (measured on an AMD EPYC with AVX512-BF16; fp32, and bf16 on one thread, gave the same
-        weights every time). ``fsc bench --workers`` runs one thread per worker, so its workers keep
-        bf16; one process on several cores trains in fp32 and stays reproducible. CPU inference
-        stays fp32 under ``auto``: the folded inference copy is already fast and small networks
-        lose in bf16.
-        Training steps with non-finite gradients are skipped; after a few, ``auto`` falls back to
-        fp32 for the rest of the fit (seen with 4-channel networks on oneDNN's bf16 kernels)."""
+        """bf16 autocast context, chosen by the ``precision`` parameter: ``fp32`` never, ``bf16``
+        always, ``auto`` on CUDA only. Why not on CPUs with native bf16 (AVX512-BF16/AMX), where 3D
+        convolutions train 2-3× faster: there oneDNN's bf16 training kernels are not reproducible.
+        Measured on an AMD EPYC with AVX512-BF16, the same seed gave different weights from run to
+        run in bf16, on two threads and on one, in one process and in fresh ones, while fp32 gave
+        the same weights every time; the same seed must give the same numbers, so CPU speed in bf16
+        is asked for (``precision=bf16``), never chosen. Training steps with non-finite gradients
+        are skipped; after a few, ``auto`` falls back to fp32 for the rest of the fit (seen with
+        4-channel networks on oneDNN's bf16 kernels)."""
         precision = self.params.get("precision", "auto")  # auto, bf16 or fp32 (checked in resolve)
         if precision == "auto":
-            enabled = not (training and self._bf16_failed) and (
-                self.device.type == "cuda"
-                or (training and self.device.type == "cpu" and _cpu_has_bf16() and torch.get_num_threads() == 1))
+            enabled = not (training and self._bf16_failed) and self.device.type == "cuda"
         else:
             enabled = precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
