@@ -118,6 +118,9 @@ def cost_lines(rows: pd.DataFrame) -> list[str]:
     trained, scored = float(models["fit_seconds"].sum()), float(models["scoring_seconds"].sum())
     lines += ["", f"Times are process time, one torch thread per process, two workers side by side; scoring time is "
               "the methods' prediction time (including the cache fills a resume repeats) and leaves out the CRF. "
+              "Precision: `precision=auto`, which trained in bf16 on CPUs with native bf16 (AVX512-BF16/AMX) until "
+              "2026-12-02 and in fp32 since, because bf16 CPU training was found not reproducible; models trained "
+              "before then on such a CPU (the archive's of 2026-12-02, on an AMD EPYC) trained in bf16, 2–3× faster. "
               f"Measured: {len(models)} of {TABLE_ONE_MODELS} models trained, {trained / 3600:.1f} h of training "
               f"and {scored / 3600:.1f} h of scoring.", ""]
     per_kind = {kind: group for kind, group in models.groupby("decoder")}
