@@ -37,7 +37,7 @@ from fewshot_cryoet.datasets.simulate import SimulationConfig  # noqa: E402
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes  # noqa: E402
 from fewshot_cryoet.methods.base import Budget  # noqa: E402
 from fewshot_cryoet.plugins import get_plugins  # noqa: E402
-from fewshot_cryoet.runner import fit_context  # noqa: E402
+from fewshot_cryoet.evaluation.runner import fit_context  # noqa: E402
 
 METHODS = (("protonet", None), ("siamese", None), ("cosnet", "duse-decoder"), ("cosnet", "scnn"))
 

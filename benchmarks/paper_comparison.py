@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
+from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
 from fewshot_cryoet.methods.cosnet import PROFILES, COSNet
-from fewshot_cryoet.metrics import significantly_worse
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.evaluation.metrics import significantly_worse
+from fewshot_cryoet.results.store import ResultsStore
 
 WAYS = (2, 4, 6, 8)
 # Table 1: one-shot accuracy on unseen classes.

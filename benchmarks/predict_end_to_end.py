@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from fewshot_cryoet.cli import _resolve_dataset, main
 from fewshot_cryoet.datasets.dataset import parse_snr
 from fewshot_cryoet.datasets.mrc_io import read_volume
-from fewshot_cryoet.metrics import dice
+from fewshot_cryoet.evaluation.metrics import dice
 
 
 def fsc(*args) -> float:

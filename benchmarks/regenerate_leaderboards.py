@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot_cryoet.outputs import write_json
+from fewshot_cryoet.core.outputs import write_json
 
 TEMPLATES = "../shared/data/templates"
 SHARED = "data/st"  # the shared templates simulated once; several pages read it

@@ -65,7 +65,7 @@ def main() -> None:
 
 
 def write(timings: dict, out: Path) -> None:
-    from fewshot_cryoet.store import ResultsStore
+    from fewshot_cryoet.results.store import ResultsStore
 
     frames = {}
     for name, timing in timings.items():

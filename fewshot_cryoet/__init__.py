@@ -1,16 +1,18 @@
-"""fewshot-cryoet: few-shot classification and segmentation benchmarks for cryo-ET subtomograms."""
+"""fewshot-cryoet: few-shot classification and segmentation benchmarks for cryo-ET subtomograms.
+
+The package's layers, bottom to top, are its subpackages (DESIGN.md draws the map): ``core``,
+``plugins``, ``datasets``, ``segmentation``, ``episodes``, ``models``, ``methods``, ``results``,
+``evaluation``, ``reports``, ``inference``, ``tuning``, ``api`` and ``cli``.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from fewshot_cryoet import _moved
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.version import __version__
+from fewshot_cryoet.plugins.hookspecs import hookimpl
 
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.hookspecs import hookimpl
-
-try:
-    __version__ = version("fewshot-cryoet")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+_moved.install()  # old module paths (fewshot_cryoet.store, ...) keep working for one release
 
 __all__ = ["Budget", "Episode", "FewShotMethod", "FscError", "Prediction", "__version__", "hookimpl"]
 
@@ -18,7 +20,7 @@ _LAZY = {
     "Episode": "fewshot_cryoet.episodes",
     "FewShotMethod": "fewshot_cryoet.methods.base",
     "Prediction": "fewshot_cryoet.methods.base",
-    "Budget": "fewshot_cryoet.methods.base",
+    "Budget": "fewshot_cryoet.core.types",
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 
 @dataclass(frozen=True)

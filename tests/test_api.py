@@ -57,11 +57,11 @@ def test_layering():
             offenders += [(module, i) for i in imports if i.startswith("fewshot_cryoet.cli")]
         if module.startswith("fewshot_cryoet.methods."):
             offenders += [(module, i) for i in imports
-                          if i in ("fewshot_cryoet.plugins", "fewshot_cryoet.metrics", "fewshot_cryoet.scoring")]
+                          if i in ("fewshot_cryoet.plugins", "fewshot_cryoet.evaluation.metrics", "fewshot_cryoet.evaluation.scoring")]
         if module.startswith("fewshot_cryoet.datasets."):
             offenders += [(module, i) for i in imports if i.startswith(
-                ("fewshot_cryoet.episodes", "fewshot_cryoet.metrics", "fewshot_cryoet.segmentation",
-                 "fewshot_cryoet.scoring"))]
+                ("fewshot_cryoet.episodes", "fewshot_cryoet.evaluation.metrics", "fewshot_cryoet.segmentation",
+                 "fewshot_cryoet.evaluation.scoring"))]
     assert not offenders, offenders
 
 

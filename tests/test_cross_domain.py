@@ -11,7 +11,7 @@ from fewshot_cryoet import api
 from fewshot_cryoet.datasets.build import simulate_dataset
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.datasets.synthetic import synthetic_template
-from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.core.errors import SettingError
 
 TINY = {"protonet": {"channels": [4, 8]}, "xcorr": {"angular_step": 60}}
 
@@ -75,7 +75,7 @@ def test_domains_on_different_grids_are_refused(tiny_dataset, paired_dataset, tm
 def test_stores_of_older_schemas_are_migrated_in_place(tmp_path):
     import sqlite3
 
-    from fewshot_cryoet.store import SCHEMA_VERSION, ResultsStore
+    from fewshot_cryoet.results.store import SCHEMA_VERSION, ResultsStore
 
     old = """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -29,7 +29,7 @@ import starfile
 import torch
 from click.testing import CliRunner
 
-from fewshot_cryoet.checkpoints import file_hash
+from fewshot_cryoet.models.checkpoints import file_hash
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.mrc_io import write_volume
 
@@ -330,7 +330,7 @@ def test_class_names_with_spaces_give_valid_star_labels(world, tmp_path):
 def test_old_checkpoints_with_numpy_values_still_load(world, tmp_path):
     """A checkpoint whose params hold NumPy scalars (as older versions could write) loads without
     unpickling arbitrary objects; the values come back as plain numbers."""
-    from fewshot_cryoet.checkpoints import read_checkpoint
+    from fewshot_cryoet.models.checkpoints import read_checkpoint
 
     payload = torch.load(world / "model" / "weights.pt", weights_only=True)
     payload["params"]["lr"] = np.float64(payload["params"]["lr"])

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from fewshot_cryoet import api
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.leaderboard import summarise
-from fewshot_cryoet.reporting import CallbackReporter
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.reports.leaderboard import summarise
+from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.results.store import ResultsStore
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_paired_test_finds_a_difference_the_intervals_hide():
     easy episodes alike: overlapping intervals, yet the paired test sees it."""
     import numpy as np
 
-    from fewshot_cryoet.metrics import paired_comparison, significantly_worse
+    from fewshot_cryoet.evaluation.metrics import paired_comparison, significantly_worse
 
     rng = np.random.default_rng(0)
     difficulty = rng.uniform(0.3, 1.0, size=200)
@@ -113,7 +113,7 @@ def test_compare_cell_by_cell_and_refuse_unknown_methods(two_configurations):
 
 
 def test_every_accuracy_table_ends_with_chance(two_configurations):
-    from fewshot_cryoet.leaderboard import CHANCE, accuracy_table
+    from fewshot_cryoet.reports.leaderboard import CHANCE, accuracy_table
 
     frame = ResultsStore(two_configurations).frame()
     table = accuracy_table(summarise(frame), frame)
@@ -195,7 +195,7 @@ def test_per_class_results_and_confusion_from_stored_queries(two_configurations,
 
 
 def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
-    from fewshot_cryoet.leaderboard import calibration
+    from fewshot_cryoet.reports.leaderboard import calibration
 
     rows = [{"label": "m", "method": "m", "variant": "default", "params_hash": "h", "budget": "", "seed": 0,
              "train_dataset": "", "dataset": "d", "snr": "1", "n_way": 2, "truth": "a",
@@ -218,7 +218,7 @@ def test_rows_from_before_training_seeds_are_read_as_the_episode_seed_and_it_is_
         db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     api.bench(["protonet"], seeds=[0, 1], resume=True, **settings)  # seed 0 is the old rows; seed 1 is new
     messages: list[str] = []
-    from fewshot_cryoet.reporting import CallbackReporter
+    from fewshot_cryoet.core.reporting import CallbackReporter
 
     api.leaderboard(store, tmp_path / "boards", reporter=CallbackReporter(on_progress=None, on_log=messages.append))
     assert any("4 episode rows were written by a version that did not store training seeds" in m for m in messages)

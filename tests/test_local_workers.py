@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot_cryoet.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
+from fewshot_cryoet.core.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -55,8 +55,8 @@ def test_budget_parsing(text, episodes, minutes):
 
 
 def test_bad_budget_names_the_setting_and_the_cli_its_option():
-    from fewshot_cryoet.terminal import error_text
-    from fewshot_cryoet.errors import SettingError
+    from fewshot_cryoet.cli.terminal import error_text
+    from fewshot_cryoet.core.errors import SettingError
     from fewshot_cryoet.tuning import parse_timeout
 
     with pytest.raises(SettingError, match="^budget 'soon': use e.g. 10m") as info:
@@ -184,7 +184,7 @@ def test_a_longer_training_hands_over_exactly_the_models_of_smaller_budgets(tiny
     weights, temperature and selection), and taking it leaves the longer training unchanged."""
     from dataclasses import replace
 
-    from fewshot_cryoet.runner import fit_context
+    from fewshot_cryoet.evaluation.runner import fit_context
 
     def fit(budget: int, snapshots: tuple[int, ...] = ()):
         method = ProtoNet({"channels": [4, 8], "val_every": 2})

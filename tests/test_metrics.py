@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot_cryoet.metrics import dice, episode_accuracy, mean_ci95, significantly_worse
+from fewshot_cryoet.evaluation.metrics import dice, episode_accuracy, mean_ci95, significantly_worse
 
 
 def test_mean_ci95_is_1_96_sigma_over_root_n():

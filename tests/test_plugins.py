@@ -88,7 +88,7 @@ def test_bench_with_a_segmenting_plugin_reports_dice(plugin_env, tiny_dataset, t
     dice_line = next(l for l in markdown.split("Segmentation Dice")[1].splitlines() if l.startswith("| xcorr"))
     assert "—" in dice_line  # xcorr does not segment
     assert (tmp_path / "boards" / "dice_per_class.csv").exists()
-    rows = subprocess.run([sys.executable, "-c", f"from fewshot_cryoet.store import ResultsStore; "
+    rows = subprocess.run([sys.executable, "-c", f"from fewshot_cryoet.results.store import ResultsStore; "
                            f"f = ResultsStore(r'{store}').frame(); print(sorted(set(f.plugin)))"],
                           env=plugin_env, capture_output=True, text=True)
     assert "fsc-example-plugin 0.1.0" in rows.stdout and "built-in" in rows.stdout

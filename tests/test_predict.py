@@ -18,7 +18,7 @@ from scipy.ndimage import zoom
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.mrc_io import read_volume, write_volume
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.metrics import dice
+from fewshot_cryoet.evaluation.metrics import dice
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 
 TINY_COSNET = ["--param", "cosnet.channels=4", "--param", "cosnet.embedding=16", "--param", "cosnet.box=16"]

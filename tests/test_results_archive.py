@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from fewshot_cryoet import api
-from fewshot_cryoet.errors import SettingError
-from fewshot_cryoet.reporting import CallbackReporter
-from fewshot_cryoet.results_archive import MARKER, ResultsArchive
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.results.archive import MARKER, ResultsArchive
+from fewshot_cryoet.results.store import ResultsStore
 
 #: a trained method, a segmenting one (per-query Dice, CRF), and a training-free one
 METHODS = ["protonet", "cosnet/duse-decoder", "xcorr"]

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.leaderboard import render
+from fewshot_cryoet.reports.leaderboard import render
 from fewshot_cryoet.methods.base import Budget, Prediction
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
-from fewshot_cryoet.reporting import CallbackReporter
-from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner, fit_identity
-from fewshot_cryoet.scoring import Scorer
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner, fit_identity
+from fewshot_cryoet.evaluation.scoring import Scorer
+from fewshot_cryoet.results.store import ResultsStore
 
 TINY_PROTONET = {"channels": [4, 8, 8, 8], "val_every": 2}
 FAST_XCORR = {"angular_step": 60}
@@ -203,7 +203,7 @@ def test_leaderboard_files(tiny_dataset, tmp_path):
 def test_processes_opening_a_new_store_at_once_do_not_crash(tmp_path, seen):
     """Two benches started together may both find a store empty (or at the previous schema) and
     then create (or migrate) it in turn: the second must open it, not fail on the first's work."""
-    from fewshot_cryoet.store import SCHEMA_VERSION
+    from fewshot_cryoet.results.store import SCHEMA_VERSION
 
     ResultsStore(tmp_path / "s.sqlite").close()
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli import main
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.results.store import ResultsStore
 
 GRID = ["bench", "--methods", "protonet,radial", "--param", "protonet.channels=[4,4]", "--snr", "1", "--ways", "2",
         "--episodes", "120", "--queries-per-class", "1", "--budget", "6ep"]

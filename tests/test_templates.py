@@ -76,7 +76,7 @@ def test_voxel_size_override_and_zero_header(tmp_path):
         mrc.voxel_size = 0.0
     with pytest.raises(FscError, match=r"zero\.mrc.*voxel size is 0.*template_voxel_size") as info:
         read_volume(path)  # the library names its setting; the command line, its option
-    from fewshot_cryoet.terminal import error_text
+    from fewshot_cryoet.cli.terminal import error_text
 
     assert "give the real one with --template-voxel-size" in error_text(info.value)
     data, voxel = read_volume(path, voxel_size=7.5)

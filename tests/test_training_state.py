@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.checkpoints import file_hash, read_checkpoint
+from fewshot_cryoet.models.checkpoints import file_hash, read_checkpoint
 from fewshot_cryoet.methods.base import Budget
 from fewshot_cryoet.methods.cosnet import COSNet
 from fewshot_cryoet.methods.protonet import ProtoNet
-from fewshot_cryoet.reporting import CallbackReporter
-from fewshot_cryoet.runner import BenchSettings, MethodSpec, Runner
-from fewshot_cryoet.store import ResultsStore
-from fewshot_cryoet.training_state import TrainingStateFile
+from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner
+from fewshot_cryoet.results.store import ResultsStore
+from fewshot_cryoet.models.training_state import TrainingStateFile
 
 PROTONET = MethodSpec(ProtoNet, params={"channels": [4, 8, 8, 8], "val_every": 2})
 #: the published topology with the decoder (segmentation loss, DuSE, batch norm), tiny
@@ -92,7 +92,7 @@ def test_a_file_at_the_state_path_that_is_not_ours_is_refused_and_left_alone(tin
 
 
 def _a_state():
-    from fewshot_cryoet.training_state import TrainingState
+    from fewshot_cryoet.models.training_state import TrainingState
 
     return TrainingState(step=1, seconds=0.5, network={"w": torch.zeros(2)}, optimizer={"state": {}, "param_groups": []},
                          best_network=None, best_score=-1.0, report={}, sampler={}, torch_rng=torch.get_rng_state(),

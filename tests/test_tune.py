@@ -19,10 +19,10 @@ from optuna.trial import TrialState
 
 from fewshot_cryoet import api, tuning
 from fewshot_cryoet.cli import main
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.methods.base import Budget, FewShotMethod
 from fewshot_cryoet.methods.protonet import ProtoNet
-from fewshot_cryoet.store import ResultsStore
+from fewshot_cryoet.results.store import ResultsStore
 
 TINY_SETTINGS = ["--method", "protonet", "--param", "protonet.channels=[4,4,4,4]", "--snr", "1", "--ways", "2",
                  "--val-episodes", "4", "--queries-per-class", "2"]

@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from scipy.spatial.transform import Rotation
 
-import fewshot_cryoet
+from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import DatasetWriter, SubtomogramDataset, now_iso, snr_label
 from fewshot_cryoet.datasets.simulate import ParticlePlan, SimulationConfig, Simulator, add_noise, make_plan
 from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 CHUNK = 16
 
@@ -84,7 +84,7 @@ def simulate_dataset(
 ) -> SubtomogramDataset:
     """Simulate ``per_class`` particles of every template at every SNR in ``snrs`` into ``out``.
 
-    ``reporter`` receives progress (see ``fewshot_cryoet.reporting``); ``workers`` > 1 simulates chunks in
+    ``reporter`` receives progress (see ``fewshot_cryoet.core.reporting``); ``workers`` > 1 simulates chunks in
     that many processes (one torch thread each).
     """
     config = config or SimulationConfig()
@@ -216,7 +216,7 @@ def _manifest(
         )
     return {
         "created": now_iso(),
-        "package_version": fewshot_cryoet.__version__,
+        "package_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "seed": seed,

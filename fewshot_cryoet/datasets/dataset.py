@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.outputs import write_json
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.outputs import write_json
 
 FORMAT = "fewshot-cryoet-dataset"
 FORMAT_VERSION = 1
@@ -122,7 +122,7 @@ class DatasetWriter:
 
     def __init__(self, out: str | Path, count: int, box: int, snrs: list[float], overwrite: bool = False,
                  resume_key: str | None = None) -> None:
-        from fewshot_cryoet.outputs import AtomicFolder
+        from fewshot_cryoet.core.outputs import AtomicFolder
 
         self.out = Path(out)
         # The manifest is this kind's marker (written last, in commit), so no separate marker file.
@@ -169,7 +169,7 @@ class DatasetWriter:
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse, before simulating, an --out that is not ours to write or replace (see ``outputs``)."""
-    from fewshot_cryoet.outputs import check_output_folder as check
+    from fewshot_cryoet.core.outputs import check_output_folder as check
 
     check(out, overwrite, "dataset")
 

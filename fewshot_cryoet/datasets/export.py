@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 
 def export_dataset(
@@ -26,7 +26,7 @@ def export_dataset(
     reporter: Reporter | None = None,
 ) -> Path:
     """Write ``subtomograms/*.mrc``, ``masks/*.mrc`` and ``particles.star`` under ``out``."""
-    from fewshot_cryoet.outputs import AtomicFolder
+    from fewshot_cryoet.core.outputs import AtomicFolder
 
     label = snr_label(parse_snr(snr))
     dataset.volumes(label)  # an SNR the data set lacks is refused before the folder is touched

@@ -28,13 +28,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-import fewshot_cryoet
+from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import RECORDED, DatasetWriter, SubtomogramDataset, check_output_folder, now_iso
 from fewshot_cryoet.datasets.sources.base import ParticleSource, files_digest
 from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.outputs import write_json
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.outputs import write_json
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 #: Particles written between two saves of the progress (a resumed import redoes at most these).
 SAVE_EVERY = 64
@@ -102,7 +102,7 @@ def import_source(source: ParticleSource, out: str | Path, *, invert: bool = Fal
                      "border; their boxes were padded with the region's mean")
     labels = _labels(particles, classes, splits, padded)
     manifest = {
-        "created": now_iso(), "package_version": fewshot_cryoet.__version__, "python": platform.python_version(),
+        "created": now_iso(), "package_version": __version__, "python": platform.python_version(),
         "seed": seed, "particles": len(particles), "snr_levels": [RECORDED],
         "simulation": {"box": box, "voxel_size": voxel_size, "route": "recorded"},
         "source": {**settings, "content_hash": source_hash}, "source_path": str(source.path.resolve()),

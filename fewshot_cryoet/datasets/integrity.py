@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 if TYPE_CHECKING:
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
-from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.core.errors import SettingError
 
 SLICE_NAMES = {"z": "XY", "y": "XZ", "x": "YZ"}
 
@@ -16,7 +16,7 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
     """Write a figure as PNG and close it; an unwritable path is a one-line error."""
     import matplotlib.pyplot as plt
 
-    from fewshot_cryoet.outputs import save_atomic
+    from fewshot_cryoet.core.outputs import save_atomic
 
     title = getattr(fig, "_suptitle", None)
     # Leave room above the axes for a title, so the first row of images never hides it.

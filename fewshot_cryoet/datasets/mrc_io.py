@@ -14,7 +14,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 
 MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs", ".ccp4")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.core.errors import SettingError
 
 
 @dataclass(frozen=True)

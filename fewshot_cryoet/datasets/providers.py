@@ -51,7 +51,7 @@ class DatasetProvider:
         templates = self.make_templates(self.config.voxel_size)
         count, box = len(templates) * self.per_class, self.config.box
         size = count * box**3 * 5  # float32 volumes plus uint8 masks
-        from fewshot_cryoet.reporting import as_reporter
+        from fewshot_cryoet.core.reporting import as_reporter
 
         as_reporter(reporter).log(
             f"first use of {self.name} at SNR {snr_label(snr)}: simulating {len(templates)} classes × {self.per_class} "

@@ -35,8 +35,8 @@ from fewshot_cryoet.datasets.imaging import (
 from fewshot_cryoet.datasets.mrc_io import write_volume
 from fewshot_cryoet.datasets.placement import TemplateBank
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 TOMOGRAM_NAME = "scene"
 
@@ -140,7 +140,7 @@ def image(density: np.ndarray, config: SceneConfig, optics: Microscope | None = 
 def simulate_scene(templates: list[Template], out: str | Path, config: SceneConfig = SceneConfig(),
                    reporter: Reporter | None = None) -> Path:
     """Write a scene (see the module docstring) into the new folder ``out``; returns it."""
-    from fewshot_cryoet.outputs import AtomicFolder
+    from fewshot_cryoet.core.outputs import AtomicFolder
 
     reporter = as_reporter(reporter)
     for t in templates:

@@ -36,7 +36,7 @@ from fewshot_cryoet.datasets.placement import (
     random_rotations,
 )
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 
 Route = Literal["tilt-series", "fourier"]
 #: Settings that take a (min, max) range drawn per particle, besides defocus.

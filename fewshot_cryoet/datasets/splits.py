@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 SPLITS = ("train", "val", "test")
 #: Default fractions (train, val, test): 20 classes → 8 / 4 / 8, enough test classes for 8-way.

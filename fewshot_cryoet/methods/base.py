@@ -25,16 +25,16 @@ import numpy as np
 import torch
 
 from fewshot_cryoet.episodes import Episode, EpisodeSource
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.methods.inputs import (
     INPUT_DEFAULTS, INPUT_RULES, WEDGE_PRESERVING_FLIPS, InputNormalisation, rotated,
 )
-from fewshot_cryoet.params import Param, check_params, timm_optimizers
+from fewshot_cryoet.core.params import Param, check_params, timm_optimizers
 from fewshot_cryoet.segmentation.crf import CRFParams
 
 if TYPE_CHECKING:
-    from fewshot_cryoet.scoring import ValidationScore
-    from fewshot_cryoet.training_state import TrainingState, TrainingStateFile
+    from fewshot_cryoet.evaluation.scoring import ValidationScore
+    from fewshot_cryoet.models.training_state import TrainingState, TrainingStateFile
 
 CHECKPOINT_FORMAT = 1
 
@@ -114,7 +114,7 @@ class FitContext:
     which weights to keep; None without validation classes. ``report(step, score)`` passes the
     selection score on, so a tuner can prune bad trials early. ``calibrate(method)`` returns the
     temperature fitted on the same validation episodes; the base class calls it once a trainable
-    method's fit returns (see ``fewshot_cryoet.calibration``)."""
+    method's fit returns (see ``fewshot_cryoet.evaluation.calibration``)."""
 
     train: EpisodeSource
     validate: Callable[[FewShotMethod], ValidationScore] | None
@@ -132,7 +132,7 @@ class FitContext:
     snapshots: tuple[int, ...] = ()
     snapshot: Callable[[int, FitReport], None] | None = None
     #: Where the training keeps its state so that, interrupted, it resumes where it stopped
-    #: (``fewshot_cryoet.training_state``); None trains from the start every time.
+    #: (``fewshot_cryoet.models.training_state``); None trains from the start every time.
     resume: TrainingStateFile | None = None
 
 
@@ -144,7 +144,7 @@ class FitReport:
     best_validation_accuracy: float | None = None
     best_validation_dice: float | None = None
     skipped_steps: int = 0  # training steps skipped for non-finite gradients
-    temperature: float | None = None  # fitted on validation episodes (see fewshot_cryoet.calibration)
+    temperature: float | None = None  # fitted on validation episodes (see fewshot_cryoet.evaluation.calibration)
     resumed_at: list[int] = field(default_factory=list)  # episodes at which an interrupted training resumed
 
     @classmethod
@@ -187,11 +187,11 @@ class FewShotMethod(ABC):
     score_kind: ClassVar[ScoreKind] = ScoreKind.LOGITS
     #: Confidences are ``softmax(scores / temperature)``. Trainable methods get it fitted on
     #: validation episodes after every fit (saved in the checkpoint); training-free methods keep
-    #: this class value, which should be measured and documented (``fewshot_cryoet.calibration``).
+    #: this class value, which should be measured and documented (``fewshot_cryoet.evaluation.calibration``).
     temperature: float = 1.0
     defaults: ClassVar[dict[str, Any]] = dict(INPUT_DEFAULTS)
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
-    #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.params``); keys without
+    #: Declared type and range per hyper-parameter (see ``fewshot_cryoet.core.params``); keys without
     #: a rule are checked against the type of their default.
     param_rules: ClassVar[dict[str, Param]] = dict(INPUT_RULES)
     #: Hyper-parameters that :meth:`label_for` already shows (not repeated by :meth:`display_label`).
@@ -328,21 +328,21 @@ class FewShotMethod(ABC):
     def save(self, path: str | Path, box: int) -> str:
         """Write a checkpoint (tensors plus JSON-able metadata only, so it loads with
         ``weights_only=True``); returns the file's hash."""
-        import fewshot_cryoet
-        from fewshot_cryoet.checkpoints import write_checkpoint
+        from fewshot_cryoet.core.version import __version__
+        from fewshot_cryoet.models.checkpoints import write_checkpoint
 
         payload = {
             "format": CHECKPOINT_FORMAT, "method": self.name, "variant": self.variant,
             "params": json.loads(json.dumps(self.params, default=str)), "box": box, "state": self.state(),
             "temperature": float(self.temperature),
-            "package_version": fewshot_cryoet.__version__,
+            "package_version": __version__,
         }
         return write_checkpoint(payload, path)
 
     def load(self, path: str | Path, box: int) -> None:
         """Load a checkpoint written by :meth:`save` for the same method, variant and box size
         (the one load path: ``checkpoints.read_checkpoint`` then :meth:`load_payload`)."""
-        from fewshot_cryoet.checkpoints import read_checkpoint
+        from fewshot_cryoet.models.checkpoints import read_checkpoint
 
         self.load_payload(read_checkpoint(path, self.device), path, box)
 
@@ -659,7 +659,7 @@ class TorchMethod(FewShotMethod):
     def _training_state(self, step: int, seconds: float, optimizer, best_state: dict | None, best_score: float,
                         report: FitReport, rng: np.random.Generator) -> TrainingState:
         """What :meth:`fit` needs to carry on after ``step`` episodes exactly as if never stopped."""
-        from fewshot_cryoet.training_state import TrainingState
+        from fewshot_cryoet.models.training_state import TrainingState
 
         def detached(state: dict | None) -> dict | None:
             return None if state is None else {k: v.detach().cpu() for k, v in state.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fewshot_cryoet.hookspecs import hookimpl
+from fewshot_cryoet.plugins.hookspecs import hookimpl
 
 
 @hookimpl

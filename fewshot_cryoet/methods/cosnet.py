@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.params import Param
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
 
 PROFILES = {

@@ -9,7 +9,7 @@ why it is a built-in reference row.
 Confidence: scores are squared distances relative to the query's mean distance, and the fixed
 mapping is ``softmax(scores / 0.17)``: temperatures fitted on 40 validation-class episodes were
 0.13 on the synthetic set at SNR 1000 and 0.17 and 0.22 on the shared templates at SNR 0.5 and
-0.05 (see ``fewshot_cryoet.calibration``).
+0.05 (see ``fewshot_cryoet.evaluation.calibration``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction
-from fewshot_cryoet.params import Param
+from fewshot_cryoet.core.params import Param
 
 
 def radial_profiles(volumes: torch.Tensor, bins: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.params import Param
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
 

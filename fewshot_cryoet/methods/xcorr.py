@@ -18,7 +18,7 @@ Confidence: correlations of different classes differ in the second decimal, so t
 temperature 1 is nearly uniform (0.20 for 8 classes even when right). The fixed mapping is
 ``softmax(correlation / 0.025)``: temperatures fitted on 40 validation-class episodes (5-way,
 5 queries per class) were 0.024 on the synthetic set at SNR 1000, and 0.029, 0.022 and 0.018 on the
-shared templates at SNR 0.5, 0.1 and 0.05 (see ``fewshot_cryoet.calibration``).
+shared templates at SNR 0.5, 0.1 and 0.05 (see ``fewshot_cryoet.evaluation.calibration``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.params import Param
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
 from fewshot_cryoet.methods.so3 import rotation_grid
 

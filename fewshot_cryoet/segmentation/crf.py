@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 
 @dataclass(frozen=True)

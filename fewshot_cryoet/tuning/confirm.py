@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +62,8 @@ def confirm(cls: type[FewShotMethod], settings: TuneSettings, dataset: Subtomogr
             reporter: Reporter | None = None) -> Confirmation:
     """Retrain and score the tuned and the default configuration per seed; see the module."""
     from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
-    from fewshot_cryoet.metrics import paired_comparison, seeds_and_episodes_ci
-    from fewshot_cryoet.runner import fit_context
+    from fewshot_cryoet.evaluation.metrics import paired_comparison, seeds_and_episodes_ci
+    from fewshot_cryoet.evaluation.runner import fit_context
     from fewshot_cryoet.tuning.objective import score_episodes
 
     reporter = as_reporter(reporter)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.tuning.study import TuneSettings, finished_trials
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class TuningObjective:
     def __init__(self, cls: type[FewShotMethod], settings: TuneSettings, dataset: SubtomogramDataset,
                  budget: Budget, device, reporter: Reporter | None = None) -> None:
         from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
-        from fewshot_cryoet.runner import fit_data
+        from fewshot_cryoet.evaluation.runner import fit_data
 
         self.cls, self.settings, self.dataset, self.budget, self.device = cls, settings, dataset, budget, device
         self.reporter = as_reporter(reporter)
@@ -89,7 +89,7 @@ class TuningObjective:
         import optuna
 
         from fewshot_cryoet.methods.base import FitContext
-        from fewshot_cryoet.scoring import validator
+        from fewshot_cryoet.evaluation.scoring import validator
 
         suggested = self.cls.search_space(trial, self.variant_params)
         params = {**self.settings.fixed_params, **suggested}
@@ -132,7 +132,7 @@ def score_episodes(method: FewShotMethod, episodes: list, reporter: Reporter,
                    between: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
     """(accuracy per episode, CRF-refined Dice per episode where the method segments), scored by the
     runner's scorer as fsc bench scores; ``between`` runs before each episode (Ctrl-C checks)."""
-    from fewshot_cryoet.scoring import Scorer
+    from fewshot_cryoet.evaluation.scoring import Scorer
 
     scorer = Scorer(method.crf_params() if method.segments else None, reporter.log)
     accuracies, dices = [], []

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.core.errors import SettingError
 
 if TYPE_CHECKING:
     import optuna
@@ -20,7 +20,7 @@ GRACE_SECONDS = 60
 
 def safe_url(url: str) -> str:
     """The storage URL with every password form masked, for messages (see ``redact``)."""
-    from fewshot_cryoet.redact import mask_secrets
+    from fewshot_cryoet.core.redact import mask_secrets
 
     return mask_secrets(url)
 
@@ -33,7 +33,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     import optuna
     import sqlalchemy.exc
 
-    from fewshot_cryoet.databases import missing_driver, parse_url, unreachable, with_installed_postgres_driver
+    from fewshot_cryoet.core.databases import missing_driver, parse_url, unreachable, with_installed_postgres_driver
 
     parsed = parse_url(url, "storage", "sqlite:///fsc-tune.sqlite or postgresql://user:password@host:5432/db")
     if must_exist and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \

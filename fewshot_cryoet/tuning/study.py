@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.tuning.storage import open_storage, safe_url
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 
 
 @dataclass(frozen=True)

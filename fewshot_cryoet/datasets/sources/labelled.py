@@ -22,7 +22,7 @@ from fewshot_cryoet.datasets.templates import resample
 from fewshot_cryoet.datasets.user_files import (
     CLASS_COLUMNS, PATH_COLUMNS, _column, _read_table, _resolve, fit_box, read_support,
 )
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 #: Header voxel size override, named in errors about files whose header says 0.
 VOXEL_OPTION = "source_voxel_size"

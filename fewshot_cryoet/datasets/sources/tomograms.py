@@ -32,7 +32,7 @@ from fewshot_cryoet.datasets.sources.base import (
 )
 from fewshot_cryoet.datasets.sources.labelled import onto_grid
 from fewshot_cryoet.datasets.user_files import CLASS_COLUMNS
-from fewshot_cryoet.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError, SettingError
 
 VOXEL_COLUMNS = (("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"), ("x", "y", "z"), ("X", "Y", "Z"))
 CENTRED_COLUMNS = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")

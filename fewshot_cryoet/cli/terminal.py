@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.redact import mask_secrets
-from fewshot_cryoet.reporting import Reporter, Task
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.redact import mask_secrets
+from fewshot_cryoet.core.reporting import Reporter, Task
 
 #: Width of output that goes to a file or pipe (nohup, CI logs): wide enough that tables and
 #: paths do not wrap at rich's default of 80 columns.

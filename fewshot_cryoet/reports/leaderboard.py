@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from fewshot_cryoet.datasets.dataset import RECORDED
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.metrics import seeds_and_episodes_ci, significantly_worse
-from fewshot_cryoet.outputs import write_text
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.evaluation.metrics import seeds_and_episodes_ci, significantly_worse
+from fewshot_cryoet.core.outputs import write_text
 
 LEADERBOARD_EPISODES = 600
 
@@ -221,7 +221,7 @@ def per_seed_ranges(a: pd.Series, b: pd.Series) -> str:
 def _tied(best, row, frame: pd.DataFrame | None) -> bool:
     """Whether ``row`` is not significantly worse than ``best``: the paired Wilcoxon test on their
     common episodes when both were scored on the same episodes, else the unpaired interval test."""
-    from fewshot_cryoet.metrics import paired_comparison
+    from fewshot_cryoet.evaluation.metrics import paired_comparison
 
     same_episodes = all(best[k] == row[k] for k in EPISODE_SET)
     if frame is not None and same_episodes:
@@ -273,7 +273,7 @@ def compare(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     episodes both were scored on: means, the mean paired difference ± 95% CI, the Wilcoxon
     p-value and the verdict ("tie" unless p < 0.05), and, where a row has several training seeds,
     the range of its per-seed means (see :func:`per_seed_ranges`)."""
-    from fewshot_cryoet.metrics import paired_comparison
+    from fewshot_cryoet.evaluation.metrics import paired_comparison
 
     summary = summarise(frame)
     frame = _distinct_labels(_filled(frame))
@@ -594,7 +594,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                       f"Expected calibration error (ECE, {CALIBRATION_BINS} confidence bins): how far the stated "
                       "confidence (the predicted class's probability, softmax(scores / T)) is from the accuracy. "
                       "T is fitted on validation-class episodes after training for trained methods and a fixed, "
-                      "measured value for training-free ones (`fewshot_cryoet.calibration`). 0 is perfect; mean "
+                      "measured value for training-free ones (`fewshot_cryoet.evaluation.calibration`). 0 is perfect; mean "
                       "confidence below accuracy means the row understates itself.", "",
                       calibrated.to_markdown(index=False, floatfmt=".3f"), ""]
             write_text(out / "calibration.csv", calibrated.to_csv(index=False))

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot_cryoet.errors import SettingError
-from fewshot_cryoet.redact import mask_secrets
+from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.core.redact import mask_secrets
 
 #: The store ``fsc bench`` and ``fsc leaderboard`` use when none is given.
 DEFAULT_STORE = "fsc-results.sqlite"
@@ -60,7 +60,7 @@ class StoreLocation:
 def locate(store: str | Path | StoreLocation) -> StoreLocation:
     """Parse ``--store``: a path (or ``sqlite:///path``) is a SQLite file; ``postgresql://`` (with or
     without a ``+driver``) a server; any other scheme is refused, naming the option."""
-    from fewshot_cryoet.databases import display, parse_url, with_installed_postgres_driver
+    from fewshot_cryoet.core.databases import display, parse_url, with_installed_postgres_driver
 
     if isinstance(store, StoreLocation):
         return store

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.redact import mask_secrets
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.redact import mask_secrets
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL

@@ -15,20 +15,20 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-import fewshot_cryoet
+from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet import api
-from fewshot_cryoet.cli_options import (
+from fewshot_cryoet.cli.options import (
     data_options, method_options, out_options, parse_list, parse_range, parse_value_or_range, queries_per_class_option,
     run_options, snrs, store_option,
 )
-from fewshot_cryoet.terminal import (
+from fewshot_cryoet.cli.terminal import (
     RichReporter, console, error_text, make_console, print_error, print_table, print_warning, progress_bars, say,
 )
 from fewshot_cryoet.datasets.presets import PRESETS
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
-from fewshot_cryoet.store import STALE_SECONDS
-from fewshot_cryoet.store_location import StoreLocation, locate
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
+from fewshot_cryoet.results.store import STALE_SECONDS
+from fewshot_cryoet.results.location import StoreLocation, locate
 
 
 class Terminated(KeyboardInterrupt):
@@ -93,7 +93,7 @@ class FscGroup(click.Group):
 
 
 @click.group(cls=FscGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(fewshot_cryoet.__version__, prog_name="fsc")
+@click.version_option(__version__, prog_name="fsc")
 def main() -> None:
     """fewshot-cryoet: few-shot classification and segmentation benchmarks for cryo-ET."""
 
@@ -353,7 +353,7 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
           train_dataset, allow_class_overlap, seed_texts, workers, no_crf, archive, status) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite or
     PostgreSQL store, which several workers may share."""
-    from fewshot_cryoet.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
+    from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, accuracy_table, domain, summarise
 
     out = make_console()
     location = locate(store)  # a malformed or unsupported --store is refused before anything starts
@@ -444,7 +444,7 @@ def leaderboard(store, out, compare) -> None:
         a, b = compare
         print_table(api.compare(store, a, b), f"{a} against {b} (paired Wilcoxon on the same episodes, α = 0.05)")
         return
-    from fewshot_cryoet.reporting import CallbackReporter
+    from fewshot_cryoet.core.reporting import CallbackReporter
 
     for path in api.leaderboard(store, out, reporter=CallbackReporter(on_progress=None, on_log=say)):
         say(f"wrote {path}")
@@ -453,8 +453,8 @@ def leaderboard(store, out, compare) -> None:
 def _add_commands() -> None:
     """The built-in commands of other modules, then plugins' commands (``fsc_add_cli_commands``);
     a plugin that fails to load or to add commands is reported, never fatal."""
-    from fewshot_cryoet.cli_models import predict, train
-    from fewshot_cryoet.cli_tune import tune
+    from fewshot_cryoet.cli.models import predict, train
+    from fewshot_cryoet.cli.tune import tune
     from fewshot_cryoet.plugins import get_plugins
 
     for command in (tune, train, predict):

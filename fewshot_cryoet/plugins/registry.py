@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 T = TypeVar("T")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from fewshot_cryoet import api
-from fewshot_cryoet.cli_options import (
+from fewshot_cryoet.cli.options import (
     data_options, method_options, method_params, out_options, parse_list, queries_per_class_option, run_options,
 )
-from fewshot_cryoet.terminal import RichReporter, print_warning, progress_bars, say
+from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_bars, say
 
 
 @click.command()

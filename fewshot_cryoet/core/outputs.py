@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fewshot_cryoet.errors import SettingError
+from fewshot_cryoet.core.errors import SettingError
 
 #: The marker file written into every model, predictions and export folder.
 MARKER = ".fsc-output.json"
@@ -246,13 +246,13 @@ class AtomicFolder:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def commit(self, extra: dict[str, Any] | None = None) -> Path:
-        import fewshot_cryoet
+        from fewshot_cryoet.core.version import __version__
 
         (self.tmp / RESUMABLE).unlink(missing_ok=True)  # a finished folder is not a partial one
         if self.marker:
             entries = sorted(self.tmp.rglob("*"))
             write_json(self.tmp / MARKER, {
-                "kind": self.kind, "package_version": fewshot_cryoet.__version__,
+                "kind": self.kind, "package_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": [p.relative_to(self.tmp).as_posix() for p in entries if p.is_file()],
                 "folders": [p.relative_to(self.tmp).as_posix() for p in entries if p.is_dir()], **(extra or {}),

@@ -35,10 +35,10 @@ from fewshot_cryoet.datasets.user_files import (
     PATH_COLUMNS, Geometry, Preparer, SupportSet, _box_text, _column, _mrc_files,
     _read_table, _resolve, fit_box,
 )
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.reporting import Reporter, as_reporter
-from fewshot_cryoet.calibration import class_probabilities
-from fewshot_cryoet.scoring import Scorer
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.evaluation.calibration import class_probabilities
+from fewshot_cryoet.evaluation.scoring import Scorer
 
 SUMMARY_EXAMPLES = 4
 
@@ -144,7 +144,7 @@ def predict_folder(method, support: SupportSet, queries: pd.DataFrame, query_pat
                    overwrite: bool = False) -> PredictSummary:
     """Run the whole prediction into ``out`` (atomically; only a predictions folder we wrote is
     ever replaced)."""
-    from fewshot_cryoet.outputs import AtomicFolder
+    from fewshot_cryoet.core.outputs import AtomicFolder
 
     if options.on_error not in ON_ERROR:
         raise SettingError("on_error", f"on_error {options.on_error!r}: use one of {', '.join(ON_ERROR)}")

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.outputs import save_atomic
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.outputs import save_atomic
 
 
 def _numpy_globals() -> list:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 #: Written into every state file; a file without it at a state file's path is not ours.
 MARKER = "fewshot-cryoet training state"
@@ -78,7 +78,7 @@ class TrainingStateFile:
 
     def save(self, state: TrainingState) -> None:
         """Write the state atomically (an interruption while writing keeps the previous one)."""
-        from fewshot_cryoet.outputs import save_atomic
+        from fewshot_cryoet.core.outputs import save_atomic
 
         if not self._ours and self.path.exists():
             self._read()  # refuses to replace a file that is not this training's state

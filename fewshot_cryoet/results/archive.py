@@ -30,8 +30,8 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from fewshot_cryoet.errors import SettingError
-from fewshot_cryoet.store import Cell, ResultsStore
+from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.results.store import Cell, ResultsStore
 
 MARKER = "fsc-results-archive.json"
 FORMAT = "fsc-results-archive"

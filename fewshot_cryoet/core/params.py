@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 KINDS = ("int", "float", "str", "bool", "ints")
 

@@ -38,10 +38,10 @@ import pandas as pd
 import sqlalchemy
 from sqlalchemy import text
 
-from fewshot_cryoet.databases import first_line, missing_driver, unreachable
-from fewshot_cryoet.errors import SettingError
-from fewshot_cryoet.store_location import StoreLocation, locate
-from fewshot_cryoet.store_schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
+from fewshot_cryoet.core.databases import first_line, missing_driver, unreachable
+from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.results.location import StoreLocation, locate
+from fewshot_cryoet.results.schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
 
 #: A claim whose heartbeat is older than this (seconds) is taken over by another process (a
 #: process of the same host that is gone loses it at once).
@@ -139,7 +139,7 @@ class ResultsStore:
             if not path.exists():
                 if not create:
                     raise SettingError("store", f"store {path}: no such results store; run bench first")
-                from fewshot_cryoet.outputs import check_writable_parent
+                from fewshot_cryoet.core.outputs import check_writable_parent
 
                 check_writable_parent(path, "store")
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.core.errors import FscError
 
 MODEL_FORMAT = 1
 
@@ -44,7 +44,7 @@ class ModelCard:
 def save_model(method, card: ModelCard, out: Path, overwrite: bool = False) -> Path:
     """Write ``out/model.json`` and ``out/weights.pt`` atomically (see ``outputs.AtomicFolder``:
     only a model folder we wrote is ever replaced)."""
-    from fewshot_cryoet.outputs import AtomicFolder, write_json
+    from fewshot_cryoet.core.outputs import AtomicFolder, write_json
 
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S")
     with AtomicFolder(Path(out), "model", overwrite) as folder:
@@ -57,7 +57,7 @@ def save_model(method, card: ModelCard, out: Path, overwrite: bool = False) -> P
 def load_model(folder: Path, device: str | torch.device = "cpu"):
     """(method ready to predict, its card); refuses folders from a newer format or another
     package's files with a one-line error naming the folder."""
-    import fewshot_cryoet
+    from fewshot_cryoet.core.version import __version__
     from fewshot_cryoet.plugins import require_methods
 
     folder = Path(folder)
@@ -71,14 +71,14 @@ def load_model(folder: Path, device: str | torch.device = "cpu"):
         raise FscError(f"{card_path}: unreadable model description ({exc})") from None
     if card.format > MODEL_FORMAT:
         raise FscError(f"{folder}: model format {card.format} was written by a newer fewshot-cryoet "
-                       f"({card.package_version}); this is {fewshot_cryoet.__version__} (format {MODEL_FORMAT}): upgrade")
+                       f"({card.package_version}); this is {__version__} (format {MODEL_FORMAT}): upgrade")
     cls = require_methods([card.method])[0]
     unknown = sorted(set(card.params) - set(cls.defaults))
     if unknown:
         raise FscError(f"{card_path}: hyper-parameters {', '.join(unknown)} are unknown to {card.method} "
-                       f"in this version ({fewshot_cryoet.__version__}); was the model made by another version?")
+                       f"in this version ({__version__}); was the model made by another version?")
     if cls.trainable:
-        from fewshot_cryoet.checkpoints import method_from_payload, read_checkpoint
+        from fewshot_cryoet.models.checkpoints import method_from_payload, read_checkpoint
 
         weights = folder / "weights.pt"
         if not weights.exists():
@@ -89,6 +89,6 @@ def load_model(folder: Path, device: str | torch.device = "cpu"):
         method = cls(card.params, card.variant, device)
     if card.normalisation != method.inputs.describe():  # the card's words must be what this code does
         raise FscError(f"{folder}: model expects volumes normalised as {card.normalisation!r}, which this "
-                       f"version ({fewshot_cryoet.__version__}) cannot apply; use the version that made it "
+                       f"version ({__version__}) cannot apply; use the version that made it "
                        f"({card.package_version})")
     return method, card

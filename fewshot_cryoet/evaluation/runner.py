@@ -16,19 +16,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-import fewshot_cryoet
+from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
 from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.calibration import temperature_fitter
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.evaluation.calibration import temperature_fitter
 from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
-from fewshot_cryoet.reporting import Reporter, as_reporter
-from fewshot_cryoet.scoring import Scorer, validator
-from fewshot_cryoet.checkpoints import file_hash
-from fewshot_cryoet.outputs import write_json
-from fewshot_cryoet.training_state import TrainingStateFile
-from fewshot_cryoet.results_archive import ResultsArchive
-from fewshot_cryoet.store import Cell, ResultsStore
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.evaluation.scoring import Scorer, validator
+from fewshot_cryoet.models.checkpoints import file_hash
+from fewshot_cryoet.core.outputs import write_json
+from fewshot_cryoet.models.training_state import TrainingStateFile
+from fewshot_cryoet.results.archive import ResultsArchive
+from fewshot_cryoet.results.store import Cell, ResultsStore
 
 #: Validation episodes used for model selection (from validation classes only).
 VALIDATION_EPISODES = 40
@@ -571,5 +571,5 @@ class Runner:
             fit_episodes=report.episodes if method.trainable else None,
             fit_examples=report.examples if method.trainable else None,
             val_accuracy=report.best_validation_accuracy, device=str(self.device),
-            package_version=fewshot_cryoet.__version__, plugin=spec.origin, checkpoint=checkpoint,
+            package_version=__version__, plugin=spec.origin, checkpoint=checkpoint,
         )

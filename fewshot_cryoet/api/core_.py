@@ -3,7 +3,7 @@
 Functions take plain Python values (numbers, lists, paths, method names) or objects
 (:class:`SubtomogramDataset`, :class:`MethodSpec`), return data (a pandas DataFrame, a
 :class:`ModelCard`, an ``optuna.Study``), raise :class:`FscError` for bad input, and report progress
-through an optional :class:`~fewshot_cryoet.reporting.Reporter` (silent by default; the command line
+through an optional :class:`~fewshot_cryoet.core.reporting.Reporter` (silent by default; the command line
 passes one that draws rich progress bars)::
 
     from fewshot_cryoet import api
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
-from fewshot_cryoet.errors import FscError, SettingError
-from fewshot_cryoet.reporting import Reporter, as_reporter
-from fewshot_cryoet.store_location import DEFAULT_STORE
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.results.location import DEFAULT_STORE
 from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from fewshot_cryoet.datasets.providers import DatasetProvider
     from fewshot_cryoet.datasets.simulate import SimulationConfig
     from fewshot_cryoet.datasets.templates import Template
-    from fewshot_cryoet.model_dir import ModelCard
-    from fewshot_cryoet.runner import MethodSpec
+    from fewshot_cryoet.models.model_dir import ModelCard
+    from fewshot_cryoet.evaluation.runner import MethodSpec
 
 #: Subtomograms per class when a data set is simulated on demand and none is asked for.
 DEFAULT_PER_CLASS = 100
@@ -52,7 +52,7 @@ def method_specs(methods: str | Sequence[str], params: dict[str, dict[str, Any]]
     ``tuned`` source (``best:STUDY`` in ``storage``, or a file from ``fsc tune export``) gives its
     method/variant the tuned values (explicit ``params`` still win)."""
     from fewshot_cryoet.plugins import get_plugins, require_methods
-    from fewshot_cryoet.runner import MethodSpec
+    from fewshot_cryoet.evaluation.runner import MethodSpec
 
     entries = [e.strip() for e in (methods.split(",") if isinstance(methods, str) else methods) if e.strip()]
     if not entries:
@@ -317,16 +317,16 @@ def show(dataset: str | Path | SubtomogramDataset, out: str | Path = "montage.pn
     data = open_dataset(dataset)
     if model is None:
         return draw_montage(data, out, snr, per_class, axis)
-    from fewshot_cryoet.figures import draw_segmentations
+    from fewshot_cryoet.reports.figures import draw_segmentations
 
     return draw_segmentations(data, load_method(model, device), out, snr)
 
 
 def load_method(path: str | Path, device: str = "auto"):
     """A trained method from a model folder (``fsc train``) or a checkpoint file (``<store>.models``)."""
-    from fewshot_cryoet.checkpoints import load_method as from_checkpoint
-    from fewshot_cryoet.model_dir import load_model
-    from fewshot_cryoet.runner import resolve_device
+    from fewshot_cryoet.models.checkpoints import load_method as from_checkpoint
+    from fewshot_cryoet.models.model_dir import load_model
+    from fewshot_cryoet.evaluation.runner import resolve_device
 
     path = Path(path)
     if path.is_dir():
@@ -375,14 +375,14 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     raw Dice are the same, and scoring takes a fraction of the time. A cell is scored with the
     CRF or without it throughout; resuming it the other way is refused.
 
-    ``archive``: a folder (:mod:`~fewshot_cryoet.results_archive`) that receives each model's
+    ``archive``: a folder (:mod:`~fewshot_cryoet.results.archive`) that receives each model's
     cells once all are scored, and whose cells are loaded into the store first, so that a run
     carried by machines that do not keep their disks continues from a committed folder."""
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.results_archive import ResultsArchive
-    from fewshot_cryoet.runner import BenchSettings, Level, Runner
-    from fewshot_cryoet.store import STALE_SECONDS, ResultsStore
+    from fewshot_cryoet.results.archive import ResultsArchive
+    from fewshot_cryoet.evaluation.runner import BenchSettings, Level, Runner
+    from fewshot_cryoet.results.store import STALE_SECONDS, ResultsStore
 
     specs = _specs(methods, params, tuned, storage)
     if episodes < 1 or queries_per_class < 1:
@@ -442,7 +442,7 @@ def curve_order(budgets: list) -> list[tuple]:
 
 
 def _specs(methods, params, tuned, storage) -> list[MethodSpec]:
-    from fewshot_cryoet.runner import MethodSpec
+    from fewshot_cryoet.evaluation.runner import MethodSpec
 
     if not isinstance(methods, str) and methods and all(isinstance(m, MethodSpec) for m in methods):
         return list(methods)
@@ -466,13 +466,13 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
     default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
     ``imaging="default"`` simulates the default microscope instead."""
-    import fewshot_cryoet
+    from fewshot_cryoet.core.version import __version__
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.model_dir import ModelCard, save_model
-    from fewshot_cryoet.outputs import check_output_folder
-    from fewshot_cryoet.runner import fit_context, resolve_device
-    from fewshot_cryoet.training_state import TrainingStateFile
+    from fewshot_cryoet.models.model_dir import ModelCard, save_model
+    from fewshot_cryoet.core.outputs import check_output_folder
+    from fewshot_cryoet.evaluation.runner import fit_context, resolve_device
+    from fewshot_cryoet.models.training_state import TrainingStateFile
 
     from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
@@ -508,7 +508,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     for level in levels[1:]:
         source.at(level, reporter)  # each level must be in the data set
     instance = spec.cls(spec.params, spec.variant, torch_device)
-    # Interrupted, the same command resumes from this file (fewshot_cryoet.training_state); it is
+    # Interrupted, the same command resumes from this file (fewshot_cryoet.models.training_state); it is
     # named after the model folder and removed once the folder is written.
     identity = (f"{instance.name}-{instance.variant}-{instance.params_hash()}-{budget_}-{data.content_hash}-"
                 f"{','.join(snr_label(s) for s in levels)}-{seed}-{queries_per_class}q")
@@ -521,7 +521,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     card = ModelCard(
         method=instance.name, variant=instance.variant, params=instance.params, box=data.box,
         voxel_size=data.voxel_size, normalisation=instance.inputs.describe(), dataset=source.name, dataset_hash=data.content_hash,
-        snr=",".join(snr_label(s) for s in levels), budget=str(budget_), package_version=fewshot_cryoet.__version__,
+        snr=",".join(snr_label(s) for s in levels), budget=str(budget_), package_version=__version__,
         train_classes=list(context.train.classes), fit={**asdict(report), "label": spec.label or instance.label},
     )
     save_model(instance, card, Path(out), overwrite)
@@ -541,7 +541,7 @@ def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | No
     from fewshot_cryoet import tuning
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.runner import resolve_device
+    from fewshot_cryoet.evaluation.runner import resolve_device
 
     entry = method if variant is None else f"{method.split('/', 1)[0]}/{variant}"
     spec = method_specs([entry], {entry.split("/")[0]: params} if params else None)[0]
@@ -597,7 +597,7 @@ def confirm_tuning(study: str, *, seeds: Sequence[int] = (0, 1, 2), episodes: in
     from fewshot_cryoet import tuning
     from fewshot_cryoet.datasets.dataset import parse_snr
     from fewshot_cryoet.methods.base import Budget
-    from fewshot_cryoet.runner import resolve_device
+    from fewshot_cryoet.evaluation.runner import resolve_device
     from fewshot_cryoet.tuning.confirm import confirm
 
     seeds = list(seeds)
@@ -626,7 +626,7 @@ def confirm_tuning(study: str, *, seeds: Sequence[int] = (0, 1, 2), episodes: in
 def export_tuned(study: str, out: str | Path, storage: str = DEFAULT_STORAGE):
     """Write a study's best trial to a params file (for ``bench(tuned=[file])``); returns it."""
     from fewshot_cryoet import tuning
-    from fewshot_cryoet.outputs import check_writable_parent, write_text
+    from fewshot_cryoet.core.outputs import check_writable_parent, write_text
 
     out = Path(out)
     if out.is_dir():
@@ -647,13 +647,13 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     trained ``model`` folder or a training-free ``method``; writes ``out`` and returns its
     predictions table (skipped queries in ``frame.attrs["skipped"]``)."""
     from fewshot_cryoet.datasets.mrc_io import read_volume
-    from fewshot_cryoet.model_dir import load_model
-    from fewshot_cryoet.outputs import check_output_folder
+    from fewshot_cryoet.models.model_dir import load_model
+    from fewshot_cryoet.core.outputs import check_output_folder
     from fewshot_cryoet.datasets.user_files import VOXEL_SIZE_SETTING, Preparer, read_support
-    from fewshot_cryoet.predict import (
+    from fewshot_cryoet.inference.predict import (
         PredictOptions, check_files_exist, duplicate_queries, predict_folder, read_queries,
     )
-    from fewshot_cryoet.runner import resolve_device
+    from fewshot_cryoet.evaluation.runner import resolve_device
 
     if (model is None) == (method is None):
         raise SettingError("model", "model and method are alternatives: give a model folder (fsc train) or a "
@@ -700,7 +700,7 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
     default they go to ``leaderboards/<data set name>/`` (the store's name when it holds several
     test data sets), so two stores never overwrite each other's tables. Rows an older version
     wrote without training seeds are read as trained with the episode seed, and that is said."""
-    from fewshot_cryoet.leaderboard import render
+    from fewshot_cryoet.reports.leaderboard import render
 
     with _existing_store(store) as results:
         frame = results.frame()
@@ -753,7 +753,7 @@ def bench_status(store: str | Path = DEFAULT_STORE) -> tuple[pd.DataFrame, pd.Da
 @contextmanager
 def _existing_store(store: str | Path):
     """A results store that must exist already (reading never creates one), closed afterwards."""
-    from fewshot_cryoet.store import ResultsStore
+    from fewshot_cryoet.results.store import ResultsStore
 
     with ResultsStore(store, create=False) as results:
         yield results
@@ -762,7 +762,7 @@ def _existing_store(store: str | Path):
 def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
     """One method (a label, or a method name with one row) against another, cell by cell, on the
     episodes both were scored on: the paired difference, its CI and a Wilcoxon test."""
-    from fewshot_cryoet.leaderboard import compare as compare_rows
+    from fewshot_cryoet.reports.leaderboard import compare as compare_rows
 
     with _existing_store(store) as results:
         return compare_rows(results.frame(), a, b)

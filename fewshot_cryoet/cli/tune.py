@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from fewshot_cryoet import api
-from fewshot_cryoet.cli_options import (
+from fewshot_cryoet.cli.options import (
     data_options, device_option, method_params, parse_list, queries_per_class_option, run_options, storage_option,
 )
-from fewshot_cryoet.terminal import RichReporter, print_table, print_warning, progress_bars, say
+from fewshot_cryoet.cli.terminal import RichReporter, print_table, print_warning, progress_bars, say
 from fewshot_cryoet.tuning import OBJECTIVES, PRUNERS, SAMPLERS
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from fewshot_cryoet.errors import FscError
-from fewshot_cryoet.store_location import DEFAULT_STORE
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.results.location import DEFAULT_STORE
 from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 
