@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.methods.base import cpu_has_bf16
+from fewshot_cryoet.methods.torch_method import cpu_has_bf16
 from fewshot_cryoet.methods.cosnet import COSNet, PublishedNetwork
 
 

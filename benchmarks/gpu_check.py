@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fewshot_cryoet import api  # noqa: E402
 from fewshot_cryoet.datasets.simulate import SimulationConfig  # noqa: E402
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes  # noqa: E402
-from fewshot_cryoet.methods.base import Budget  # noqa: E402
+from fewshot_cryoet.core.types import Budget  # noqa: E402
 from fewshot_cryoet.plugins import get_plugins  # noqa: E402
 from fewshot_cryoet.evaluation.runner import fit_context  # noqa: E402
 

@@ -7,12 +7,12 @@ The package's layers, bottom to top, are its subpackages (DESIGN.md draws the ma
 
 from __future__ import annotations
 
-from fewshot_cryoet import _moved
+from fewshot_cryoet.core import moved
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.plugins.hookspecs import hookimpl
 
-_moved.install()  # old module paths (fewshot_cryoet.store, ...) keep working for one release
+moved.install()  # old module paths (fewshot_cryoet.store, ...) keep working for one release
 
 __all__ = ["Budget", "Episode", "FewShotMethod", "FscError", "Prediction", "__version__", "hookimpl"]
 

@@ -22,7 +22,8 @@ from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.datasets.synthetic import synthetic_templates
 from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, ScoreKind
+from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.methods.base import FewShotMethod, FitContext, ScoreKind
 from fewshot_cryoet.evaluation.scoring import validator
 
 

@@ -10,7 +10,7 @@ import torch
 from fewshot_cryoet import FscError
 from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.reports.leaderboard import render
-from fewshot_cryoet.methods.base import Budget
+from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.methods.cosnet import COSNet, DuSE
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.core.reporting import CallbackReporter
@@ -216,7 +216,7 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
 
 
 def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
-    from fewshot_cryoet.methods.base import Budget, FitContext
+    from fewshot_cryoet.core.types import Budget, FitContext
     from fewshot_cryoet.evaluation.runner import validation_episodes
 
     validation = validator(validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True))

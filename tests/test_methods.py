@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.methods.base import Budget
+from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.siamese import Siamese
 from fewshot_cryoet.methods.so3 import mean_nearest_neighbour_angle, rotation_grid

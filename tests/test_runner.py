@@ -15,7 +15,8 @@ import torch
 
 from fewshot_cryoet import FscError
 from fewshot_cryoet.reports.leaderboard import render
-from fewshot_cryoet.methods.base import Budget, Prediction
+from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.methods.base import Prediction
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.core.reporting import CallbackReporter

@@ -9,7 +9,7 @@ import torch
 
 from fewshot_cryoet import FscError
 from fewshot_cryoet.models.checkpoints import file_hash, read_checkpoint
-from fewshot_cryoet.methods.base import Budget
+from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.methods.cosnet import COSNet
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.core.reporting import CallbackReporter

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from fewshot_cryoet import api, tuning
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.methods.base import Budget, FewShotMethod
+from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.methods.base import FewShotMethod
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.results.store import ResultsStore
 

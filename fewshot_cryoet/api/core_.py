@@ -379,7 +379,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     cells once all are scored, and whose cells are loaded into the store first, so that a run
     carried by machines that do not keep their disks continues from a committed folder."""
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.results.archive import ResultsArchive
     from fewshot_cryoet.evaluation.runner import BenchSettings, Level, Runner
     from fewshot_cryoet.results.store import STALE_SECONDS, ResultsStore
@@ -468,7 +468,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     ``imaging="default"`` simulates the default microscope instead."""
     from fewshot_cryoet.core.version import __version__
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.models.model_dir import ModelCard, save_model
     from fewshot_cryoet.core.outputs import check_output_folder
     from fewshot_cryoet.evaluation.runner import fit_context, resolve_device
@@ -540,7 +540,7 @@ def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | No
     an Optuna study; running it again continues the study up to ``trials`` finished trials."""
     from fewshot_cryoet import tuning
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.evaluation.runner import resolve_device
 
     entry = method if variant is None else f"{method.split('/', 1)[0]}/{variant}"
@@ -596,7 +596,7 @@ def confirm_tuning(study: str, *, seeds: Sequence[int] = (0, 1, 2), episodes: in
     The data must be the study's own (checked by hash)."""
     from fewshot_cryoet import tuning
     from fewshot_cryoet.datasets.dataset import parse_snr
-    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.evaluation.runner import resolve_device
     from fewshot_cryoet.tuning.confirm import confirm
 

@@ -44,7 +44,7 @@ def train(methods, param_texts, tuned, storage, variant, dataset, templates, tes
                          per_class=per_class, snr=levels if len(levels) > 1 else levels[0], budget=budget, queries_per_class=queries_per_class,
                          seed=seed, device=device, overwrite=overwrite, inputs=inputs, imaging=imaging,
                          reporter=RichReporter(progress))
-    from fewshot_cryoet.methods.base import FitReport
+    from fewshot_cryoet.core.types import FitReport
 
     say(f"{card.fit['label']}: {FitReport.from_dict(card.fit).describe()}; model in {out}")
 

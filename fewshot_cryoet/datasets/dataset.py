@@ -32,13 +32,10 @@ import pandas as pd
 
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.outputs import write_json
+from fewshot_cryoet.datasets.layout import LABELS, MANIFEST, MASKS, VOLUMES_DIR, feed, file_blake2b
 
 FORMAT = "fewshot-cryoet-dataset"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-LABELS = "labels.csv"
-MASKS = "masks.npy"
-VOLUMES_DIR = "volumes"
 
 
 #: The one level of data imported from a microscope (``fsc import``): its SNR is unknown, so it is
@@ -90,21 +87,8 @@ def files_hash(folder: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for path in data_files(folder):
         digest.update(path.relative_to(folder).as_posix().encode())
-        _feed(digest, path)
+        feed(digest, path)
     return digest.hexdigest()
-
-
-def _feed(digest, path: Path):
-    """``digest`` updated with a file's bytes, read in chunks (volumes can be gigabytes)."""
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest
-
-
-def file_blake2b(path: Path, digest_size: int = 16) -> str:
-    """BLAKE2b of one file's bytes."""
-    return _feed(hashlib.blake2b(digest_size=digest_size), path).hexdigest()
 
 
 def definition_hash(manifest: dict) -> str:

@@ -8,14 +8,30 @@ inflate scores), a truncated ``.npy`` file, missing label rows, damaged masks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.datasets.layout import LABELS, MASKS, VOLUMES_DIR, file_blake2b
 
-if TYPE_CHECKING:
-    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+
+class SubtomogramDataset(Protocol):
+    """What the checks read of a data set (``datasets.dataset.SubtomogramDataset`` has it all);
+    a protocol, so the reader can run these checks without the two importing each other."""
+
+    path: Path
+    manifest: dict[str, Any]
+    splits: dict[str, list[str]]
+    content_hash: str
+    box: int
+    snr_labels: list[str]
+    masks: np.ndarray | None
+    labels: pd.DataFrame
+
+    def __len__(self) -> int: ...
 
 #: Masks are checked in chunks of this many particles (bounded memory).
 MASK_CHUNK = 256
@@ -74,8 +90,6 @@ def _npy_shape(path, option_name: str, dataset: SubtomogramDataset) -> tuple[tup
 
 
 def _check_arrays(dataset: SubtomogramDataset) -> None:
-    from fewshot_cryoet.datasets.dataset import MASKS, VOLUMES_DIR
-
     n, box = len(dataset), dataset.box
     expected = (n, box, box, box)
     recorded = dataset.manifest.get("files", {})
@@ -99,8 +113,6 @@ def _check_arrays(dataset: SubtomogramDataset) -> None:
 
 
 def _check_labels(dataset: SubtomogramDataset) -> None:
-    from fewshot_cryoet.datasets.dataset import LABELS, file_blake2b
-
     path = dataset.path / LABELS
     if not path.is_file():
         raise FscError(f"{path}: is missing; the data set is incomplete, re-run fsc simulate")

@@ -21,7 +21,8 @@ from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
 from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.evaluation.calibration import temperature_fitter
-from fewshot_cryoet.methods.base import Budget, FewShotMethod, FitContext, FitReport
+from fewshot_cryoet.core.types import Budget, FitReport
+from fewshot_cryoet.methods.base import FewShotMethod, FitContext
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.evaluation.scoring import Scorer, validator
 from fewshot_cryoet.models.checkpoints import file_hash

@@ -10,7 +10,6 @@ stands, and its refined Dice is missing rather than invented). Methods only pred
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,9 +17,10 @@ import torch
 
 from fewshot_cryoet.evaluation.calibration import class_probabilities
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.types import ValidationScore
 from fewshot_cryoet.evaluation.metrics import dice, episode_accuracy
 from fewshot_cryoet.segmentation.crf import CRFParams, refine
-from fewshot_cryoet.results.store import EpisodeResult
+from fewshot_cryoet.results.rows import EpisodeResult
 
 #: Foreground probability above which a voxel is in the raw mask.
 RAW_THRESHOLD = 0.5
@@ -107,21 +107,6 @@ class Scorer:
         result.query_dice = [(q, episode.classes[labels[q]], float(values[q]), refined_values[q])
                              for q in range(n_query)]
         return result
-
-
-@dataclass
-class ValidationScore:
-    """What model selection sees after validation episodes: accuracy and mean raw Dice (None when
-    the method does not segment or the episodes have no masks)."""
-
-    accuracy: float
-    dice: float | None = None
-
-    @property
-    def selection(self) -> float:
-        """Segmenting methods are selected on (accuracy + Dice) / 2: accuracy alone plateaus within
-        ~200 episodes and would keep a barely trained decoder."""
-        return self.accuracy if self.dice is None else (self.accuracy + self.dice) / 2
 
 
 def validator(episodes: list) -> Callable[[object], ValidationScore] | None:

@@ -9,32 +9,27 @@ only predict. :class:`TorchMethod` adds the shared episodic training loop for ne
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
-import re
-import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import numpy as np
 import torch
 
 from fewshot_cryoet.episodes import Episode, EpisodeSource
-from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.types import Budget, FitReport, ValidationScore
 from fewshot_cryoet.methods.inputs import (
     INPUT_DEFAULTS, INPUT_RULES, WEDGE_PRESERVING_FLIPS, InputNormalisation, rotated,
 )
-from fewshot_cryoet.core.params import Param, check_params, timm_optimizers
+from fewshot_cryoet.core.params import Param, check_params
 from fewshot_cryoet.segmentation.crf import CRFParams
 
 if TYPE_CHECKING:
-    from fewshot_cryoet.evaluation.scoring import ValidationScore
-    from fewshot_cryoet.models.training_state import TrainingState, TrainingStateFile
+    from fewshot_cryoet.models.training_state import TrainingStateFile
 
 CHECKPOINT_FORMAT = 1
 
@@ -54,56 +49,6 @@ class Prediction:
 
     scores: torch.Tensor
     probabilities: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much training a method may do: a number of training episodes and/or minutes."""
-
-    episodes: int | None = None
-    minutes: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        """``10m``, ``90s``, ``1.5h``, ``500ep`` or ``500ep,10m`` (whichever ends first)."""
-        episodes = minutes = None
-        for part in [p.strip() for p in str(text).split(",") if p.strip()]:
-            match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ep|episodes|s|m|min|h)?", part)
-            if not match:
-                raise SettingError("budget", f"budget {text!r}: use e.g. 10m, 90s, 1h, 500ep or 500ep,10m")
-            value, unit = float(match.group(1)), match.group(2) or "m"
-            if unit in ("ep", "episodes"):
-                episodes = int(value)
-            else:
-                minutes = value * {"s": 1 / 60, "m": 1, "min": 1, "h": 60}[unit]
-        if episodes is None and minutes is None:
-            raise SettingError("budget", f"budget {text!r}: give a number of episodes and/or a time")
-        if episodes == 0 or minutes == 0:
-            raise SettingError("budget", f"budget {text!r}: a zero budget would score an untrained network; give a positive one")
-        return cls(episodes, minutes)
-
-    @classmethod
-    def parse_list(cls, texts: list[str]) -> list[Budget]:
-        """Budgets for a budget curve: one or more, all in episodes or all in time (a cap may ride
-        along), strictly increasing; anything else is a one-line error naming the budget option."""
-        budgets = [cls.parse(t) for t in texts]
-        if not budgets:
-            raise SettingError("budget", "give at least one budget")
-        if len(budgets) > 1:
-            by_episodes = all(b.episodes is not None for b in budgets)
-            sizes = [b.episodes if by_episodes else b.minutes for b in budgets]
-            if any(s is None for s in sizes) or any(b >= a for a, b in zip(sizes[1:], sizes)):
-                raise SettingError("budget", f"budgets {', '.join(texts)}: a budget curve needs budgets of one kind "
-                                             "(episodes or time) in strictly increasing order, e.g. 100ep 300ep 1000ep")
-        return budgets
-
-    def __str__(self) -> str:
-        parts = []
-        if self.episodes is not None:
-            parts.append(f"{self.episodes}ep")
-        if self.minutes is not None:
-            parts.append(f"{self.minutes:g}m")
-        return ",".join(parts)
 
 
 @dataclass
@@ -134,37 +79,6 @@ class FitContext:
     #: Where the training keeps its state so that, interrupted, it resumes where it stopped
     #: (``fewshot_cryoet.models.training_state``); None trains from the start every time.
     resume: TrainingStateFile | None = None
-
-
-@dataclass
-class FitReport:
-    episodes: int = 0
-    seconds: float = 0.0
-    examples: int = 0  # training volumes seen (supports + queries over every episode)
-    best_validation_accuracy: float | None = None
-    best_validation_dice: float | None = None
-    skipped_steps: int = 0  # training steps skipped for non-finite gradients
-    temperature: float | None = None  # fitted on validation episodes (see fewshot_cryoet.evaluation.calibration)
-    resumed_at: list[int] = field(default_factory=list)  # episodes at which an interrupted training resumed
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FitReport:
-        """Rebuild from ``dataclasses.asdict`` output (fields a file lacks keep their defaults)."""
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def describe(self) -> str:
-        text = (f"trained {self.episodes} episodes in {self.seconds:.0f} s, selected validation accuracy "
-                f"{self.best_validation_accuracy}")
-        if self.best_validation_dice is not None:
-            text += f", Dice {self.best_validation_dice:.3f}"
-        if self.temperature is not None:
-            text += f", confidence temperature {self.temperature:.3g}"
-        if self.skipped_steps:
-            text += f"; {self.skipped_steps} steps skipped for non-finite gradients"
-        if self.resumed_at:
-            text += f"; resumed after interruption at episode {', '.join(map(str, self.resumed_at))}"
-        return text
-    history: list[tuple[int, float, float | None]] = field(default_factory=list)  # (episode, accuracy, Dice)
 
 
 class FewShotMethod(ABC):
@@ -439,283 +353,9 @@ class NormalisedSource:
         return getattr(self._source, name)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (emulated bf16 would be slower than fp32)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+def __getattr__(name: str):
+    """``TorchMethod`` and ``cpu_has_bf16`` moved to :mod:`fewshot_cryoet.methods.torch_method`;
+    the old spelling works for one release, with a DeprecationWarning."""
+    from fewshot_cryoet.core.moved import moved_name
 
-
-#: Skipped (non-finite) training steps after which ``precision=auto`` trains on in fp32.
-NONFINITE_STEPS_BEFORE_FP32 = 3
-
-
-class TorchMethod(FewShotMethod):
-    """A neural method trained episodically: subclasses give the network, the loss on an
-    episode and the scores; this class owns the loop (optimizer from timm, budget, validation
-    every ``val_every`` episodes, best-on-validation weights kept, bf16 autocast where it pays:
-    see :meth:`autocast`)."""
-
-    trainable: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
-        "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
-        "precision": "auto",
-    }
-    param_rules: ClassVar[dict[str, Param]] = {
-        "lr": Param("float", low=0, low_open=True), "weight_decay": Param("float", low=0),
-        "optimizer": Param("str", choices=timm_optimizers), "train_way": Param("int", low=2),
-        "train_shot": Param("int", low=1), "train_query": Param("int", low=1), "val_every": Param("int", low=1),
-        "precision": Param("str", choices=("auto", "bf16", "fp32")),
-    }
-
-    def __init__(self, params=None, variant=None, device="cpu") -> None:
-        super().__init__(params, variant, device)
-        self._embeddings: dict = {}
-        self._inference: torch.nn.Module | None = None
-        self._bf16_failed = False  # set when bf16 training gave non-finite gradients repeatedly
-        self._initialise(0)
-
-    def _initialise(self, seed: int) -> None:
-        """Fresh initial weights drawn with ``seed``, without touching the caller's global random
-        state (fork_rng restores it): identical hyper-parameters and seed give identical weights.
-        Built with seed 0; :meth:`fit` redraws them with its training seed, so that training seeds
-        differ in initialisation as well as in episode order (the variance they are meant to show)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = self.build_network()
-        # Channels-last 3D weights: oneDNN (CPU) and cuDNN run 3D convolutions faster in it.
-        self.network = network.to(self.device, memory_format=torch.channels_last_3d)
-        self._initial_seed: int | None = seed  # None once the weights are trained or loaded
-        self._weights_changed()
-
-    @property
-    def inference_network(self) -> torch.nn.Module:
-        """The network for prediction: batch norm folded, channels-last (see ``methods.fast``);
-        rebuilt whenever the weights change."""
-        from fewshot_cryoet.methods.fast import inference_copy
-
-        if self._inference is None:
-            self._inference = inference_copy(self.network)
-        return self._inference
-
-    def _weights_changed(self) -> None:
-        self._embeddings.clear()
-        self._inference = None
-
-    def cached(self, volumes: torch.Tensor, ids: tuple | None, compute: Callable[[torch.Tensor], torch.Tensor],
-               kind: str = "embedding") -> torch.Tensor:
-        """``compute(volumes)`` row by row, reusing rows already computed for the same volume
-        identities and ``kind`` of output (test episodes share particles). Only without
-        gradients, where ``compute`` is a pure function of the volume; the cache is cleared
-        whenever the weights change."""
-        if ids is None or torch.is_grad_enabled():
-            return compute(volumes)
-        keys = [(kind, i) for i in ids]
-        missing = [i for i, key in enumerate(keys) if key not in self._embeddings]
-        if missing:
-            fresh = compute(volumes[missing])
-            for i, row in zip(missing, fresh):
-                self._embeddings[keys[i]] = row
-        return torch.stack([self._embeddings[key] for key in keys])
-
-    @abstractmethod
-    def build_network(self) -> torch.nn.Module:
-        """The module holding every learned parameter, initial weights included (pretrained ones
-        too): :meth:`fit` calls it again under its training seed, so weights set elsewhere before
-        training would be lost."""
-
-    @abstractmethod
-    def training_loss(self, episode: Episode) -> torch.Tensor:
-        """Differentiable loss on one training episode (already on the device)."""
-
-    @abstractmethod
-    def scores(self, episode: Episode) -> Prediction:
-        """Prediction for an episode on the device, without gradients; use
-        :attr:`inference_network` (the optimised copy), not :attr:`network`."""
-
-    def predict(self, episode: Episode) -> Prediction:
-        self.network.eval()
-        with torch.inference_mode(), self.autocast(training=False):
-            prediction = self.scores(episode.to(self.device))
-        return Prediction(
-            prediction.scores.float().cpu(),
-            None if prediction.probabilities is None else prediction.probabilities.float().cpu(),
-        )
-
-    @classmethod
-    def search_space(cls, trial, params: dict[str, Any]) -> dict[str, Any]:
-        """Learning rate within 30× of the default either way (log scale), and weight decay."""
-        lr = float(params["lr"])
-        return {
-            "lr": trial.suggest_float("lr", lr / 30, lr * 30, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        }
-
-    def _gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.network.parameters() if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
-
-    def autocast(self, training: bool):
-        """bf16 autocast context, chosen by the ``precision`` parameter: ``fp32`` never, ``bf16``
-        always, ``auto`` on CUDA only. Why not on CPUs with native bf16 (AVX512-BF16/AMX), where 3D
-        convolutions train 2-3× faster: there oneDNN's bf16 training kernels are not reproducible.
-        Measured on an AMD EPYC with AVX512-BF16, the same seed gave different weights from run to
-        run in bf16, on two threads and on one, in one process and in fresh ones, while fp32 gave
-        the same weights every time; the same seed must give the same numbers, so CPU speed in bf16
-        is asked for (``precision=bf16``), never chosen. Training steps with non-finite gradients
-        are skipped; after a few, ``auto`` falls back to fp32 for the rest of the fit (seen with
-        4-channel networks on oneDNN's bf16 kernels)."""
-        precision = self.params.get("precision", "auto")  # auto, bf16 or fp32 (checked in resolve)
-        if precision == "auto":
-            enabled = not (training and self._bf16_failed) and self.device.type == "cuda"
-        else:
-            enabled = precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def state(self) -> dict[str, Any]:
-        return {"network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        try:
-            self.network.load_state_dict(state["network"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise FscError(
-                f"checkpoint does not fit this {self.name} network (another profile, width or box size?): "
-                f"{first[1].strip() if len(first) > 1 else first[0]}"
-            ) from None
-        self._initial_seed = None
-        self._weights_changed()
-
-    def fit(self, context: FitContext) -> FitReport:
-        from timm.optim import create_optimizer_v2
-
-        p = self.params
-        if self._initial_seed is not None and self._initial_seed != context.seed:
-            self._initialise(context.seed)  # untrained weights: draw them with the training seed
-        self._initial_seed = None  # trained from here on: a later fit continues from these weights
-        optimizer = create_optimizer_v2(self.network, opt=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"])
-        rng = np.random.default_rng(np.random.SeedSequence([context.seed, 1]))
-        torch.manual_seed(context.seed)
-        budget = context.budget
-        report = FitReport()
-        best_state, best_score = None, -1.0
-        step = 0
-        saved = context.resume.load() if context.resume is not None else None
-        if saved is not None:
-            step, best_state, best_score = saved.step, saved.best_network, saved.best_score
-            report = FitReport.from_dict({**saved.report, "resumed_at": [*saved.report.get("resumed_at", []), step]})
-            self._restore(saved, optimizer, rng)
-        start = time.perf_counter() - (saved.seconds if saved is not None else 0.0)
-        deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
-        max_episodes = budget.episodes if budget.episodes is not None else math.inf
-        snapshots = self._exact_snapshots(context)
-        while step < max_episodes and time.perf_counter() < deadline:
-            self._weights_changed()
-            self.network.train()
-            episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
-            report.examples += len(episode.support) + len(episode.query)
-            with self.autocast(training=True):
-                loss = self.training_loss(episode)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self._gradients_finite():
-                optimizer.step()
-            else:  # skip the step, as a loss scaler would; bf16 that keeps failing → fp32
-                report.skipped_steps += 1
-                if report.skipped_steps >= NONFINITE_STEPS_BEFORE_FP32:
-                    self._bf16_failed = True
-            step += 1
-            last = step >= max_episodes or time.perf_counter() >= deadline
-            validated = context.validate is not None and (step % p["val_every"] == 0 or last)
-            if validated:
-                validation = context.validate(self)
-                report.history.append((step, validation.accuracy, validation.dice))
-                score = validation.selection
-                if context.report is not None:
-                    context.report(step, score)
-                if score > best_score:
-                    best_score, best_state = score, copy.deepcopy(self.network.state_dict())
-                    report.best_validation_accuracy = validation.accuracy
-                    report.best_validation_dice = validation.dice
-            if step in snapshots:
-                self._snapshot(context, step, report, best_state, time.perf_counter() - start)
-            if context.resume is not None and not last and context.resume.due(validated):
-                context.resume.save(self._training_state(step, time.perf_counter() - start, optimizer, best_state,
-                                                         best_score, report, rng))
-            if context.progress is not None:
-                done = max(step / max_episodes if max_episodes < math.inf else 0,
-                           (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
-                context.progress(min(done, 1.0), f"loss {float(loss.detach()):.3f}")
-        if best_state is not None:
-            self.network.load_state_dict(best_state)
-        self._weights_changed()
-        report.episodes = step
-        report.seconds = time.perf_counter() - start
-        return report
-
-    def _training_state(self, step: int, seconds: float, optimizer, best_state: dict | None, best_score: float,
-                        report: FitReport, rng: np.random.Generator) -> TrainingState:
-        """What :meth:`fit` needs to carry on after ``step`` episodes exactly as if never stopped."""
-        from fewshot_cryoet.models.training_state import TrainingState
-
-        def detached(state: dict | None) -> dict | None:
-            return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
-
-        cuda = torch.device(self.device).type == "cuda"
-        return TrainingState(
-            step=step, seconds=seconds, network=detached(self.network.state_dict()),
-            optimizer=optimizer.state_dict(), best_network=detached(best_state), best_score=best_score,
-            report=json.loads(json.dumps(asdict(report))), sampler=rng.bit_generator.state,
-            torch_rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state(self.device) if cuda else None,
-            bf16_failed=self._bf16_failed)
-
-    def _restore(self, saved: TrainingState, optimizer, rng: np.random.Generator) -> None:
-        """Put back a :class:`TrainingState`: weights, optimizer moments and every random state."""
-        self.network.load_state_dict(saved.network)
-        optimizer.load_state_dict(saved.optimizer)
-        rng.bit_generator.state = saved.sampler
-        torch.set_rng_state(saved.torch_rng)
-        if saved.cuda_rng is not None and torch.device(self.device).type == "cuda":
-            torch.cuda.set_rng_state(saved.cuda_rng, self.device)
-        self._bf16_failed = saved.bf16_failed
-        self._weights_changed()
-
-    def _exact_snapshots(self, context: FitContext) -> set[int]:
-        """The requested snapshot steps this training can serve exactly. A training of ``s``
-        episodes takes the same first ``s`` steps as a longer one (same seed, same episodes, no
-        schedule that depends on the total) and validates at every multiple of ``val_every``
-        and at its last step; so when ``s`` is such a multiple, the longer training has made the
-        same validations by step ``s`` and holds the same best weights. Time budgets end at a
-        wall-clock moment, not a step, so they get none."""
-        budget = context.budget
-        if context.snapshot is None or budget.minutes is not None or budget.episodes is None:
-            return set()
-        every = self.params["val_every"] if context.validate is not None else 1
-        return {s for s in context.snapshots if 0 < s < budget.episodes and s % every == 0}
-
-    def _snapshot(self, context: FitContext, step: int, report: FitReport, best_state: dict | None,
-                  seconds: float) -> None:
-        """Hand ``context.snapshot`` the model a training of ``step`` episodes would have ended
-        with (best weights so far, calibrated as the fit wrapper calibrates a finished fit), then
-        put the training state back. The global random state is restored too, so the rest of this
-        training is the same as without the snapshot."""
-        current = copy.deepcopy(self.network.state_dict()) if best_state is not None else None
-        temperature = self.temperature
-        partial = replace(report, history=list(report.history), episodes=step, seconds=seconds)
-        devices = [self.device] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            try:
-                if best_state is not None:
-                    self.network.load_state_dict(best_state)
-                self._weights_changed()
-                if context.calibrate is not None:
-                    self.temperature = partial.temperature = context.calibrate(self)
-                context.snapshot(step, partial)
-            finally:
-                if current is not None:
-                    self.network.load_state_dict(current)
-                self.temperature = temperature
-                self._weights_changed()
+    return moved_name(__name__, name)

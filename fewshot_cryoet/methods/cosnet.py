@@ -45,7 +45,8 @@ from torch import nn
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.params import Param
-from fewshot_cryoet.methods.base import Prediction, ScoreKind, TorchMethod
+from fewshot_cryoet.methods.base import Prediction, ScoreKind
+from fewshot_cryoet.methods.torch_method import TorchMethod
 
 PROFILES = {
     "paper": {"channels": 64, "embedding": 512, "topology": "published"},

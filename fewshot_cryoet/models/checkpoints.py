@@ -108,6 +108,6 @@ def write_checkpoint(payload: dict[str, Any], path: str | Path) -> str:
 
 def file_hash(path: str | Path) -> str:
     """Short BLAKE2b of a checkpoint's bytes (recorded in every result row it scored)."""
-    from fewshot_cryoet.datasets.dataset import file_blake2b
+    from fewshot_cryoet.datasets.layout import file_blake2b
 
     return file_blake2b(Path(path), digest_size=10)

@@ -95,7 +95,7 @@ def _in_budget_order(summary: pd.DataFrame) -> pd.DataFrame:
     scores) its largest budget first: without this a table would read 100ep, 1000ep, 300ep."""
     if summary.empty or summary.loc[summary["budget"] != "", "budget"].nunique() < 2:
         return summary
-    from fewshot_cryoet.methods.base import Budget  # here: reading a store needs no torch otherwise
+    from fewshot_cryoet.core.types import Budget
 
     def size(text: str) -> tuple[float, float]:
         if not text:

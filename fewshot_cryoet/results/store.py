@@ -21,17 +21,15 @@ transaction starts, row locks, whose clock a heartbeat uses) is chosen once, in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -40,79 +38,13 @@ from sqlalchemy import text
 
 from fewshot_cryoet.core.databases import first_line, missing_driver, unreachable
 from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.results.leases import STALE_SECONDS, Heartbeat, pid_alive
 from fewshot_cryoet.results.location import StoreLocation, locate
+from fewshot_cryoet.results.rows import Cell, Claim, EpisodeResult
 from fewshot_cryoet.results.schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
 
-#: A claim whose heartbeat is older than this (seconds) is taken over by another process (a
-#: process of the same host that is gone loses it at once).
-STALE_SECONDS = 120.0
-#: A claim's heartbeat, as a share of its lease: several beats may be missed before it lapses.
-HEARTBEATS_PER_LEASE = 8
 #: Serialises creating or migrating the tables on PostgreSQL (a transaction-scoped advisory lock).
 SCHEMA_LOCK = 0x66736300
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Identity of one leaderboard cell's worth of episodes."""
-
-    method: str
-    variant: str
-    label: str
-    params_hash: str
-    params: str
-    profile: str
-    budget: str
-    dataset: str
-    dataset_hash: str
-    snr: str
-    n_way: int
-    k_shot: int
-    q_query: int
-    seed: int
-    #: Cross-domain cells: the data set the method was trained and selected on ("" = ``dataset``).
-    train_dataset: str = ""
-    train_dataset_hash: str = ""
-    #: The seed the model was trained with, when it differs from ``seed`` (which fixes the test
-    #: episodes): several training seeds are scored on the same episodes. None: trained with ``seed``.
-    train_seed: int | None = None
-
-    @property
-    def key(self) -> str:
-        identity = {k: v for k, v in asdict(self).items() if k not in ("label", "params", "dataset", "train_dataset")}
-        if not self.train_dataset_hash:  # in-domain cells keep the keys they had before cross-domain runs
-            identity.pop("train_dataset_hash")
-        if self.train_seed is None:  # so do cells trained with the episode seed, as every cell was before
-            identity.pop("train_seed")
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-
-
-@dataclass
-class EpisodeResult:
-    episode: int
-    accuracy: float
-    predict_seconds: float
-    dice: float | None = None
-    dice_crf: float | None = None
-    query_dice: list[tuple[int, str, float, float | None]] | None = None
-    #: (query, true class, predicted class, confidence) per query: per-class accuracy, confusion
-    #: matrices and calibration.
-    query_classes: list[tuple[int, str, str, float]] | None = None
-
-
-@dataclass
-class Claim:
-    """The state of one trainable fit in the store: ``mine`` (this process trains it), ``done``
-    (trained; ``checkpoint_hash`` and ``report`` say by whom and how) or ``busy`` (another live
-    process is training it)."""
-
-    state: str
-    owner: str = ""
-    host: str = ""
-    pid: int = 0
-    age: float = 0.0
-    checkpoint_hash: str | None = None
-    report: dict | None = None
 
 
 class ResultsStore:
@@ -348,7 +280,7 @@ class ResultsStore:
             if state == "done":
                 return Claim("done", owner, holder, holder_pid, now - heartbeat, checkpoint_hash,
                              json.loads(report) if report else None)
-            gone = holder == host and not _pid_alive(holder_pid)
+            gone = holder == host and not pid_alive(holder_pid)
             if owner != self.owner and now - heartbeat < stale_after and not gone:
                 return Claim("busy", owner, holder, holder_pid, now - heartbeat)
             db.execute(text("UPDATE fits SET state = 'training', owner = :owner, host = :host, pid = :pid, "
@@ -370,7 +302,7 @@ class ResultsStore:
 
     def heartbeat(self, identity: str) -> Heartbeat:
         """A background thread that keeps this process's claim on ``identity`` fresh."""
-        return Heartbeat(self, identity)
+        return Heartbeat(self.engine, identity, self.owner, self.lease_seconds, self._now)
 
     def claims_frame(self) -> pd.DataFrame:
         """Every claim: identity, state, owner and the age of its last heartbeat in seconds (by
@@ -491,50 +423,3 @@ class ResultsStore:
         """Run a query into a DataFrame; each keyword binds a list of values to ``IN :name``."""
         query = text(sql).bindparams(*(sqlalchemy.bindparam(name, expanding=True) for name in lists))
         return pd.read_sql_query(query, self.connection, params=lists or None)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Heartbeat:
-    """Context manager: a daemon thread, with its own connection, that refreshes a claim
-    ``HEARTBEATS_PER_LEASE`` times per lease until the block ends; a process killed with
-    ``kill -9`` stops beating and its claim lapses."""
-
-    def __init__(self, store: ResultsStore, identity: str) -> None:
-        self.store, self.identity = store, identity
-        self.interval = store.lease_seconds / HEARTBEATS_PER_LEASE
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="fsc-heartbeat")
-
-    def _run(self) -> None:
-        store = self.store
-        try:
-            connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except sqlalchemy.exc.SQLAlchemyError:
-            return  # the claim lapses; another process redoes the work
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    connection.execute(text("UPDATE fits SET heartbeat = :now WHERE identity = :identity AND "
-                                            "owner = :owner"),
-                                       dict(now=store._now(connection), identity=self.identity, owner=store.owner))
-                except sqlalchemy.exc.SQLAlchemyError:
-                    pass  # a busy database: the next beat will do
-        finally:
-            connection.close()
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     import torch
 
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
-    from fewshot_cryoet.methods.base import Budget, FewShotMethod
+    from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.methods.base import FewShotMethod
     from fewshot_cryoet.tuning.study import TuneSettings
 
 #: Added to the study's seed to draw the confirmation episodes: neither the trials' objective

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import optuna
 
     from fewshot_cryoet.datasets.dataset import SubtomogramDataset
-    from fewshot_cryoet.methods.base import Budget, FewShotMethod
+    from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.methods.base import FewShotMethod
 
 
 class SafeInterrupt:

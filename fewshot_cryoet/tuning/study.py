@@ -273,7 +273,7 @@ def parse_timeout(text: str | None) -> float | None:
     """``2h``, ``30m``, ``90s`` → seconds."""
     if not text:
         return None
-    from fewshot_cryoet.methods.base import Budget
+    from fewshot_cryoet.core.types import Budget
 
     try:
         budget = Budget.parse(text)

@@ -42,10 +42,15 @@ def warn_moved(old: str, new: str) -> None:
 
 
 def _callers_level() -> int:
-    """The ``stacklevel`` of the first frame outside this module and importlib."""
+    """The ``stacklevel`` of the first frame outside this module and importlib, counted as
+    ``warnings`` counts: importlib's bootstrap frames are not counted at all."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename == __file__ or "importlib" in frame.f_code.co_filename):
-        frame, level = frame.f_back, level + 1
+    while frame is not None and (frame.f_code.co_filename == __file__ or "importlib" in frame.f_code.co_filename
+                                 or frame.f_code.co_name == "__getattr__"):  # a module's moved-name hook
+        frame = frame.f_back
+        if frame is not None and not ("importlib" in frame.f_code.co_filename
+                                      and "_bootstrap" in frame.f_code.co_filename):
+            level += 1
     return level
 
 
@@ -61,6 +66,23 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         """Nothing to run: the new module was executed when it was imported."""
+
+
+#: Names that left a module that stays: module → {name: its new module}.
+MOVED_NAMES: dict[str, dict[str, str]] = {
+    "fewshot_cryoet.methods.base": {"TorchMethod": "fewshot_cryoet.methods.torch_method",
+                                    "cpu_has_bf16": "fewshot_cryoet.methods.torch_method"},
+}
+
+
+def moved_name(module: str, name: str):
+    """The ``__getattr__`` body of a module some of whose names moved: the name from its new module,
+    with a DeprecationWarning; an AttributeError for anything else, as Python gives."""
+    new = MOVED_NAMES.get(module, {}).get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warn_moved(f"{module}.{name}", f"{new}.{name}")
+    return getattr(importlib.import_module(new), name)
 
 
 def install() -> None:
