@@ -10,205 +10,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable
 
-import torch
 
 from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
-from fewshot_cryoet.episodes import EpisodeSet, EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-from fewshot_cryoet.core.errors import FscError, SettingError
-from fewshot_cryoet.evaluation.calibration import temperature_fitter
+from fewshot_cryoet.episodes import EpisodeSet, load_episode
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.types import Budget, FitReport
-from fewshot_cryoet.methods.base import FewShotMethod, FitContext
+from fewshot_cryoet.methods.base import FewShotMethod
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
-from fewshot_cryoet.evaluation.scoring import Scorer, validator
+from fewshot_cryoet.evaluation.scoring import Scorer
 from fewshot_cryoet.models.checkpoints import file_hash
 from fewshot_cryoet.core.outputs import write_json
 from fewshot_cryoet.models.training_state import TrainingStateFile
 from fewshot_cryoet.results.archive import ResultsArchive
 from fewshot_cryoet.results.store import Cell, ResultsStore
+from fewshot_cryoet.core.devices import resolve_device
+from fewshot_cryoet.evaluation.fitting import VALIDATION_EPISODES, check_domains, fit_context, fit_data, validation_episodes
+from fewshot_cryoet.evaluation.grid import (
+    EVAL_CHUNK, BenchSettings, EvalPlan, Job, Level, MethodSpec, chunk_identity, fit_identity, test_episode_sets,
+)
 
-#: Validation episodes used for model selection (from validation classes only).
-VALIDATION_EPISODES = 40
 #: How often a process waiting for another's training checks the store (seconds).
 CLAIM_POLL_SECONDS = 2.0
-#: Test episodes per claimed chunk: small enough that workers share a cell, large enough that the
-#: claims cost nothing next to the predictions.
-EVAL_CHUNK = 50
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method class with the variant and hyper-parameters to run it with."""
-
-    cls: type[FewShotMethod]
-    variant: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    origin: str = "built-in"
-    label: str = ""
-
-
-@dataclass
-class BenchSettings:
-    ways: list[int]
-    shots: list[int]
-    queries: int = 5
-    episodes: int = 600
-    budget: Budget = field(default_factory=lambda: Budget(minutes=2.0))
-    seed: int = 0
-    device: str = "auto"
-    #: Training seeds of trainable methods (each trains its own model, all scored on the test
-    #: episodes of ``seed``); None: trained once, with ``seed``.
-    train_seeds: list[int] | None = None
-    #: Smaller episode budgets of the same budget curve: a training at ``budget`` also leaves
-    #: their models where exact (see ``FitContext.snapshots``), so the curve costs its largest
-    #: budget only; the runs at those budgets then reuse them.
-    snapshot_budgets: list[Budget] = field(default_factory=list)
-    #: Refine segmentations with the dense CRF, for the CRF Dice column. False leaves CRF Dice
-    #: empty and changes nothing else (accuracy and raw Dice are computed before the CRF); the
-    #: CRF is most of a segmenting method's scoring time (about 85 ms per distinct query volume
-    #: at 32³ on one CPU thread, against about 35 ms to predict a whole 6-way episode).
-    crf: bool = True
-
-    def __post_init__(self) -> None:
-        if self.train_seeds is not None:
-            if not self.train_seeds:
-                raise SettingError("seeds", "seeds is empty; give at least one training seed")
-            repeated = sorted({s for s in self.train_seeds if self.train_seeds.count(s) > 1})
-            if repeated:
-                raise SettingError("seeds", f"seeds {','.join(map(str, self.train_seeds))}: "
-                                            f"{', '.join(map(str, repeated))} given twice")
-            if min(self.train_seeds) < 0:
-                raise SettingError("seeds", "seeds must be ≥ 0")
-
-    @property
-    def training_seeds(self) -> list[int]:
-        return list(self.train_seeds) if self.train_seeds is not None else [self.seed]
-
-    @property
-    def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
-
-
-def fit_identity(cell: Cell, budget: str, seed: int) -> str:
-    """The name of one training in the store's claims and the checkpoint folder: what decides
-    its weights (method, variant, hyper-parameters, budget, training data, SNR, seed)."""
-    return f"{cell.method}-{cell.variant}-{cell.params_hash}-{budget}-" \
-           f"{cell.train_dataset_hash or cell.dataset_hash}-{cell.snr}-{seed}"
-
-
-def chunk_identity(cell: Cell, start: int, end: int, checkpoint: str | None) -> str:
-    """The claim name of a block of a cell's test episodes, scored with one model: every worker
-    names the same block alike (a resumed run asking for more episodes has other blocks)."""
-    return f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else CPU) or an explicit torch device that must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SettingError("device", f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError("device", f"device {name!r} asked for, but torch sees no CUDA GPU; use cpu")
-    return device
-
-
-def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> dict[tuple[int, int], EpisodeSet]:
-    """Fixed test episodes per (N, K), validated before anything is trained."""
-    return {
-        (n, k): sample_episodes(dataset, EpisodeSpec("test", n, k, settings.queries, settings.seed), settings.episodes)
-        for n in settings.ways for k in settings.shots
-    }
-
-
-def validation_episodes(dataset: SubtomogramDataset, snr: float | Sequence[float], shot: int, queries: int, seed: int,
-                        with_masks: bool = False):
-    """The fixed validation-class episodes; with several SNR levels, episode i is at level
-    i mod (number of levels), so selection weighs every level alike."""
-    classes = dataset.splits.get("val", [])
-    if len(classes) < 2:
-        return []
-    levels = list(snr) if isinstance(snr, (list, tuple)) else [snr]
-    spec = EpisodeSpec("val", min(5, len(classes)), shot, queries, seed + 1)
-    episodes = sample_episodes(dataset, spec, VALIDATION_EPISODES)
-    return [load_episode(dataset, episodes, i, levels[i % len(levels)], with_masks=with_masks)
-            for i in range(len(episodes))]
-
-
-def fit_data(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, queries: int = 5,
-             seed: int = 0, shot: int = 1, device: torch.device | None = None) -> tuple[EpisodeSource, list]:
-    """What every fit gets (fsc bench, fsc train, each fsc tune trial): episodes from the training
-    classes, and the validation-class episodes used for model selection; ``snr`` may list several
-    levels (each training episode draws one)."""
-    train = EpisodeSource(dataset, "train", snr, with_masks=segments, device=device)
-    if train.n_classes < 2:
-        raise FscError(f"{dataset.path}: training needs ≥ 2 train classes, the split has {train.n_classes}")
-    return train, validation_episodes(dataset, snr, shot, queries, seed, with_masks=segments)
-
-
-def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, budget: Budget, device: torch.device,
-                queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
-    """The one way a fit is set up: training-class episodes, validation through the scorer."""
-    train, validation = fit_data(dataset, snr, segments, queries, seed, shot, device)
-    return FitContext(train, validator(validation), budget, device, seed, progress, report,
-                      calibrate=temperature_fitter(validation))
-
-
-def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_class_overlap: bool = False) -> None:
-    """A cross-domain pair must be comparable (same box and voxel size) and, unless asked for,
-    keep few-shot honest: no class the model trains or selects on may be a test class."""
-    if (train.box, train.voxel_size) != (test.box, test.voxel_size):
-        raise SettingError("train_dataset", f"train_dataset {train.path} has {train.box}³ boxes at {train.voxel_size:g} Å, "
-                                            f"the test data set {test.path} {test.box}³ at {test.voxel_size:g} Å; "
-                                            "simulate both on one grid")
-    seen = set(train.splits.get("train", [])) | set(train.splits.get("val", []))
-    shared = sorted(seen & set(test.splits.get("test", [])))
-    if shared and not allow_class_overlap:
-        raise SettingError("train_dataset", f"train_dataset {train.path} trains or selects on {', '.join(shared)}, "
-                                            f"which are test classes of {test.path}; use data sets with disjoint "
-                                            "classes, or allow class overlap (--allow-class-overlap) to measure that on purpose")
-
-
-class EvalPlan:
-    """A cell's test episodes still to score, as fixed chunks of EVAL_CHUNK episode numbers
-    (every worker names the same chunk alike), with its progress bar once started."""
-
-    def __init__(self, cell: Cell, episodes: EpisodeSet, done: set[int], wanted: int) -> None:
-        missing = [e for e in range(wanted) if e not in done]
-        self.cell, self.episodes, self.missing, self.task = cell, episodes, len(missing), None
-        self.chunks = {start: block for start in range(0, wanted, EVAL_CHUNK)
-                       if (block := [n for n in missing if start <= n < start + EVAL_CHUNK])}
-
-    @property
-    def complete(self) -> bool:
-        return not self.chunks
-
-
-@dataclass
-class Job:
-    """One model of the grid (a method, at one training seed): its fit, then its cells' episodes."""
-
-    spec: MethodSpec
-    method: FewShotMethod
-    train_seed: int | None
-    cells: dict[tuple[int, int], Cell]
-    plans: list[EvalPlan]
-    where: str
-    snr: float
-    dataset: SubtomogramDataset  # tested on
-    train: SubtomogramDataset | None  # trained on, when it is another data set (cross-domain)
-    fitted: tuple[FitReport, str | None] | None = None
-
-
-#: One SNR level of a grid and how to load its data: (SNR, a function giving the test data set and
-#: the training one, or None to train on the test data set's training classes).
-Level = tuple[float, Callable[[], tuple[SubtomogramDataset, "SubtomogramDataset | None"]]]
+__all__ = [  # the grid's parts live in evaluation.grid and evaluation.fitting; importable here too
+    "CLAIM_POLL_SECONDS", "EVAL_CHUNK", "VALIDATION_EPISODES", "BenchSettings", "EvalPlan", "Job", "Level",
+    "MethodSpec", "Runner", "check_domains", "chunk_identity", "fit_context", "fit_data", "fit_identity",
+    "resolve_device", "test_episode_sets", "validation_episodes",
+]
 
 
 class Runner:

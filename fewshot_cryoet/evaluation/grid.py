@@ -1,0 +1,132 @@
+"""What a bench grid is made of: the methods to run, the settings, the fixed test episodes of each
+(N, K), and the jobs (one model each) and chunks of test episodes that processes claim by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from fewshot_cryoet.core.devices import resolve_device
+from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.core.types import Budget, FitReport
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset
+from fewshot_cryoet.episodes import EpisodeSet, EpisodeSpec, sample_episodes
+from fewshot_cryoet.methods.base import FewShotMethod
+from fewshot_cryoet.results.rows import Cell
+
+#: Test episodes per claimed chunk: small enough that workers share a cell, large enough that the
+#: claims cost nothing next to the predictions.
+EVAL_CHUNK = 50
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method class with the variant and hyper-parameters to run it with."""
+
+    cls: type[FewShotMethod]
+    variant: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    origin: str = "built-in"
+    label: str = ""
+
+
+@dataclass
+class BenchSettings:
+    ways: list[int]
+    shots: list[int]
+    queries: int = 5
+    episodes: int = 600
+    budget: Budget = field(default_factory=lambda: Budget(minutes=2.0))
+    seed: int = 0
+    device: str = "auto"
+    #: Training seeds of trainable methods (each trains its own model, all scored on the test
+    #: episodes of ``seed``); None: trained once, with ``seed``.
+    train_seeds: list[int] | None = None
+    #: Smaller episode budgets of the same budget curve: a training at ``budget`` also leaves
+    #: their models where exact (see ``FitContext.snapshots``), so the curve costs its largest
+    #: budget only; the runs at those budgets then reuse them.
+    snapshot_budgets: list[Budget] = field(default_factory=list)
+    #: Refine segmentations with the dense CRF, for the CRF Dice column. False leaves CRF Dice
+    #: empty and changes nothing else (accuracy and raw Dice are computed before the CRF); the
+    #: CRF is most of a segmenting method's scoring time (about 85 ms per distinct query volume
+    #: at 32³ on one CPU thread, against about 35 ms to predict a whole 6-way episode).
+    crf: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train_seeds is not None:
+            if not self.train_seeds:
+                raise SettingError("seeds", "seeds is empty; give at least one training seed")
+            repeated = sorted({s for s in self.train_seeds if self.train_seeds.count(s) > 1})
+            if repeated:
+                raise SettingError("seeds", f"seeds {','.join(map(str, self.train_seeds))}: "
+                                            f"{', '.join(map(str, repeated))} given twice")
+            if min(self.train_seeds) < 0:
+                raise SettingError("seeds", "seeds must be ≥ 0")
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return list(self.train_seeds) if self.train_seeds is not None else [self.seed]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+
+def fit_identity(cell: Cell, budget: str, seed: int) -> str:
+    """The name of one training in the store's claims and the checkpoint folder: what decides
+    its weights (method, variant, hyper-parameters, budget, training data, SNR, seed)."""
+    return f"{cell.method}-{cell.variant}-{cell.params_hash}-{budget}-" \
+           f"{cell.train_dataset_hash or cell.dataset_hash}-{cell.snr}-{seed}"
+
+
+def chunk_identity(cell: Cell, start: int, end: int, checkpoint: str | None) -> str:
+    """The claim name of a block of a cell's test episodes, scored with one model: every worker
+    names the same block alike (a resumed run asking for more episodes has other blocks)."""
+    return f"eval-{cell.key}-{start}-{end}-{checkpoint or ''}"
+
+
+def test_episode_sets(dataset: SubtomogramDataset, settings: BenchSettings) -> dict[tuple[int, int], EpisodeSet]:
+    """Fixed test episodes per (N, K), validated before anything is trained."""
+    return {
+        (n, k): sample_episodes(dataset, EpisodeSpec("test", n, k, settings.queries, settings.seed), settings.episodes)
+        for n in settings.ways for k in settings.shots
+    }
+
+
+class EvalPlan:
+    """A cell's test episodes still to score, as fixed chunks of EVAL_CHUNK episode numbers
+    (every worker names the same chunk alike), with its progress bar once started."""
+
+    def __init__(self, cell: Cell, episodes: EpisodeSet, done: set[int], wanted: int) -> None:
+        missing = [e for e in range(wanted) if e not in done]
+        self.cell, self.episodes, self.missing, self.task = cell, episodes, len(missing), None
+        self.chunks = {start: block for start in range(0, wanted, EVAL_CHUNK)
+                       if (block := [n for n in missing if start <= n < start + EVAL_CHUNK])}
+
+    @property
+    def complete(self) -> bool:
+        return not self.chunks
+
+
+@dataclass
+class Job:
+    """One model of the grid (a method, at one training seed): its fit, then its cells' episodes."""
+
+    spec: MethodSpec
+    method: FewShotMethod
+    train_seed: int | None
+    cells: dict[tuple[int, int], Cell]
+    plans: list[EvalPlan]
+    where: str
+    snr: float
+    dataset: SubtomogramDataset  # tested on
+    train: SubtomogramDataset | None  # trained on, when it is another data set (cross-domain)
+    fitted: tuple[FitReport, str | None] | None = None
+
+
+#: One SNR level of a grid and how to load its data: (SNR, a function giving the test data set and
+#: the training one, or None to train on the test data set's training classes).
+Level = tuple[float, Callable[[], tuple[SubtomogramDataset, "SubtomogramDataset | None"]]]
