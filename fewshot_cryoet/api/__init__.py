@@ -1,1 +1,46 @@
-from fewshot_cryoet.api.core_ import *  # noqa: F401,F403  (temporary during the split)
+"""The Python API: every ``fsc`` command is one function here, one module per verb.
+
+Functions take plain Python values (numbers, lists, paths, method names) or objects
+(:class:`SubtomogramDataset`, :class:`MethodSpec`), return data (a pandas DataFrame, a
+:class:`ModelCard`, an ``optuna.Study``), raise :class:`FscError` for bad input, and report progress
+through an optional :class:`~fewshot_cryoet.core.reporting.Reporter` (silent by default; the command line
+passes one that draws rich progress bars)::
+
+    from fewshot_cryoet import api
+    frame = api.bench(["protonet", "xcorr"], dataset="data/synthetic", snrs=[1000], ways=[2, 4],
+                      episodes=100, budget="200ep", store="results.sqlite")
+    print(frame.groupby(["label", "n_way"])["accuracy"].mean())
+
+The command line (:mod:`fewshot_cryoet.cli`) only declares options, calls one of these and prints what it returns.
+"""
+
+from __future__ import annotations
+
+from fewshot_cryoet.api.benchmarking import DEFAULT_BENCH_SNRS, bench, curve_order
+from fewshot_cryoet.api.data import (
+    DEFAULT_PER_CLASS,
+    DataSource,
+    data_source,
+    dataset_summary,
+    export,
+    import_data,
+    imported,
+    load_templates,
+    open_dataset,
+    show,
+    simulate,
+    simulate_scene,
+)
+from fewshot_cryoet.api.prediction import predict
+from fewshot_cryoet.api.results import bench_status, compare, leaderboard
+from fewshot_cryoet.api.specs import apply_tuned, load_method, method_specs, methods, parse_param_overrides
+from fewshot_cryoet.api.training import train
+from fewshot_cryoet.api.tuning import confirm_tuning, export_tuned, study_summary, tune
+
+__all__ = [
+    "DEFAULT_BENCH_SNRS", "DEFAULT_PER_CLASS", "DataSource", "apply_tuned", "bench", "bench_status",
+    "compare", "confirm_tuning", "curve_order", "data_source", "dataset_summary", "export", "export_tuned",
+    "import_data", "imported", "leaderboard", "load_method", "load_templates", "method_specs", "methods",
+    "open_dataset", "parse_param_overrides", "predict", "show", "simulate", "simulate_scene", "study_summary",
+    "train", "tune",
+]

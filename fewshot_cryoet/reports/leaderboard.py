@@ -18,12 +18,28 @@ from fewshot_cryoet.core.outputs import write_text
 from fewshot_cryoet.reports.per_class import CALIBRATION_BINS, calibration, per_class_results
 from fewshot_cryoet.reports.plots import plot_accuracy, plot_budget_curves, plot_confusion
 from fewshot_cryoet.reports.summary import (
-    CONFIGURATION, CROSS_DOMAIN, LEADERBOARD_EPISODES, ROW_KEYS, domain, snr_order, summarise, training_summary,
+    CONFIGURATION,
+    CROSS_DOMAIN,
+    LEADERBOARD_EPISODES,
+    ROW_KEYS,
+    domain,
+    snr_order,
+    summarise,
+    training_summary,
     with_training_seeds,
 )
 from fewshot_cryoet.reports.tables import (
-    CHANCE, EPISODE_SET, accuracy_table, budget_curves, compare, dice_table, episode_scores, per_class_dice,
-    per_seed_ranges, seed_scores, tuning_gains,
+    CHANCE,
+    EPISODE_SET,
+    accuracy_table,
+    budget_curves,
+    compare,
+    dice_table,
+    episode_scores,
+    per_class_dice,
+    per_seed_ranges,
+    seed_scores,
+    tuning_gains,
 )
 
 __all__ = [  # the page's parts live in reports.summary, .tables, .per_class and .plots; importable here too
@@ -105,6 +121,8 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         lines += [pivot.to_markdown(floatfmt=".2f"), ""]
         calibrated = calibration(predictions)
         if not calibrated.empty:
+            # The page names the module by its pre-0.2 path (still an alias), so committed pages re-render
+            # byte for byte; change it together with regenerating every page.
             lines += ["### Calibration", "",
                       f"Expected calibration error (ECE, {CALIBRATION_BINS} confidence bins): how far the stated "
                       "confidence (the predicted class's probability, softmax(scores / T)) is from the accuracy. "

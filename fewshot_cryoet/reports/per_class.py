@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from fewshot_cryoet.reports.summary import distinct_labels, with_domain_columns, domain
+
+from fewshot_cryoet.reports.summary import distinct_labels, domain, with_domain_columns
 
 
 def per_class_results(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

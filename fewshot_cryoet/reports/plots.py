@@ -4,7 +4,9 @@ accuracy against training budget, and a confusion heat-map per row."""
 from __future__ import annotations
 
 from pathlib import Path
+
 import pandas as pd
+
 from fewshot_cryoet.reports.summary import snr_order
 
 

@@ -5,11 +5,12 @@ between rows sharing a name, and a sentence on how each row was trained."""
 from __future__ import annotations
 
 import math
-import pandas as pd
-from fewshot_cryoet.datasets.dataset import RECORDED
-from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.evaluation.metrics import seeds_and_episodes_ci
 
+import pandas as pd
+
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.datasets.dataset import RECORDED
+from fewshot_cryoet.evaluation.metrics import seeds_and_episodes_ci
 
 LEADERBOARD_EPISODES = 600
 

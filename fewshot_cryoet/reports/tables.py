@@ -4,11 +4,21 @@ Dice, tuned-against-defaults gains, budget curves, and one row against another o
 from __future__ import annotations
 
 import math
+
 import pandas as pd
+
 from fewshot_cryoet.core.errors import SettingError
 from fewshot_cryoet.evaluation.metrics import significantly_worse
-from fewshot_cryoet.reports.summary import ROW_KEYS, column_label, distinct_labels, with_domain_columns, ordered_rows, domain, summarise, with_training_seeds
-
+from fewshot_cryoet.reports.summary import (
+    ROW_KEYS,
+    column_label,
+    distinct_labels,
+    domain,
+    ordered_rows,
+    summarise,
+    with_domain_columns,
+    with_training_seeds,
+)
 
 #: What makes two rows' episodes the same episodes (so that they can be compared pairwise).
 EPISODE_SET = ["dataset_hash", "snr", "n_way", "k_shot", "q_query", "seed"]

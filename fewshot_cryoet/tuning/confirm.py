@@ -64,7 +64,7 @@ def confirm(cls: type[FewShotMethod], settings: TuneSettings, dataset: Subtomogr
     """Retrain and score the tuned and the default configuration per seed; see the module."""
     from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
     from fewshot_cryoet.evaluation.metrics import paired_comparison, seeds_and_episodes_ci
-    from fewshot_cryoet.evaluation.runner import fit_context
+    from fewshot_cryoet.evaluation.fitting import fit_context
     from fewshot_cryoet.tuning.objective import score_episodes
 
     reporter = as_reporter(reporter)

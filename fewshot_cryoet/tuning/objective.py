@@ -62,7 +62,7 @@ class TuningObjective:
     def __init__(self, cls: type[FewShotMethod], settings: TuneSettings, dataset: SubtomogramDataset,
                  budget: Budget, device, reporter: Reporter | None = None) -> None:
         from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
-        from fewshot_cryoet.evaluation.runner import fit_data
+        from fewshot_cryoet.evaluation.fitting import fit_data
 
         self.cls, self.settings, self.dataset, self.budget, self.device = cls, settings, dataset, budget, device
         self.reporter = as_reporter(reporter)
