@@ -27,20 +27,43 @@ from fewshot_cryoet.api.data import (
     imported,
     load_templates,
     open_dataset,
+    scene_config,
     show,
     simulate,
     simulate_scene,
+    simulation_config,
 )
+from fewshot_cryoet.api.extensions import add_plugin_commands, plugin_failures
 from fewshot_cryoet.api.prediction import predict
-from fewshot_cryoet.api.results import bench_status, compare, leaderboard
+from fewshot_cryoet.api.results import bench_status, bench_table, compare, leaderboard
 from fewshot_cryoet.api.specs import apply_tuned, load_method, method_specs, methods, parse_param_overrides
 from fewshot_cryoet.api.training import train
-from fewshot_cryoet.api.tuning import confirm_tuning, export_tuned, study_summary, tune
+from fewshot_cryoet.api.tuning import confirm_tuning, export_tuned, load_study, study_summary, tune
+from fewshot_cryoet.api.vocabulary import (
+    DEFAULT_STORAGE,
+    DEFAULT_STORE,
+    LEADERBOARD_EPISODES,
+    OBJECTIVES,
+    PRESETS,
+    PRUNERS,
+    SAMPLERS,
+    STALE_SECONDS,
+    Budget,
+    FitReport,
+    StoreLocation,
+    locate,
+    parse_snr,
+    snr_label,
+)
+from fewshot_cryoet.api.workers import start_workers, stopped_on_exit
 
 __all__ = [
-    "DEFAULT_BENCH_SNRS", "DEFAULT_PER_CLASS", "DataSource", "apply_tuned", "bench", "bench_status",
-    "compare", "confirm_tuning", "curve_order", "data_source", "dataset_summary", "export", "export_tuned",
-    "import_data", "imported", "leaderboard", "load_method", "load_templates", "method_specs", "methods",
-    "open_dataset", "parse_param_overrides", "predict", "show", "simulate", "simulate_scene", "study_summary",
-    "train", "tune",
+    "Budget", "DEFAULT_BENCH_SNRS", "DEFAULT_PER_CLASS", "DEFAULT_STORAGE", "DEFAULT_STORE", "DataSource",
+    "FitReport", "LEADERBOARD_EPISODES", "OBJECTIVES", "PRESETS", "PRUNERS", "SAMPLERS", "STALE_SECONDS",
+    "StoreLocation", "add_plugin_commands", "apply_tuned", "bench", "bench_status", "bench_table", "compare",
+    "confirm_tuning", "curve_order", "data_source", "dataset_summary", "export", "export_tuned",
+    "import_data", "imported", "leaderboard", "load_method", "load_study", "load_templates", "locate",
+    "method_specs", "methods", "open_dataset", "parse_param_overrides", "parse_snr", "plugin_failures",
+    "predict", "scene_config", "show", "simulate", "simulate_scene", "simulation_config", "snr_label",
+    "start_workers", "stopped_on_exit", "study_summary", "train", "tune",
 ]

@@ -278,3 +278,19 @@ def dataset_summary(dataset: SubtomogramDataset) -> tuple[pd.DataFrame, list[str
         lines.append(f"SNR {label}: " + ("noise-free" if math.isinf(measured.iloc[0]) else
                      f"measured {measured.mean():.4g} (box), {dataset.mask_snr(label):.4g} median inside masks"))
     return classes, [*lines, f"content hash {dataset.content_hash}"]
+
+
+def simulation_config(preset: str | None = None, **settings):
+    """The ``SimulationConfig`` of an imaging ``preset`` (``datasets.presets``; None: the default
+    microscope) with ``settings`` on top: what ``fsc simulate`` builds from its options."""
+    from fewshot_cryoet.datasets.presets import apply_preset
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
+
+    return apply_preset(SimulationConfig(), preset, settings)
+
+
+def scene_config(**settings):
+    """The ``SceneConfig`` of a crowded tomogram (``datasets.scene``) from keyword settings."""
+    from fewshot_cryoet.datasets.scene import SceneConfig
+
+    return SceneConfig(**settings)

@@ -91,3 +91,12 @@ def compare(store: str | Path, a: str, b: str) -> pd.DataFrame:
 
     with existing_store(store) as results:
         return compare_rows(results.frame(), a, b)
+
+
+def bench_table(frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """What ``fsc bench`` prints of its rows: (where they come from, the leaderboard's own accuracy
+    table: same order, cells and bold ties)."""
+    from fewshot_cryoet.reports.leaderboard import accuracy_table, domain, summarise
+
+    return (domain(frame["train_dataset"].iloc[0], frame["dataset"].iloc[0]),
+            accuracy_table(summarise(frame), frame))

@@ -156,3 +156,10 @@ def study_summary(study: optuna.Study, storage: str, top: int = 10) -> tuple[str
              "CRF Dice": fmt(t.user_attrs.get("dice_crf")), "train episodes": fmt(t.user_attrs.get("fit_episodes")),
              "parameters": " ".join(f"{k}={fmt(v)}" for k, v in sorted(t.params.items()))} for t in complete[:top]]
     return header, pd.DataFrame(rows)
+
+
+def load_study(study: str, storage: str = DEFAULT_STORAGE):
+    """An existing study (``fsc tune show``); a missing one is a one-line error naming it."""
+    from fewshot_cryoet import tuning
+
+    return tuning.load_study(storage, study)

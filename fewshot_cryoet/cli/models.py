@@ -9,7 +9,13 @@ import click
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli.options import (
-    data_options, method_options, method_params, out_options, parse_list, queries_per_class_option, run_options,
+    data_options,
+    method_options,
+    method_params,
+    out_options,
+    parse_list,
+    queries_per_class_option,
+    run_options,
 )
 from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_bars, say
 
@@ -34,9 +40,7 @@ from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_ba
 def train(methods, param_texts, tuned, storage, variant, dataset, templates, test_classes, per_class, snr, budget,
           inputs, imaging, queries_per_class, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
-    from fewshot_cryoet.datasets.dataset import parse_snr
-
-    levels = [parse_snr(text) for text in parse_list(snr, "--snr")] if snr is not None else [None]
+    levels = [api.parse_snr(text) for text in parse_list(snr, "--snr")] if snr is not None else [None]
     method = f"{methods.split('/', 1)[0]}/{variant}" if variant else methods
     with progress_bars() as progress:
         card = api.train(method, out, params=method_params(param_texts, method), tuned=tuned, storage=storage,
@@ -44,9 +48,7 @@ def train(methods, param_texts, tuned, storage, variant, dataset, templates, tes
                          per_class=per_class, snr=levels if len(levels) > 1 else levels[0], budget=budget, queries_per_class=queries_per_class,
                          seed=seed, device=device, overwrite=overwrite, inputs=inputs, imaging=imaging,
                          reporter=RichReporter(progress))
-    from fewshot_cryoet.core.types import FitReport
-
-    say(f"{card.fit['label']}: {FitReport.from_dict(card.fit).describe()}; model in {out}")
+    say(f"{card.fit['label']}: {api.FitReport.from_dict(card.fit).describe()}; model in {out}")
 
 
 @click.command()

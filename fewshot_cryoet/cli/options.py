@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
+from fewshot_cryoet import api
 from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.results.location import DEFAULT_STORE
-from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
-
 
 
 def parse_list(text: str | None, option: str, cast=str) -> list | None:
@@ -57,9 +55,7 @@ def parse_value_or_range(text: str, option: str):
 
 def method_params(param_texts, method: str | None) -> dict | None:
     """The --param overrides of the one method a command runs; others are refused, not ignored."""
-    from fewshot_cryoet.api import parse_param_overrides
-
-    overrides = parse_param_overrides(param_texts)
+    overrides = api.parse_param_overrides(param_texts)
     name = (method or "").split("/", 1)[0]
     strays = sorted(set(overrides) - {name})
     if strays:
@@ -69,9 +65,7 @@ def method_params(param_texts, method: str | None) -> dict | None:
 
 
 def snrs(texts) -> list[float]:
-    from fewshot_cryoet.datasets.dataset import parse_snr
-
-    return [parse_snr(t) for t in texts]
+    return [api.parse_snr(t) for t in texts]
 
 
 def _stack(*decorators):
@@ -114,14 +108,14 @@ def method_options(single: bool):
 
 
 storage_option = click.option(
-    "--storage", "--tune-storage", "storage", default=DEFAULT_STORAGE, show_default=True,
+    "--storage", "--tune-storage", "storage", default=api.DEFAULT_STORAGE, show_default=True,
     help="Optuna storage of tuning studies: sqlite:///FILE or postgresql://user:password@host/db "
          "(--tune-storage is the old spelling).")
 
 
 def store_option(help: str):
     """--store: a SQLite file or a PostgreSQL URL (kept as text: a path type would fold the URL's ``//``)."""
-    return click.option("--store", default=DEFAULT_STORE, show_default=True, metavar="FILE|URL",
+    return click.option("--store", default=api.DEFAULT_STORE, show_default=True, metavar="FILE|URL",
                         help=help + " A SQLite file, or postgresql://user:password@host/db shared by workers on "
                                     "several machines (the password is never printed).")
 

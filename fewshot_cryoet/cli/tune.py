@@ -12,10 +12,15 @@ import click
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli.options import (
-    data_options, device_option, method_params, parse_list, queries_per_class_option, run_options, storage_option,
+    data_options,
+    device_option,
+    method_params,
+    parse_list,
+    queries_per_class_option,
+    run_options,
+    storage_option,
 )
 from fewshot_cryoet.cli.terminal import RichReporter, print_table, print_warning, progress_bars, say
-from fewshot_cryoet.tuning import OBJECTIVES, PRUNERS, SAMPLERS
 
 
 class TuneGroup(click.Group):
@@ -60,9 +65,9 @@ def tune() -> None:
 @click.option("--timeout", default=None, help="Stop this worker after e.g. 2h, 30m.")
 @storage_option
 @click.option("--study", default=None, help="Study name [METHOD-VARIANT-snrS-NwayKshot-OBJECTIVE].")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True, help="Optuna sampler.")
-@click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True, help="Optuna pruner.")
-@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="accuracy", show_default=True,
+@click.option("--sampler", type=click.Choice(api.SAMPLERS), default="tpe", show_default=True, help="Optuna sampler.")
+@click.option("--pruner", type=click.Choice(api.PRUNERS), default="median", show_default=True, help="Optuna pruner.")
+@click.option("--objective", type=click.Choice(list(api.OBJECTIVES)), default="accuracy", show_default=True,
               help="accuracy; accuracy+dice = (accuracy + CRF Dice)/2; accuracy,dice = two objectives.")
 @run_options
 @click.option("--export", type=click.Path(path_type=Path), default=None,
@@ -71,8 +76,6 @@ def run(method, variant, param_texts, snr, ways, shots, queries_per_class, val_e
         test_classes, per_class, budget, trials, timeout, storage, study, sampler, pruner, objective, seed, device,
         export) -> None:
     """Run (or continue) a study."""
-    from fewshot_cryoet.datasets.dataset import parse_snr
-
     def on_trial(trial) -> None:
         if trial.state.name == "PRUNED":
             text = f"pruned at training episode {trial.last_step}"
@@ -87,7 +90,7 @@ def run(method, variant, param_texts, snr, ways, shots, queries_per_class, val_e
         raise click.BadParameter(f"{export} is a folder; give a file name such as best.json", param_hint="--export")
     with progress_bars() as progress:
         result = api.tune(
-            method, variant=variant, params=method_params(param_texts, method), snr=parse_snr(snr) if snr is not None else None, ways=ways,
+            method, variant=variant, params=method_params(param_texts, method), snr=api.parse_snr(snr) if snr is not None else None, ways=ways,
             shots=shots, queries_per_class=queries_per_class, val_episodes=val_episodes, dataset=dataset,
             templates=templates, test_classes=test_classes and test_classes.split(","), per_class=per_class,
             budget=budget, trials=trials, timeout=timeout, storage=storage, study=study, sampler=sampler,
@@ -103,9 +106,7 @@ def run(method, variant, param_texts, snr, ways, shots, queries_per_class, val_e
 @storage_option
 def show(study, storage) -> None:
     """Print a study's best trials."""
-    from fewshot_cryoet import tuning
-
-    _show(tuning.load_study(storage, study), storage)
+    _show(api.load_study(study, storage), storage)
 
 
 @tune.command("confirm")
