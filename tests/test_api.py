@@ -1,8 +1,8 @@
-"""The Python API as the README shows it, run as written, plus the layering rules it rests on."""
+"""The Python API as the README shows it, run as written (the layering rules it rests on are in
+test_architecture.py)."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -30,39 +30,6 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert len(predictions) == 2 * 10 - 2 and set(predictions["predicted_class"]) <= {"syn000", "syn001"}
     assert (tmp_path / "demo-boards" / "leaderboard.md").exists()
     assert "accuracy on unseen classes" in capsys.readouterr().out
-
-
-def _imports(path: Path) -> set[str]:
-    """Modules imported at run time (imports for type checkers only are not dependencies)."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            node.body = []
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
-def test_layering():
-    """The command line sits on top; methods and data sets sit at the bottom."""
-    offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        module = path.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
-        imports = _imports(path)
-        if not path.name.startswith("cli") and path.name != "__main__.py":
-            offenders += [(module, i) for i in imports if i.startswith("fewshot_cryoet.cli")]
-        if module.startswith("fewshot_cryoet.methods."):
-            offenders += [(module, i) for i in imports
-                          if i in ("fewshot_cryoet.plugins", "fewshot_cryoet.evaluation.metrics", "fewshot_cryoet.evaluation.scoring")]
-        if module.startswith("fewshot_cryoet.datasets."):
-            offenders += [(module, i) for i in imports if i.startswith(
-                ("fewshot_cryoet.episodes", "fewshot_cryoet.evaluation.metrics", "fewshot_cryoet.segmentation",
-                 "fewshot_cryoet.evaluation.scoring"))]
-    assert not offenders, offenders
 
 
 def test_api_results_are_plain_data(tiny_dataset, tmp_path):

@@ -216,7 +216,8 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
 
 
 def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
-    from fewshot_cryoet.core.types import Budget, FitContext
+    from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.methods.base import FitContext
     from fewshot_cryoet.evaluation.runner import validation_episodes
 
     validation = validator(validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True))
