@@ -190,3 +190,31 @@ def test_old_module_paths_still_import_with_a_deprecation_warning():
         messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
         assert any(new in m for m in messages), (old, messages)
         assert [w.filename for w in caught] == [__file__] * len(caught), "the warning points at the caller"
+
+
+def test_a_plugin_written_against_the_old_paths_passes_the_conformance_kit(monkeypatch):
+    """tests/plugins/legacy imports everything by its 0.1 path: it loads with a DeprecationWarning
+    per moved path, its classes are the new ones, and the conformance kit passes."""
+    import importlib
+    import sys
+
+    from fewshot_cryoet.core.types import ValidationScore
+    from fewshot_cryoet.methods.torch_method import TorchMethod
+    from fewshot_cryoet.testing import check_method
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins" / "legacy"))
+    for old in ("fewshot_cryoet.errors", "fewshot_cryoet.params", "fewshot_cryoet.scoring", "fsc_legacy_plugin"):
+        monkeypatch.delitem(sys.modules, old, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plugin = importlib.import_module("fsc_legacy_plugin")
+    moved = sorted({str(w.message).split(" has moved")[0] for w in caught if issubclass(w.category, DeprecationWarning)})
+    assert moved == ["fewshot_cryoet.errors", "fewshot_cryoet.methods.base.TorchMethod", "fewshot_cryoet.params",
+                     "fewshot_cryoet.scoring"]
+    assert {Path(w.filename).name for w in caught} == {"fsc_legacy_plugin.py"}  # each points at the plugin's line
+    assert issubclass(plugin.LegacyTiny, TorchMethod) and plugin.ValidationScore is ValidationScore
+
+    passed = check_method(plugin.LegacyTiny)
+    assert len(passed) >= 10 and all(isinstance(line, str) for line in passed)
+    assert plugin.describe(plugin.FitReport(episodes=2), plugin.Budget(episodes=4),
+                           ValidationScore(0.5, 0.7)) == "2/4 episodes, selection 0.600"
