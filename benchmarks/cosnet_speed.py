@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.methods.torch_method import cpu_has_bf16
 from fewshot_cryoet.methods.cosnet import COSNet, PublishedNetwork
+from fewshot_cryoet.methods.torch_method import cpu_has_bf16
 
 
 def plain_loss(net: PublishedNetwork, support, query, s_masks, q_masks, labels_s, labels_q) -> torch.Tensor:

@@ -33,11 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fewshot_cryoet import api  # noqa: E402
+from fewshot_cryoet.core.types import Budget  # noqa: E402
 from fewshot_cryoet.datasets.simulate import SimulationConfig  # noqa: E402
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes  # noqa: E402
-from fewshot_cryoet.core.types import Budget  # noqa: E402
-from fewshot_cryoet.plugins import get_plugins  # noqa: E402
 from fewshot_cryoet.evaluation.runner import fit_context  # noqa: E402
+from fewshot_cryoet.plugins import get_plugins  # noqa: E402
 
 METHODS = (("protonet", None), ("siamese", None), ("cosnet", "duse-decoder"), ("cosnet", "scnn"))
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
-from fewshot_cryoet.methods.cosnet import PROFILES, COSNet
 from fewshot_cryoet.evaluation.metrics import significantly_worse
+from fewshot_cryoet.methods.cosnet import PROFILES, COSNet
+from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
 from fewshot_cryoet.results.store import ResultsStore
 
 WAYS = (2, 4, 6, 8)

@@ -24,7 +24,8 @@ import starfile
 import torch
 from click.testing import CliRunner
 
-from fewshot_cryoet.cli import _resolve_dataset, main
+from fewshot_cryoet import api
+from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.dataset import parse_snr
 from fewshot_cryoet.datasets.mrc_io import read_volume
 from fewshot_cryoet.evaluation.metrics import dice
@@ -63,8 +64,7 @@ def main_() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    _, provider, _ = _resolve_dataset(None, (str(args.templates),), 100, None)
-    dataset = provider.dataset(parse_snr(args.snr))
+    dataset = api.data_source(templates=[args.templates], per_class=100).at(parse_snr(args.snr))
     model = work / "model"
     if not (model / "model.json").exists():
         fsc("train", "--method", "cosnet/duse-decoder", "--dataset", dataset.path, "--snr", args.snr,

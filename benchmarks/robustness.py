@@ -31,12 +31,12 @@ import pandas as pd
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli.options import parse_list
-from fewshot_cryoet.datasets.presets import PRESETS
-from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
 from fewshot_cryoet.core.local_workers import cpu_threads, launch, stopped_on_exit, thread_env
-from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 from fewshot_cryoet.core.outputs import write_text
 from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.datasets.presets import PRESETS
+from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
+from fewshot_cryoet.reports.leaderboard import LEADERBOARD_EPISODES, summarise, with_training_seeds
 
 SHIFTED = ("near-focus", "strong-envelope", "amplitude-contrast", "low-resolution", "narrow-tilts",
            "structured-background", "misaligned", "pixel-size", "all-shifted")
@@ -131,8 +131,8 @@ def goals(data: pd.DataFrame, found: dict, frame: pd.DataFrame) -> list[str]:
     its default-domain accuracy (≥ 0.95 wanted), that row against xcorr on all-shifted at SNR 0.5
     (a paired Wilcoxon test on the same episodes), and COS-Net's raw Dice on every shifted domain
     (≥ 0.75 wanted)."""
-    from fewshot_cryoet.reports.leaderboard import episode_scores, per_seed_ranges, seed_scores
     from fewshot_cryoet.evaluation.metrics import paired_comparison
+    from fewshot_cryoet.reports.leaderboard import episode_scores, per_seed_ranges, seed_scores
 
     lines = ["### Against the goals", ""]
     learned = data[data["method"] != "xcorr"]

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.datasets.build import simulate_dataset
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.datasets.synthetic import synthetic_templates
 from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.core.types import Budget
-from fewshot_cryoet.methods.base import FewShotMethod, FitContext, ScoreKind
 from fewshot_cryoet.evaluation.scoring import validator
+from fewshot_cryoet.methods.base import FewShotMethod, FitContext, ScoreKind
 
 
 class ConformanceError(AssertionError):

@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 from fewshot_cryoet import api
-from fewshot_cryoet.evaluation.calibration import class_probabilities, fit_temperature, negative_log_likelihood
-from fewshot_cryoet.models.checkpoints import load_method, read_checkpoint
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
+from fewshot_cryoet.evaluation.calibration import (
+    class_probabilities,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
+from fewshot_cryoet.models.checkpoints import load_method, read_checkpoint
 
 
 def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
-from fewshot_cryoet.reports.leaderboard import render
-from fewshot_cryoet.core.types import Budget
-from fewshot_cryoet.methods.cosnet import COSNet, DuSE
-from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner
 from fewshot_cryoet.evaluation.scoring import Scorer, validator
-from fewshot_cryoet.segmentation.crf import CRFParams, refine
+from fewshot_cryoet.methods.cosnet import COSNet, DuSE
+from fewshot_cryoet.methods.xcorr import CrossCorrelation
+from fewshot_cryoet.reports.leaderboard import render
 from fewshot_cryoet.results.store import ResultsStore
+from fewshot_cryoet.segmentation.crf import CRFParams, refine
 from fewshot_cryoet.testing import check_method
 
 TINY = {"channels": 4, "embedding": 16, "box": 16}
@@ -217,8 +216,8 @@ def test_a_failing_method_does_not_stop_the_grid(tiny_dataset, tmp_path):
 
 def test_selection_uses_validation_dice_for_decoder_variants(tiny_val2_dataset):
     from fewshot_cryoet.core.types import Budget
-    from fewshot_cryoet.methods.base import FitContext
     from fewshot_cryoet.evaluation.runner import validation_episodes
+    from fewshot_cryoet.methods.base import FitContext
 
     validation = validator(validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True))
     source = EpisodeSource(tiny_val2_dataset, "train", 1.0)

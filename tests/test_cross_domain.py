@@ -8,10 +8,10 @@ import math
 import pytest
 
 from fewshot_cryoet import api
+from fewshot_cryoet.core.errors import SettingError
 from fewshot_cryoet.datasets.build import simulate_dataset
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.datasets.synthetic import synthetic_template
-from fewshot_cryoet.core.errors import SettingError
 
 TINY = {"protonet": {"channels": [4, 8]}, "xcorr": {"angular_step": 60}}
 

@@ -166,8 +166,8 @@ def test_export_to_mrc_and_star(tmp_path, paired_dataset):
 
 def test_particles_larger_than_the_box_are_reported_by_class(tmp_path):
     from fewshot_cryoet import api
-    from fewshot_cryoet.datasets.simulate import SimulationConfig
     from fewshot_cryoet.core.reporting import CallbackReporter
+    from fewshot_cryoet.datasets.simulate import SimulationConfig
 
     lines: list[str] = []
     api.simulate(tmp_path / "small-box", classes=3, per_class=2, snrs=[1.0], seed=0,

@@ -29,9 +29,9 @@ import starfile
 import torch
 from click.testing import CliRunner
 
-from fewshot_cryoet.models.checkpoints import file_hash
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.mrc_io import write_volume
+from fewshot_cryoet.models.checkpoints import file_hash
 
 PROTONET = ["--param", "protonet.channels=[4,4]"]
 SECRET = "secretpw"

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fewshot_cryoet import api
+from fewshot_cryoet.core.errors import SettingError
 from fewshot_cryoet.datasets.presets import PRESETS, apply_preset
 from fewshot_cryoet.datasets.simulate import SimulationConfig, Simulator, add_noise, make_plan
 from fewshot_cryoet.datasets.synthetic import synthetic_templates
-from fewshot_cryoet.core.errors import SettingError
 
 BASE = SimulationConfig(box=16, voxel_size=20.0, route="fourier")
 TILTED = replace(BASE, route="tilt-series")

@@ -11,8 +11,8 @@ import pytest
 import starfile
 
 from fewshot_cryoet import api
-from fewshot_cryoet.datasets.scene import SceneConfig
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.datasets.scene import SceneConfig
 
 SCENE = SceneConfig(shape_xyz=(96, 96, 48), particles=24, snr=0.5, seed=1)
 

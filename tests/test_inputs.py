@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fewshot_cryoet import api
-from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
 from fewshot_cryoet.methods.inputs import INPUT_DEFAULTS, ROBUST_INPUTS, InputNormalisation, _sphere
 from fewshot_cryoet.plugins import require_methods

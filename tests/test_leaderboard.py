@@ -10,8 +10,8 @@ import pytest
 
 from fewshot_cryoet import api
 from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.reports.leaderboard import summarise
 from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.reports.leaderboard import summarise
 from fewshot_cryoet.results.store import ResultsStore
 
 

@@ -8,9 +8,9 @@ import torch
 from fewshot_cryoet import FscError
 from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.methods.protonet import ProtoNet
+from fewshot_cryoet.methods.radial import RadialProfile, radial_profiles
 from fewshot_cryoet.methods.siamese import Siamese
 from fewshot_cryoet.methods.so3 import mean_nearest_neighbour_angle, rotation_grid
-from fewshot_cryoet.methods.radial import RadialProfile, radial_profiles
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.testing import ConformanceError, check_method
 
@@ -77,11 +77,11 @@ def test_rotation_grid_spacing_follows_the_step():
 
 def test_xcorr_finds_a_rotated_copy():
     """A support that is an exact rotated copy of the query must win against other classes."""
-    from fewshot_cryoet.datasets.synthetic import synthetic_templates
-    from fewshot_cryoet.episodes import Episode
     from scipy.spatial.transform import Rotation
 
     from fewshot_cryoet.datasets.placement import TemplateBank
+    from fewshot_cryoet.datasets.synthetic import synthetic_templates
+    from fewshot_cryoet.episodes import Episode
 
     bank = TemplateBank(synthetic_templates(3))
     rotation = Rotation.from_euler("zyz", [40, 70, 10], degrees=True).as_quat()

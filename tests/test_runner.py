@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.reports.leaderboard import render
+from fewshot_cryoet.core.reporting import CallbackReporter
 from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner, fit_identity
+from fewshot_cryoet.evaluation.scoring import Scorer
 from fewshot_cryoet.methods.base import Prediction
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
-from fewshot_cryoet.core.reporting import CallbackReporter
-from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner, fit_identity
-from fewshot_cryoet.evaluation.scoring import Scorer
+from fewshot_cryoet.reports.leaderboard import render
 from fewshot_cryoet.results.store import ResultsStore
 
 TINY_PROTONET = {"channels": [4, 8, 8, 8], "val_every": 2}

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from fewshot_cryoet import FscError
-from fewshot_cryoet.models.checkpoints import file_hash, read_checkpoint
+from fewshot_cryoet.core.reporting import CallbackReporter
 from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner
 from fewshot_cryoet.methods.cosnet import COSNet
 from fewshot_cryoet.methods.protonet import ProtoNet
-from fewshot_cryoet.core.reporting import CallbackReporter
-from fewshot_cryoet.evaluation.runner import BenchSettings, MethodSpec, Runner
-from fewshot_cryoet.results.store import ResultsStore
+from fewshot_cryoet.models.checkpoints import file_hash, read_checkpoint
 from fewshot_cryoet.models.training_state import TrainingStateFile
+from fewshot_cryoet.results.store import ResultsStore
 
 PROTONET = MethodSpec(ProtoNet, params={"channels": [4, 8, 8, 8], "val_every": 2})
 #: the published topology with the decoder (segmentation loss, DuSE, batch norm), tiny

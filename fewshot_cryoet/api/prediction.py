@@ -26,10 +26,10 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     """Classify (and segment) ``queries`` against 1 to K ``support`` examples per class with a
     trained ``model`` folder or a training-free ``method``; writes ``out`` and returns its
     predictions table (skipped queries in ``frame.attrs["skipped"]``)."""
+    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.core.outputs import check_output_folder
     from fewshot_cryoet.datasets.mrc_io import read_volume
     from fewshot_cryoet.datasets.user_files import VOXEL_SIZE_SETTING, Preparer, read_support
-    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.inference.predict import (
         PredictOptions,
         check_files_exist,

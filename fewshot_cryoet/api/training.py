@@ -35,11 +35,11 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
     default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
     ``imaging="default"`` simulates the default microscope instead."""
+    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.core.outputs import check_output_folder
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.core.version import __version__
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.evaluation.fitting import fit_context
     from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
     from fewshot_cryoet.models.model_dir import ModelCard, save_model

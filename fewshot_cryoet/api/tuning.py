@@ -29,9 +29,9 @@ def tune(method: str, *, variant: str | None = None, params: dict[str, Any] | No
     """Tune a method's hyper-parameters on validation classes (the test split is never read) in
     an Optuna study; running it again continues the study up to ``trials`` finished trials."""
     from fewshot_cryoet import tuning
+    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.core.devices import resolve_device
 
     entry = method if variant is None else f"{method.split('/', 1)[0]}/{variant}"
     spec = method_specs([entry], {entry.split("/")[0]: params} if params else None)[0]
@@ -85,9 +85,9 @@ def confirm_tuning(study: str, *, seeds: Sequence[int] = (0, 1, 2), episodes: in
     stored with the study, shown by ``fsc tune show`` and written into exported params files.
     The data must be the study's own (checked by hash)."""
     from fewshot_cryoet import tuning
+    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.datasets.dataset import parse_snr
-    from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.tuning.confirm import confirm
 
     seeds = list(seeds)

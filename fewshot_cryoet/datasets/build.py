@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from scipy.spatial.transform import Rotation
 
+from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import DatasetWriter, SubtomogramDataset, now_iso, snr_label
 from fewshot_cryoet.datasets.simulate import ParticlePlan, SimulationConfig, Simulator, add_noise, make_plan
 from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.core.errors import FscError, SettingError
-from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 CHUNK = 16
 

@@ -16,9 +16,9 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
-from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 
 def export_dataset(

@@ -28,13 +28,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from fewshot_cryoet.core.version import __version__
-from fewshot_cryoet.datasets.dataset import RECORDED, DatasetWriter, SubtomogramDataset, check_output_folder, now_iso
-from fewshot_cryoet.datasets.sources.base import ParticleSource, files_digest
-from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.outputs import write_json
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.version import __version__
+from fewshot_cryoet.datasets.dataset import (
+    RECORDED,
+    DatasetWriter,
+    SubtomogramDataset,
+    check_output_folder,
+    now_iso,
+)
+from fewshot_cryoet.datasets.sources.base import ParticleSource, files_digest
+from fewshot_cryoet.datasets.splits import DEFAULT_FRACTIONS, assign_splits
 
 #: Particles written between two saves of the progress (a resumed import redoes at most these).
 SAVE_EVERY = 64

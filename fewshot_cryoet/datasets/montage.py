@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.core.errors import SettingError
+from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 
 SLICE_NAMES = {"z": "XY", "y": "XZ", "x": "YZ"}
 

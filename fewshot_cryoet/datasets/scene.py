@@ -29,14 +29,19 @@ import pandas as pd
 import torch
 from scipy.spatial.transform import Rotation
 
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.datasets.imaging import (
-    Microscope, _projection_matrices, _ramp_filter, fft_friendly_size, particle_transfer, radial_frequency,
+    Microscope,
+    _projection_matrices,
+    _ramp_filter,
+    fft_friendly_size,
+    particle_transfer,
+    radial_frequency,
 )
 from fewshot_cryoet.datasets.mrc_io import write_volume
 from fewshot_cryoet.datasets.placement import TemplateBank
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.core.reporting import Reporter, as_reporter
 
 TOMOGRAM_NAME = "scene"
 

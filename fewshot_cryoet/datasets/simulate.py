@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.datasets.imaging import (
     Microscope,
     ParticleOptics,
@@ -36,7 +37,6 @@ from fewshot_cryoet.datasets.placement import (
     random_rotations,
 )
 from fewshot_cryoet.datasets.templates import Template
-from fewshot_cryoet.core.errors import FscError, SettingError
 
 Route = Literal["tilt-series", "fourier"]
 #: Settings that take a (min, max) range drawn per particle, besides defocus.

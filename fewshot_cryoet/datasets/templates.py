@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.datasets.imaging import fft_friendly_size
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume, write_volume
-from fewshot_cryoet.core.errors import FscError
 
 ATOMIC_MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 #: Densities below this fraction of the maximum are treated as empty space when sizing grids.

@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES, read_volume
 from fewshot_cryoet.datasets.templates import resample
-from fewshot_cryoet.core.errors import FscError
 
 PATH_COLUMNS = ("rlnImageName", "rlnSubtomogramName", "path", "file", "filename", "image")
 CLASS_COLUMNS = ("class", "label", "fscClass", "rlnClassName", "rlnClassNumber")

@@ -14,25 +14,38 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterable
 
-
+from fewshot_cryoet.core.devices import resolve_device
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.outputs import write_json
+from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.core.types import Budget, FitReport
 from fewshot_cryoet.core.version import __version__
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, snr_label
 from fewshot_cryoet.episodes import EpisodeSet, load_episode
-from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.core.types import Budget, FitReport
-from fewshot_cryoet.methods.base import FewShotMethod
-from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.evaluation.fitting import (
+    VALIDATION_EPISODES,
+    check_domains,
+    fit_context,
+    fit_data,
+    validation_episodes,
+)
+from fewshot_cryoet.evaluation.grid import (
+    EVAL_CHUNK,
+    BenchSettings,
+    EvalPlan,
+    Job,
+    Level,
+    MethodSpec,
+    chunk_identity,
+    fit_identity,
+    test_episode_sets,
+)
 from fewshot_cryoet.evaluation.scoring import Scorer
+from fewshot_cryoet.methods.base import FewShotMethod
 from fewshot_cryoet.models.checkpoints import file_hash
-from fewshot_cryoet.core.outputs import write_json
 from fewshot_cryoet.models.training_state import TrainingStateFile
 from fewshot_cryoet.results.archive import ResultsArchive
 from fewshot_cryoet.results.store import Cell, ResultsStore
-from fewshot_cryoet.core.devices import resolve_device
-from fewshot_cryoet.evaluation.fitting import VALIDATION_EPISODES, check_domains, fit_context, fit_data, validation_episodes
-from fewshot_cryoet.evaluation.grid import (
-    EVAL_CHUNK, BenchSettings, EvalPlan, Job, Level, MethodSpec, chunk_identity, fit_identity, test_episode_sets,
-)
 
 #: How often a process waiting for another's training checks the store (seconds).
 CLAIM_POLL_SECONDS = 2.0

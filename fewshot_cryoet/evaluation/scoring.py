@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fewshot_cryoet.evaluation.calibration import class_probabilities
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.types import ValidationScore
+from fewshot_cryoet.evaluation.calibration import class_probabilities
 from fewshot_cryoet.evaluation.metrics import dice, episode_accuracy
-from fewshot_cryoet.segmentation.crf import CRFParams, refine
 from fewshot_cryoet.results.rows import EpisodeResult
+from fewshot_cryoet.segmentation.crf import CRFParams, refine
 
 #: Foreground probability above which a voxel is in the raw mask.
 RAW_THRESHOLD = 0.5

@@ -30,13 +30,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fewshot_cryoet.datasets.mrc_io import write_volume
-from fewshot_cryoet.datasets.user_files import (
-    PATH_COLUMNS, Geometry, Preparer, SupportSet, _box_text, _column, _mrc_files,
-    _read_table, _resolve, fit_box,
-)
 from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
+from fewshot_cryoet.datasets.mrc_io import write_volume
+from fewshot_cryoet.datasets.user_files import (
+    PATH_COLUMNS,
+    Geometry,
+    Preparer,
+    SupportSet,
+    _box_text,
+    _column,
+    _mrc_files,
+    _read_table,
+    _resolve,
+    fit_box,
+)
 from fewshot_cryoet.evaluation.calibration import class_probabilities
 from fewshot_cryoet.evaluation.scoring import Scorer
 

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
-from fewshot_cryoet.episodes import Episode, EpisodeSource
 from fewshot_cryoet.core.errors import FscError
-from fewshot_cryoet.core.types import Budget, FitReport, ValidationScore
-from fewshot_cryoet.methods.inputs import (
-    INPUT_DEFAULTS, INPUT_RULES, WEDGE_PRESERVING_FLIPS, InputNormalisation, rotated,
-)
 from fewshot_cryoet.core.params import Param, check_params
+from fewshot_cryoet.core.types import Budget, FitReport, ValidationScore
+from fewshot_cryoet.episodes import Episode, EpisodeSource
+from fewshot_cryoet.methods.inputs import (
+    INPUT_DEFAULTS,
+    INPUT_RULES,
+    WEDGE_PRESERVING_FLIPS,
+    InputNormalisation,
+    rotated,
+)
 from fewshot_cryoet.segmentation.crf import CRFParams
 
 if TYPE_CHECKING:

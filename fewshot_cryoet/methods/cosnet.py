@@ -34,17 +34,16 @@ Variants are the rows of the paper's Table 1: ``scnn`` (SCNN w/o decoder), ``scn
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import warnings
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.params import Param
+from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction, ScoreKind
 from fewshot_cryoet.methods.torch_method import TorchMethod
 

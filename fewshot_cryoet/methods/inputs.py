@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.datasets.imaging import centred_radius, lowpass, radial_frequency
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.core.params import Param
 
 #: Version of the normalisation code; a model folder from a newer one is refused.
 NORMALISATION_VERSION = 1

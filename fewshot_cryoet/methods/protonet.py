@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.core.params import Param
+from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction
-from fewshot_cryoet.methods.torch_method import TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
+from fewshot_cryoet.methods.torch_method import TorchMethod
 
 
 class ProtoNet(TorchMethod):

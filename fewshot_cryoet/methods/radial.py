@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction
-from fewshot_cryoet.core.params import Param
 
 
 def radial_profiles(volumes: torch.Tensor, bins: int) -> torch.Tensor:

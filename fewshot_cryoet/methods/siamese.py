@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.core.params import Param
+from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction, ScoreKind
-from fewshot_cryoet.methods.torch_method import TorchMethod
 from fewshot_cryoet.methods.encoders import ConvEncoder3d
+from fewshot_cryoet.methods.torch_method import TorchMethod
 
 
 class SiameseNetwork(nn.Module):

@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.datasets.imaging import centred_radius
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.core.params import Param
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
 from fewshot_cryoet.methods.so3 import rotation_grid
 

@@ -17,8 +17,8 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from fewshot_cryoet.plugins import hookspecs
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.plugins import hookspecs
 from fewshot_cryoet.plugins.registry import Origin, Registry
 
 BUILTIN_PLUGINS = ("fewshot_cryoet.methods.builtin", "fewshot_cryoet.datasets.builtin")

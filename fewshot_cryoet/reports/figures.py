@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.montage import save_figure
-from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.evaluation.metrics import dice
 from fewshot_cryoet.evaluation.scoring import RAW_THRESHOLD, Scorer
 

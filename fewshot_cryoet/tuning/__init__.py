@@ -17,11 +17,35 @@ that asks for something else is refused, so trials of different experiments neve
 """
 
 from fewshot_cryoet.tuning.objective import SafeInterrupt, TuningObjective, run_study
-from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE, GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage, safe_url
+from fewshot_cryoet.tuning.storage import (
+    DEFAULT_STORAGE,
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    open_storage,
+    safe_url,
+)
 from fewshot_cryoet.tuning.study import (
-    OBJECTIVES, PARAMS_FORMAT, PRUNERS, SAMPLERS, TunedParams, TuneSettings, best_trial, default_study_name,
-    enqueue_defaults, finished_trials, grid_from_distributions, load_params_file, load_study, make_pruner,
-    make_sampler, open_study, parse_timeout, probe_search_space, resolve_params, sampler_seed, tuned_params,
+    OBJECTIVES,
+    PARAMS_FORMAT,
+    PRUNERS,
+    SAMPLERS,
+    TunedParams,
+    TuneSettings,
+    best_trial,
+    default_study_name,
+    enqueue_defaults,
+    finished_trials,
+    grid_from_distributions,
+    load_params_file,
+    load_study,
+    make_pruner,
+    make_sampler,
+    open_study,
+    parse_timeout,
+    probe_search_space,
+    resolve_params,
+    sampler_seed,
+    tuned_params,
 )
 
 __all__ = [

@@ -23,8 +23,8 @@ from fewshot_cryoet.core.reporting import Reporter, as_reporter
 if TYPE_CHECKING:
     import torch
 
-    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.methods.base import FewShotMethod
     from fewshot_cryoet.tuning.study import TuneSettings
 
@@ -63,8 +63,8 @@ def confirm(cls: type[FewShotMethod], settings: TuneSettings, dataset: Subtomogr
             reporter: Reporter | None = None) -> Confirmation:
     """Retrain and score the tuned and the default configuration per seed; see the module."""
     from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
-    from fewshot_cryoet.evaluation.metrics import paired_comparison, seeds_and_episodes_ci
     from fewshot_cryoet.evaluation.fitting import fit_context
+    from fewshot_cryoet.evaluation.metrics import paired_comparison, seeds_and_episodes_ci
     from fewshot_cryoet.tuning.objective import score_episodes
 
     reporter = as_reporter(reporter)

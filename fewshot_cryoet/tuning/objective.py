@@ -15,8 +15,8 @@ from fewshot_cryoet.tuning.study import TuneSettings, finished_trials
 if TYPE_CHECKING:
     import optuna
 
-    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.datasets.dataset import SubtomogramDataset
     from fewshot_cryoet.methods.base import FewShotMethod
 
 
@@ -89,8 +89,8 @@ class TuningObjective:
     def _run(self, trial: optuna.Trial):
         import optuna
 
-        from fewshot_cryoet.methods.base import FitContext
         from fewshot_cryoet.evaluation.scoring import validator
+        from fewshot_cryoet.methods.base import FitContext
 
         suggested = self.cls.search_space(trial, self.variant_params)
         params = {**self.settings.fixed_params, **suggested}

@@ -33,7 +33,12 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     import optuna
     import sqlalchemy.exc
 
-    from fewshot_cryoet.core.databases import missing_driver, parse_url, unreachable, with_installed_postgres_driver
+    from fewshot_cryoet.core.databases import (
+        missing_driver,
+        parse_url,
+        unreachable,
+        with_installed_postgres_driver,
+    )
 
     parsed = parse_url(url, "storage", "sqlite:///fsc-tune.sqlite or postgresql://user:password@host:5432/db")
     if must_exist and parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \

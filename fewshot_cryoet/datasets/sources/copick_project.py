@@ -19,9 +19,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.datasets.sources.base import ParticleSource, ReadParticle, SourceOptions, SourceParticle
 from fewshot_cryoet.datasets.sources.tomograms import DEFAULT_BOX, cut_out
-from fewshot_cryoet.core.errors import FscError
 
 
 class CopickSource(ParticleSource):

@@ -14,15 +14,25 @@ from typing import ClassVar
 
 import numpy as np
 
+from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.datasets.mrc_io import read_volume
 from fewshot_cryoet.datasets.sources.base import (
-    ParticleSource, ReadParticle, SourceOptions, SourceParticle, class_mapper,
+    ParticleSource,
+    ReadParticle,
+    SourceOptions,
+    SourceParticle,
+    class_mapper,
 )
 from fewshot_cryoet.datasets.templates import resample
 from fewshot_cryoet.datasets.user_files import (
-    CLASS_COLUMNS, PATH_COLUMNS, _column, _read_table, _resolve, fit_box, read_support,
+    CLASS_COLUMNS,
+    PATH_COLUMNS,
+    _column,
+    _read_table,
+    _resolve,
+    fit_box,
+    read_support,
 )
-from fewshot_cryoet.core.errors import FscError
 
 #: Header voxel size override, named in errors about files whose header says 0.
 VOXEL_OPTION = "source_voxel_size"

@@ -26,13 +26,17 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES
 from fewshot_cryoet.datasets.sources.base import (
-    ParticleSource, ReadParticle, SourceOptions, SourceParticle, class_mapper,
+    ParticleSource,
+    ReadParticle,
+    SourceOptions,
+    SourceParticle,
+    class_mapper,
 )
 from fewshot_cryoet.datasets.sources.labelled import onto_grid
 from fewshot_cryoet.datasets.user_files import CLASS_COLUMNS
-from fewshot_cryoet.core.errors import FscError, SettingError
 
 VOXEL_COLUMNS = (("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"), ("x", "y", "z"), ("X", "Y", "Z"))
 CENTRED_COLUMNS = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")

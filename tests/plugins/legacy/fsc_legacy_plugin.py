@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fewshot_cryoet.errors import FscError
+from fewshot_cryoet.params import Param
+from fewshot_cryoet.scoring import ValidationScore
 
 from fewshot_cryoet import hookimpl
 from fewshot_cryoet.episodes import Episode
-from fewshot_cryoet.errors import FscError
 from fewshot_cryoet.methods.base import Budget, FitReport, Prediction, TorchMethod
-from fewshot_cryoet.params import Param
-from fewshot_cryoet.scoring import ValidationScore
 
 
 class LegacyTiny(TorchMethod):
