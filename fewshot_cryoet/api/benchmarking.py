@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from fewshot_cryoet.evaluation.grid import MethodSpec
 from fewshot_cryoet.api.data import data_source
-from fewshot_cryoet.api.specs import specs_of
+from fewshot_cryoet.api.specs import check_row_method, specs_of
 
 # -- bench, train, tune ------------------------------------------------------------------------------
 #: The default grid's SNR levels: the paper's 1000, and 0.02, where the best baseline on the shared
@@ -93,7 +93,7 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     try:
         failures = []
         if kept is not None:
-            loaded = kept.load_into(results)
+            loaded = kept.load_into(results, check_row_method)
             as_reporter(reporter).log(f"archive {kept.folder}: {len(loaded.added)} finished cells loaded into "
                                       f"{results.name}, {len(loaded.already)} already there")
         def level(snr: float) -> Level:  # the data of a level are loaded when a process gets there

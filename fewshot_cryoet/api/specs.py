@@ -118,3 +118,29 @@ def methods() -> pd.DataFrame:
                           "segments": "yes" if cls.segments else "no", "trains": "yes" if cls.trainable else "no",
                           "description": cls.description}
                          for name in registry.names() for cls in [registry.get(name)]])
+
+
+def check_row_method(row: dict[str, Any]) -> None:
+    """Whether a results row from elsewhere (an archive) names a method installed here, with
+    parameters that method accepts, and the parameter hash and label it gives them (a tuned row's
+    label ends ``· tuned (N trials)``); a one-line :class:`FscError` otherwise. So a crafted row
+    cannot pass for a method's under another name (``xcorr (FAKE)``)."""
+    from fewshot_cryoet.plugins import get_plugins
+
+    registry = get_plugins().methods
+    if row["method"] not in registry:
+        raise FscError(f"method {row['method']!r} is not installed here (install its plugin to load its results)")
+    cls = registry.get(row["method"])
+    try:
+        variant, resolved = cls.resolve(json.loads(row["params"]), row["variant"])
+    except FscError as exc:
+        raise FscError(f"method {cls.name}: its parameters are refused ({exc})") from None
+    except Exception as exc:  # a plugin's resolve may fail any way on parameters it never saw
+        raise FscError(f"method {cls.name}: its parameters are refused ({type(exc).__name__})") from None
+    if cls.hash_params(resolved) != row["params_hash"]:
+        raise FscError(f"method {cls.name}: parameter hash {row['params_hash']} is not that of its parameters "
+                       f"({cls.hash_params(resolved)})")
+    label = cls.display_label(variant, resolved)
+    tuned = re.fullmatch(r"(.+) · tuned \(\d+ trials\)", row["label"])
+    if row["label"] != label and not (tuned and tuned.group(1).startswith(cls.label_for(variant, resolved))):
+        raise FscError(f"method {cls.name}: label {row['label']!r} is not the one it gives these parameters ({label!r})")

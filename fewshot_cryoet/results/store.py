@@ -42,6 +42,7 @@ from fewshot_cryoet.results.leases import STALE_SECONDS, Heartbeat, pid_alive
 from fewshot_cryoet.results.location import StoreLocation, locate
 from fewshot_cryoet.results.rows import Cell, Claim, EpisodeResult
 from fewshot_cryoet.results.schema import MIGRATIONS, OUR_TABLES, SCHEMA_VERSION, metadata
+from fewshot_cryoet.results.validation import check_rows
 
 #: Serialises creating or migrating the tables on PostgreSQL (a transaction-scoped advisory lock).
 SCHEMA_LOCK = 0x66736300
@@ -326,6 +327,11 @@ class ResultsStore:
             db.execute(text("INSERT INTO snr_levels VALUES (:d, :s, :m) ON CONFLICT (dataset_hash, snr) "
                             "DO UPDATE SET mask_snr = excluded.mask_snr"), dict(d=dataset_hash, s=snr, m=value))
 
+    def snr_level(self, dataset_hash: str, snr: str) -> float | None:
+        """The in-mask SNR the store holds for a data set's level (None: none held, or noise-free)."""
+        return self.connection.execute(text("SELECT mask_snr FROM snr_levels WHERE dataset_hash = :d AND snr = :s"),
+                                       dict(d=dataset_hash, s=snr)).scalar()
+
     def frame(self, **where: object) -> pd.DataFrame:
         """Every episode row as a DataFrame, with its level's median in-mask SNR (``mask_snr``,
         NaN where unknown: noise-free levels, stores from before schema 7).
@@ -386,9 +392,14 @@ class ResultsStore:
         return int(self.connection.execute(text("SELECT COUNT(*) FROM episodes WHERE cell = :cell"),
                                            {"cell": cell}).scalar_one())
 
-    def add_cell_rows(self, tables: dict[str, list[dict]]) -> None:
+    def add_cell_rows(self, tables: dict[str, list[dict]], checked: bool = False) -> None:
         """Insert one cell's rows (as :meth:`cell_rows` gives them) in a single transaction. Rows the
-        store has already are kept (two workers loading one archive at once insert it once)."""
+        store has already are kept (two workers loading one archive at once insert it once). Every
+        row is checked against the schema and its ranges first (:func:`~.validation.check_rows`),
+        unless the caller did so (``checked``, as an archive does for all its cells at once)."""
+        if not checked:
+            for name, rows in tables.items():
+                check_rows(name, rows, f"rows for {self.name}")
         keys = {"episodes": "(cell, episode)", "query_dice": "(cell, episode, query)",
                 "query_predictions": "(cell, episode, query)", "planned_cells": "(cell)",
                 "snr_levels": "(dataset_hash, snr)"}
@@ -397,10 +408,8 @@ class ResultsStore:
                 rows = tables.get(name) or []
                 if not rows:
                     continue
-                columns = list(rows[0])
-                unknown = set(columns) - set(metadata.tables[name].columns.keys())
-                if unknown:
-                    raise ValueError(f"{name} has no column {', '.join(sorted(unknown))}")
+                columns = sorted(set().union(*rows))
+                rows = [{c: row.get(c) for c in columns} for row in rows]
                 quoted = ", ".join(f'"{c}"' for c in columns)  # "query" and "class" are reserved words
                 db.execute(text(f"INSERT INTO {name} ({quoted}) VALUES ({', '.join(':' + c for c in columns)}) "
                                 f"ON CONFLICT {keys[name]} DO NOTHING"), rows)
