@@ -174,6 +174,8 @@ def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, syntheti
     from fewshot_cryoet.datasets.templates import find_template_files, load_template
 
     reporter = as_reporter(reporter)
+    if resolution is not None and not 0 < resolution < 1e4:  # NaN fails too
+        raise SettingError("resolution", f"resolution must be a positive number of Å, got {resolution}")
     if paths:
         files = find_template_files(list(paths))
         task = reporter.task("loading templates", total=len(files))
@@ -182,8 +184,10 @@ def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, syntheti
             templates.append(load_template(f, voxel_size, template_voxel_size, resolution))
             task.advance()
         return templates
-    if classes < 1:
-        raise SettingError("classes", f"classes must be ≥ 1, got {classes}")
+    from fewshot_cryoet.datasets.build import MAX_CLASSES
+
+    if not 1 <= classes <= MAX_CLASSES:
+        raise SettingError("classes", f"classes must be 1 to {MAX_CLASSES:,}, got {classes:,}")
     task = reporter.task("synthetic classes", total=classes)
     templates = []
     for i in range(classes):
@@ -208,6 +212,10 @@ def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: 
     config = apply_preset(config or SimulationConfig(), preset)
     explicit = {k: list(v) for k, v in (("val", val_classes), ("test", test_classes)) if v}
     check_output_folder(Path(out), overwrite)  # fail before the slow part
+    if not templates:  # the synthetic classes' count is known now; files are counted when found
+        from fewshot_cryoet.datasets.build import check_size
+
+        check_size(classes, per_class, config.box, len(snrs), Path(out))
     loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,
                             reporter)
     return simulate_dataset(loaded, out, list(snrs), per_class, config, seed, workers, tuple(split),
@@ -239,11 +247,14 @@ def open_dataset(dataset: str | Path | SubtomogramDataset, verify: bool = False)
 
 
 def show(dataset: str | Path | SubtomogramDataset, out: str | Path = "montage.png", snr: float | str | None = None,
-         per_class: int = 3, axis: str = "z", model: str | Path | None = None, device: str = "auto") -> Path:
+         per_class: int = 3, axis: str = "z", model: str | Path | None = None, device: str = "auto",
+         overwrite: bool = False) -> Path:
     """A PNG of central slices and masks per class, or, with ``model`` (a checkpoint or model
     folder of a segmenting method), its raw and CRF-refined masks per test class."""
+    from fewshot_cryoet.core.outputs import check_output_file
     from fewshot_cryoet.datasets.montage import draw_montage
 
+    check_output_file(Path(out), overwrite)  # an existing picture may be the user's
     data = open_dataset(dataset)
     if model is None:
         return draw_montage(data, out, snr, per_class, axis)

@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 
 
 def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None,
-                reporter: Reporter | None = None) -> list[Path]:
+                reporter: Reporter | None = None, overwrite: bool = False) -> list[Path]:
     """Markdown, CSV and PNG leaderboards from a results store; returns the files written. By
     default they go to ``leaderboards/<data set name>/`` (the store's name when it holds several
     test data sets), so two stores never overwrite each other's tables. Rows an older version
-    wrote without training seeds are read as trained with the episode seed, and that is said."""
-    from fewshot_cryoet.reports.leaderboard import render
+    wrote without training seeds are read as trained with the episode seed, and that is said.
+    A folder that holds other files but no leaderboard of ours is refused unless ``overwrite``;
+    one holding our leaderboard is brought up to date."""
+    from fewshot_cryoet.reports.leaderboard import check_leaderboard_folder, render
 
+    if out is not None:
+        check_leaderboard_folder(Path(out), overwrite)  # before the store is read
     with existing_store(store) as results:
         frame = results.frame()
         if frame.empty:
@@ -36,6 +40,7 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             stem = results.location.stem
             name = str(names[0]) if len(names) == 1 else stem
             out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or stem)
+            check_leaderboard_folder(out, overwrite)
         notes = []
         before = results.rows_before_training_seeds()
         if before and frame["train_seed"].notna().any() and (frame["id"] <= before).any():

@@ -138,11 +138,13 @@ def list_methods() -> None:
               help="Folder for the Markdown, CSV and PNG tables [leaderboards/<data set name>/].")
 @click.option("--compare", nargs=2, default=None, metavar="A B",
               help="Instead: print method A against B, cell by cell (paired test on shared episodes).")
-def leaderboard(store, out, compare) -> None:
+@click.option("--overwrite", is_flag=True, help="Write into an --out folder that holds other files but no leaderboard "
+              "(only the leaderboard's files are replaced); a leaderboard folder is updated without it.")
+def leaderboard(store, out, compare, overwrite) -> None:
     """Render Markdown, CSV and PNG leaderboards from a results store."""
     if compare:
         a, b = compare
         print_table(api.compare(store, a, b), f"{a} against {b} (paired Wilcoxon on the same episodes, α = 0.05)")
         return
-    for path in api.leaderboard(store, out, reporter=CallbackReporter(on_progress=None, on_log=say)):
+    for path in api.leaderboard(store, out, reporter=CallbackReporter(on_progress=None, on_log=say), overwrite=overwrite):
         say(f"wrote {path}")

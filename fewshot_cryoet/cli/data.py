@@ -189,9 +189,10 @@ def _print_summary(dataset) -> None:
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="A segmenting method's model folder or "
               "checkpoint (e.g. from <store>.models/): draw its raw and CRF-refined masks per test class instead.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def show(dataset, out, snr, per_class, axis, model, device) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def show(dataset, out, snr, per_class, axis, model, device, overwrite) -> None:
     """Draw central slices of subtomograms and masks per class (or a model's segmentations) into a PNG."""
-    say(f"wrote {api.show(dataset, out, snr, per_class, axis, model, device)}")
+    say(f"wrote {api.show(dataset, out, snr, per_class, axis, model, device, overwrite)}")
 
 
 @click.command()

@@ -119,6 +119,37 @@ def check_writable_parent(out: Path, setting: str = "out") -> None:
         raise SettingError(setting, f"{setting} {out}: cannot write into {ancestor} ({reason}); choose another {setting}")
 
 
+def check_output_file(out: Path, overwrite: bool, setting: str = "out") -> None:
+    """Refuse, before any work, a file we must not write: one in a place we cannot write, a folder
+    or a link at that path, or an existing file without ``overwrite`` (we cannot tell a user's file
+    from ours, so replacing one is asked for)."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise SettingError(setting, f"{setting} {out}: exists and is not a plain file; choose another {setting}")
+    if out.exists() and not overwrite:
+        raise SettingError(setting, f"{setting} {out}: exists; pass --overwrite to replace it or choose another {setting}")
+    check_writable_parent(out, setting)
+
+
+def check_report_folder(out: Path, overwrite: bool, is_ours: Callable[[Path], bool], what: str,
+                        setting: str = "out") -> None:
+    """Refuse, before any work, a folder to write a report's files into (files of fixed names,
+    replaced in place; nothing else is touched): a protected place, a file, or a folder that holds
+    other things but no report of ours, unless ``overwrite``. A folder holding our report is
+    updated without asking: regenerating it from its source is what the command is for."""
+    out = Path(out)
+    why = _protected(out)
+    if why:
+        raise SettingError(setting, f"{setting} {out}: {why}; choose a folder for {what}")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SettingError(setting, f"{setting} {out}: exists and is not a folder; choose another {setting}")
+    if out.is_dir() and any(out.iterdir()) and not is_ours(out) and not overwrite:
+        raise SettingError(setting, f"{setting} {out}: folder is not empty and holds no {what} written by fsc; pass "
+                                    f"--overwrite to write into it anyway (only the report's files are replaced) or "
+                                    f"choose another {setting}")
+    check_writable_parent(out / "x", setting)
+
+
 def _marker(folder: Path) -> dict | None:
     """``folder``'s marker, or None when it has no readable one."""
     try:

@@ -5,7 +5,8 @@ whichever their tool printed. :func:`mask_secrets` is the one function that hide
 command line passes every error, warning and log line through it, and every message that names a
 storage URL builds it with :func:`mask_secrets` too. Forms covered:
 
-* URL userinfo, with or without a scheme: ``postgresql://user:secret@host/db``, ``user:secret@host``;
+* URL userinfo, with or without a scheme: ``postgresql://user:secret@host/db``, ``user:secret@host``,
+  ``redis://:secret@host`` (no user);
 * query parameters: ``...?password=secret&sslmode=require`` (also ``sslpassword``, ``passwd``, ``pwd``);
 * libpq key=value strings: ``host=h user=u password='se cret'``.
 """
@@ -16,7 +17,10 @@ import re
 
 MASK = "***"
 
-_USERINFO = re.compile(r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*://)?[^\s:/@'\"?#]+):(?P<secret>[^\s@/'\"]+)@")
+# With a scheme the user may be empty (``redis://:secret@host``); without one it may not, so that
+# ordinary text such as ``at 12:30@home`` is left alone.
+_USERINFO = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"?#]*|[^\s:/@'\"?#]+):(?P<secret>[^\s@/'\"]+)@")
 _KEY_VALUE = re.compile(
     r"(?P<key>\b(?:ssl)?(?:password|passwd|pwd)\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\")]+)",
     re.IGNORECASE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,32 @@ def _run_chunk(start: int, stop: int) -> tuple[int, int, dict[float, tuple[np.nd
     return start, stop, measured
 
 
+#: Most classes one data set may hold, and most particles: beyond them a count was mistyped, and
+#: the plan alone (rotations, shifts, seeds per particle) would fill the memory.
+MAX_CLASSES = 10_000
+MAX_PARTICLES = 5_000_000
+
+
+def check_size(classes: int, per_class: int, box: int, levels: int, out: Path) -> None:
+    """Refuse, before anything is drawn or written, a data set that is too large to mean or to fit:
+    more than :data:`MAX_CLASSES` classes or :data:`MAX_PARTICLES` particles, or more bytes (every
+    level's volumes and the masks) than the disk holding ``out`` has free."""
+    if not 1 <= classes <= MAX_CLASSES:
+        raise SettingError("classes", f"classes must be 1 to {MAX_CLASSES:,}, got {classes:,}")
+    particles = classes * per_class
+    if per_class < 1 or particles > MAX_PARTICLES:
+        raise SettingError("per_class", f"per_class {per_class:,} × {classes:,} classes = {particles:,} particles; a "
+                                        f"data set holds 1 to {MAX_PARTICLES:,}")
+    need = particles * box**3 * (4 * levels + 1)
+    place = out.absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    free = shutil.disk_usage(place).free if place.is_dir() else None
+    if free is not None and need > free:
+        raise SettingError("per_class", f"{particles:,} particles of {box}³ voxels at {levels} SNR level(s) need "
+                                        f"{need / 2**30:.1f} GiB, and {place} has {free / 2**30:.1f} GiB free")
+
+
 def simulate_dataset(
     templates: list[Template],
     out: str | Path,
@@ -92,7 +119,12 @@ def simulate_dataset(
         raise FscError("no templates to simulate")
     if not snrs:
         raise SettingError("snr", "give at least one snr level")
-    snrs = sorted(set(snrs), key=lambda s: -s)
+    labels = [snr_label(s) for s in snrs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise SettingError("snr", f"snr {', '.join(repeated)} given twice; give each level once")
+    check_size(len(templates), per_class, config.box, len(snrs), Path(out))
+    snrs = sorted(snrs, key=lambda s: -s)
     names = [t.name for t in templates]
     splits = assign_splits(names, seed, split_fractions, explicit_splits)
     simulator = Simulator(templates, config)  # validates templates against the config early

@@ -185,11 +185,16 @@ class SubtomogramDataset:
             )
         try:
             self.manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FscError(f"{manifest_path}: corrupt manifest ({exc}); re-run fsc simulate") from None
-        if self.manifest.get("format") != FORMAT or not self.manifest.get("complete"):
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT \
+                or not self.manifest.get("complete"):
             raise FscError(f"{manifest_path}: not a complete fewshot-cryoet data set")
-        if int(self.manifest.get("format_version", 0)) > FORMAT_VERSION:
+        version = self.manifest.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise FscError(f"{manifest_path}: format_version {str(version)[:20]!r} is not a version number; "
+                           "re-run fsc simulate")
+        if version > FORMAT_VERSION:
             raise FscError(
                 f"{self.path}: data set format {self.manifest['format_version']} is newer than this "
                 f"fewshot-cryoet understands ({FORMAT_VERSION}); upgrade the package"

@@ -19,6 +19,7 @@ from scipy.spatial.transform import Rotation
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
+from fewshot_cryoet.datasets.sources.base import check_class_name
 
 
 def export_dataset(
@@ -30,6 +31,8 @@ def export_dataset(
 
     label = snr_label(parse_snr(snr))
     dataset.volumes(label)  # an SNR the data set lacks is refused before the folder is touched
+    for entry in dataset.manifest["classes"]:  # class names become file names below out
+        check_class_name(str(entry["name"]), f"{dataset.path}", "dataset")
     with AtomicFolder(Path(out), "export", overwrite) as folder:
         _export_into(folder.tmp, dataset, label, as_reporter(reporter))
         folder.commit()

@@ -17,6 +17,15 @@ import numpy as np
 from fewshot_cryoet.core.errors import FscError, SettingError
 
 MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs", ".ccp4")
+#: Bounds on what a header may ask us to read or allocate, checked before anything is: a volume
+#: of at most 512³ voxels (512 MiB as float32; subtomograms and maps are far smaller), an extended
+#: header of at most 16 MiB, and voxel sizes a microscope gives (Å). Tomograms are memory-mapped,
+#: not read whole, and have their own bounds.
+MAX_VOXELS = 512**3
+MAX_EXTENDED_HEADER = 16 << 20
+MIN_VOXEL_SIZE, MAX_VOXEL_SIZE = 0.01, 1e4
+#: MRC modes that hold complex numbers (Fourier transforms), not densities.
+COMPLEX_MODES = (3, 4)
 
 
 def read_volume(path: str | Path, voxel_size: float | None = None,
@@ -27,6 +36,7 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
     a file names ``override_option``, the caller's setting for it.
     """
     path = Path(path)
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns before it raises; we report once
@@ -40,6 +50,7 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
                 header = mrc.header
                 axis_order = (int(header.mapc), int(header.mapr), int(header.maps))
                 header_voxel = float(mrc.voxel_size.x)
+                anisotropic = not np.allclose([mrc.voxel_size.y, mrc.voxel_size.z], header_voxel, rtol=1e-3)
     except FileNotFoundError:
         raise FscError(f"{path}: file not found") from None
     except PermissionError:
@@ -59,25 +70,46 @@ def read_volume(path: str | Path, voxel_size: float | None = None,
     if not np.any(volume):
         raise FscError(f"{path}: every voxel is zero; the map holds no density")
     if voxel_size is None:
-        if not header_voxel > 0:
+        if not MIN_VOXEL_SIZE <= header_voxel <= MAX_VOXEL_SIZE:
             raise SettingError(override_option, f"{path}: header voxel size is {header_voxel:g} Å; give the real one "
                                                  f"with {override_option}")
+        if anisotropic:
+            raise SettingError(override_option, f"{path}: voxels are not cubes (header sizes differ along x, y and z); "
+                                                 f"resample the map to cubic voxels, or give their size with "
+                                                 f"{override_option} to read it as cubic")
         voxel_size = header_voxel
-    elif not voxel_size > 0:
-        raise FscError(f"{path}: voxel size override must be positive, got {voxel_size}")
+    elif not MIN_VOXEL_SIZE <= voxel_size <= MAX_VOXEL_SIZE:
+        raise FscError(f"{path}: voxel size override must be {MIN_VOXEL_SIZE:g}–{MAX_VOXEL_SIZE:g} Å, got {voxel_size}")
     return volume, float(voxel_size)
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse a device, pipe or socket (``/dev/zero`` never ends) before it is opened."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise FscError(f"{path}: is {kind}; give an MRC file")
+
+
 def _check_header_against_size(path: Path) -> None:
-    """Refuse a header that claims more data than the file holds, before anything is allocated
-    (a crafted header could otherwise make the reader reserve gigabytes)."""
+    """Refuse a header that claims more data than the file holds, or more than a volume may
+    have, before anything is allocated (a crafted header could otherwise make the reader reserve
+    gigabytes)."""
     with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:  # ValueError: not an MRC
         header = mrc.header
-        dtype = mrcfile.utils.dtype_from_mode(int(header.mode))
+        mode = int(header.mode)
         sizes = [int(header.nx), int(header.ny), int(header.nz)]
         extended = int(header.nsymbt)
+    if mode in COMPLEX_MODES:
+        raise FscError(f"{path}: holds complex numbers (MRC mode {mode}, a Fourier transform), not a density map")
+    dtype = mrcfile.utils.dtype_from_mode(mode)
     if min(sizes) < 0 or extended < 0:
         raise FscError(f"{path}: MRC header has negative sizes {tuple(sizes)}; the file is damaged")
+    if extended > MAX_EXTENDED_HEADER:
+        raise FscError(f"{path}: extended header of {extended:,} bytes (at most {MAX_EXTENDED_HEADER:,}); the file is "
+                       "damaged or not a subtomogram")
+    if sizes[0] * sizes[1] * sizes[2] > MAX_VOXELS:
+        raise FscError(f"{path}: header says {sizes[2]}×{sizes[1]}×{sizes[0]} voxels, more than a subtomogram or map "
+                       f"may have ({MAX_VOXELS:,}); cut out a region first")
     needed = 1024 + extended + sizes[0] * sizes[1] * sizes[2] * np.dtype(dtype).itemsize
     actual = path.stat().st_size
     if needed > actual:

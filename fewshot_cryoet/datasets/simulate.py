@@ -26,8 +26,15 @@ from fewshot_cryoet.datasets.imaging import (
     TiltSeriesImager,
     crop_centre,
     fourier_image,
-    radial_frequency,
     tilt_angles,
+)
+from fewshot_cryoet.datasets.noise import (  # noqa: F401  (NoisyVolumes and add_noise: importable here, as before)
+    NoisyVolumes,
+    SimulatedBatch,
+    add_noise,
+    pink_noise,
+    unit_variance,
+    white_noise,
 )
 from fewshot_cryoet.datasets.placement import (
     TemplateBank,
@@ -39,17 +46,36 @@ from fewshot_cryoet.datasets.placement import (
 from fewshot_cryoet.datasets.templates import Template
 
 Route = Literal["tilt-series", "fourier"]
+
+
 #: Settings that take a (min, max) range drawn per particle, besides defocus.
 RANGED = ("amplitude_contrast", "envelope_sigma", "lowpass_angstrom", "tilt_min", "tilt_max", "tilt_step",
           "alignment_jitter", "acquisition_voxel_size")
+
+
 #: Tilt settings drawn per particle; then angles and steps are whole degrees on a 1° grid.
 TILT_SETTINGS = ("tilt_min", "tilt_max", "tilt_step")
+
+
 #: Acquisition voxel sizes drawn per particle are rounded to this (Å), so that particles share
 #: imaging operators (one per distinct size).
 ACQUISITION_VOXEL_QUANTUM = 0.25
+
+
 #: Settings added after data sets were first hashed: omitted from the manifest at their defaults.
 LATER_SETTINGS = ("alignment_jitter", "acquisition_voxel_size")
+
+
 ROUTES: tuple[str, ...] = ("tilt-series", "fourier")
+
+
+#: Subtomogram edges simulated: 256³ float32 is 64 MiB a volume, and the tilt-series operators grow
+#: with the square of the edge; anything larger is not a subtomogram.
+MIN_BOX, MAX_BOX = 8, 256
+
+
+#: Voxel sizes (Å) that describe a real microscope; outside them a setting was mistyped.
+MIN_VOXEL_SIZE, MAX_VOXEL_SIZE = 0.1, 1000.0
 
 
 @dataclass(frozen=True)
@@ -93,10 +119,11 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.box < 8 or self.box % 2:
-            problems.append(("box", f"box must be an even number ≥ 8, got {self.box}"))
-        if not self.voxel_size > 0:
-            problems.append(("voxel_size", f"voxel_size must be positive, got {self.voxel_size}"))
+        if not MIN_BOX <= self.box <= MAX_BOX or self.box % 2:
+            problems.append(("box", f"box must be an even number from {MIN_BOX} to {MAX_BOX}, got {self.box}"))
+        if not MIN_VOXEL_SIZE <= self.voxel_size <= MAX_VOXEL_SIZE:
+            problems.append(("voxel_size", f"voxel_size must be {MIN_VOXEL_SIZE:g}–{MAX_VOXEL_SIZE:g} Å, got "
+                                           f"{self.voxel_size}"))
         if self.route not in ROUTES:
             problems.append(("route", f"route must be one of {', '.join(ROUTES)}, got {self.route!r}"))
         (min_lo, min_hi), (max_lo, max_hi), (step_lo, step_hi) = (_bounds(getattr(self, n)) for n in TILT_SETTINGS)
@@ -115,8 +142,9 @@ class SimulationConfig:
             problems.append(("crowding", f"crowding must lie within 0-4 neighbours, got {cmin}-{cmax}"))
         if not 0 < self.contour < 1:
             problems.append(("contour", f"contour {self.contour} leaves an empty or full mask; use a value in (0, 1)"))
-        if self.max_shift < 0:
-            problems.append(("max_shift", f"max_shift must be ≥ 0 voxels, got {self.max_shift}"))
+        if not 0 <= self.max_shift <= self.box / 2:  # NaN fails too
+            problems.append(("max_shift", f"max_shift must be 0 to half the box ({self.box / 2:g} voxels), got "
+                                          f"{self.max_shift}"))
         for name, low, high, text in (("amplitude_contrast", 0.0, 1.0, "in [0, 1)"),
                                       ("envelope_sigma", 0.0, math.inf, "positive"),
                                       ("lowpass_angstrom", 0.0, math.inf, "positive"),
@@ -249,15 +277,6 @@ def make_plan(
     return ParticlePlan(class_index, quaternions, shifts, defocus, noise_seeds, neighbours, variations)
 
 
-@dataclass
-class SimulatedBatch:
-    """Noise-free reconstruction, unit-noise response and ground-truth mask, ``(B, box, box, box)``."""
-
-    signal: torch.Tensor
-    noise: torch.Tensor | None
-    mask: torch.Tensor
-
-
 class Simulator:
     """Images particles of a plan; holds the template bank and the (cached) imaging operators."""
 
@@ -316,7 +335,7 @@ class Simulator:
                     noise[rows] = resample(part_noise, float(voxel) / c.voxel_size, c.box)
         seeds = [int(s) for s in plan.noise_seeds[indices]] if with_noise else None
         if noise is not None and c.background > 0:
-            noise = _unit(noise) * math.sqrt(1 - c.background) + _unit(_pink_noise(seeds, c.box)) * math.sqrt(c.background)
+            noise = unit_variance(noise) * math.sqrt(1 - c.background) + unit_variance(pink_noise(seeds, c.box)) * math.sqrt(c.background)
         if c.contrast == "negative":
             signal = -signal
         mask = mask_from_density(self.particle_density(plan, indices), c.contour)
@@ -350,7 +369,7 @@ class Simulator:
             return imager.image(fields, defocus, seeds, particle, weights, shifts)
         ranges = (_low(c.tilt_min), _low(c.tilt_max)) if tilts is None else (tilts[0], tilts[1])
         signal = fourier_image(fields, defocus, c.microscope, voxel, ranges, box, c.fourier_padding, particle)
-        return signal, (_white_noise(seeds, box) if seeds is not None else None)
+        return signal, (white_noise(seeds, box) if seeds is not None else None)
 
     def _tilt_schemes(self, plan: ParticlePlan, indices: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """Per-particle (min, max, step) when the tilt scheme is drawn per particle."""
@@ -418,79 +437,3 @@ def resample(volumes: torch.Tensor, scale: float, box: int) -> torch.Tensor:
     theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = span
     grid = F.affine_grid(theta, [len(volumes), 1, box, box, box], align_corners=True)
     return F.grid_sample(volumes.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
-
-
-def _unit(volumes: torch.Tensor) -> torch.Tensor:
-    """Each volume scaled to unit variance (noise components are mixed by variance share)."""
-    return volumes / _row_variance(volumes.flatten(1)).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
-
-
-def _pink_noise(seeds: list[int], box: int) -> torch.Tensor:
-    """3D noise with power ∝ 1/k² (a structured, ice- and crowding-like background), one
-    generator per particle, independent of its white noise."""
-    k = radial_frequency((box,) * 3, 1.0)
-    amplitude = torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
-    volumes = []
-    for seed in seeds:
-        generator = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
-        white = torch.randn((box,) * 3, generator=generator)
-        volumes.append(torch.fft.irfftn(torch.fft.rfftn(white) * amplitude, s=(box,) * 3))
-    return torch.stack(volumes)
-
-
-def _white_noise(seeds: list[int], box: int) -> torch.Tensor:
-    return torch.stack(
-        [torch.randn((box, box, box), generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )
-
-
-@dataclass
-class NoisyVolumes:
-    """Subtomograms at one SNR (z-scored, float32) and the SNR measured in them."""
-
-    volumes: torch.Tensor
-    snr_measured: np.ndarray
-    snr_measured_mask: np.ndarray
-
-
-def add_noise(batch: SimulatedBatch, snr: float) -> NoisyVolumes:
-    """Mix signal and noise at ``snr`` (= var(signal) / var(noise) over the box), then z-score.
-
-    The measured SNR over the box equals ``snr`` by construction; the SNR inside the mask (signal
-    variance there over noise variance there) is recorded too, since it is what a segmenter sees.
-    """
-    signal = batch.signal.flatten(1)
-    masks = batch.mask.flatten(1)
-    var_signal = _row_variance(signal)
-    if math.isinf(snr):
-        mixed = signal
-        measured = np.full(len(signal), math.inf)
-        measured_mask = np.full(len(signal), math.inf)
-    else:
-        if batch.noise is None:
-            raise ValueError("a finite SNR needs the batch's noise response")
-        noise = batch.noise.flatten(1)
-        scale = torch.sqrt(var_signal / (snr * _row_variance(noise)))
-        noise = noise * scale[:, None]
-        mixed = signal + noise
-        measured = (var_signal / _row_variance(noise)).numpy()
-        measured_mask = (_masked_variance(signal, masks) / _masked_variance(noise, masks)).numpy()
-    mean = mixed.mean(dim=1, keepdim=True)
-    std = _row_variance(mixed).sqrt().clamp_min(1e-12)[:, None]
-    volumes = ((mixed - mean) / std).view_as(batch.signal)
-    return NoisyVolumes(volumes, measured, measured_mask)
-
-
-def _row_variance(values: torch.Tensor) -> torch.Tensor:
-    """Sample variance of each row, two-pass (5-10× faster than ``Tensor.var`` on CPU)."""
-    centred = values - values.mean(dim=1, keepdim=True)
-    return (centred * centred).sum(dim=1) / (values.shape[1] - 1)
-
-
-def _masked_variance(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-row sample variance of ``values`` over ``masks`` (NaN where a mask has < 2 voxels)."""
-    weights = masks.to(values.dtype)
-    count = weights.sum(dim=1)
-    mean = (values * weights).sum(dim=1) / count.clamp_min(1)
-    squares = (((values - mean[:, None]) ** 2) * weights).sum(dim=1)
-    return torch.where(count >= 2, squares / (count - 1).clamp_min(1), torch.full_like(count, float("nan")))

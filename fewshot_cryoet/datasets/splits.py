@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.errors import FscError, SettingError
 
 SPLITS = ("train", "val", "test")
 #: Default fractions (train, val, test): 20 classes → 8 / 4 / 8, enough test classes for 8-way.
@@ -44,8 +44,12 @@ def assign_splits(
                     )
                 assignment[name] = split
         return assignment
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise FscError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    if len(fractions) != 3 or not all(0 <= f <= 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise SettingError("split", f"split fractions must be three numbers in [0, 1] summing to 1 (train,val,test), "
+                                    f"got {','.join(map(str, fractions))}")
+    if fractions[0] == 0 or fractions[2] == 0:
+        raise SettingError("split", f"split {','.join(map(str, fractions))}: a data set needs training and test "
+                                    "classes; give both a share")
     n = len(class_names)
     order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(n)
     n_test = math.ceil(fractions[2] * n) if fractions[2] > 0 else 0

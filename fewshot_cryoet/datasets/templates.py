@@ -76,6 +76,12 @@ def prepare_density(
     return centre_on_mass(density)
 
 
+#: Most a grid is resampled by (either way), and the largest result: beyond these one of the two
+#: voxel sizes is wrong, and the low-pass or the new grid alone would run for minutes or fill memory.
+MAX_RESAMPLING = 64.0
+MAX_RESAMPLED_VOXELS = 512**3
+
+
 def resample(density: np.ndarray, voxel_size: float, target_voxel_size: float) -> np.ndarray:
     """Resample a map to another voxel size.
 
@@ -85,6 +91,11 @@ def resample(density: np.ndarray, voxel_size: float, target_voxel_size: float) -
     ratio = target_voxel_size / voxel_size
     if abs(ratio - 1.0) < 1e-6:
         return density.astype(np.float32, copy=True)
+    shape = [max(1, round(n / ratio)) for n in density.shape]
+    if not 1 / MAX_RESAMPLING <= ratio <= MAX_RESAMPLING or math.prod(shape) > MAX_RESAMPLED_VOXELS:
+        raise FscError(f"resampling {voxel_size:g} Å voxels to {target_voxel_size:g} Å changes the grid {ratio:.3g}-fold "
+                       f"({'×'.join(map(str, density.shape))} → {'×'.join(map(str, shape))} voxels); give the real "
+                       "voxel size of the input (one of the two is wrong)")
     work = density.astype(np.float64)
     if ratio > 1.0:
         work = ndimage.gaussian_filter(work, sigma=0.5 * ratio, mode="constant")

@@ -54,6 +54,53 @@ def save_model(method, card: ModelCard, out: Path, overwrite: bool = False) -> P
         return folder.commit()
 
 
+#: A model.json is a page of text; a larger one is not ours.
+MAX_CARD_BYTES = 1 << 20
+
+
+def read_card(path: Path) -> ModelCard:
+    """A model folder's card, every field checked (a model folder may come from another machine):
+    a one-line error naming the file and the field otherwise."""
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise FscError(f"{path}: {path.stat().st_size:,} bytes is not a model description")
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        card = ModelCard(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FscError(f"{path}: unreadable model description ({type(exc).__name__}: {str(exc)[:120]})") from None
+    checks = {
+        "method": isinstance(card.method, str) and bool(card.method),
+        "variant": isinstance(card.variant, str),
+        "params": isinstance(card.params, dict),
+        "box": isinstance(card.box, int) and not isinstance(card.box, bool) and 4 <= card.box <= 1024,
+        "voxel_size": isinstance(card.voxel_size, (int, float)) and not isinstance(card.voxel_size, bool)
+        and 0.01 <= card.voxel_size <= 1e4,
+        "normalisation": isinstance(card.normalisation, str),
+        "format": isinstance(card.format, int) and not isinstance(card.format, bool) and card.format >= 1,
+        "train_classes": isinstance(card.train_classes, list) and all(isinstance(c, str) for c in card.train_classes),
+        "fit": isinstance(card.fit, dict) and _temperature_ok(card.fit.get("temperature")),
+        "package_version": isinstance(card.package_version, str),
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    if wrong:
+        shown = ", ".join(f"{name}={_short(getattr(card, name))}" for name in wrong)
+        raise FscError(f"{path}: invalid {shown} (a model folder written by fsc train has none of these)")
+    return card
+
+
+def _temperature_ok(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def load_model(folder: Path, device: str | torch.device = "cpu"):
     """(method ready to predict, its card); refuses folders from a newer format or another
     package's files with a one-line error naming the folder."""
@@ -64,11 +111,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu"):
     card_path = folder / "model.json"
     if not card_path.exists():
         raise FscError(f"{folder}: not a model folder (no model.json); create one with fsc train")
-    try:
-        data = json.loads(card_path.read_text())
-        card = ModelCard(**data)
-    except (ValueError, TypeError) as exc:
-        raise FscError(f"{card_path}: unreadable model description ({exc})") from None
+    card = read_card(card_path)
     if card.format > MODEL_FORMAT:
         raise FscError(f"{folder}: model format {card.format} was written by a newer fewshot-cryoet "
                        f"({card.package_version}); this is {__version__} (format {MODEL_FORMAT}): upgrade")

@@ -115,7 +115,11 @@ def _read_state(path: Path, identity: str | None) -> dict[str, Any]:
                        "it was not written by fsc, or was damaged; move it away to train from the start") from None
     if not isinstance(payload, dict) or payload.get("marker") != MARKER:
         raise FscError(f"{path}: not a training state written by fsc; move it away to train from the start")
-    if payload.get("format", 0) > FORMAT:
+    version = payload.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FscError(f"{path}: training state with format {str(version)[:20]!r}, not a version number; it was not "
+                       "written by fsc; move it away to train from the start")
+    if version > FORMAT:
         raise FscError(f"{path}: training state from a newer fewshot-cryoet; upgrade it, or move the file "
                        "away to train from the start")
     if identity is not None and payload.get("identity") != identity:

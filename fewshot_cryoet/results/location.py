@@ -65,6 +65,9 @@ def locate(store: str | Path | StoreLocation) -> StoreLocation:
     if isinstance(store, StoreLocation):
         return store
     text = str(store)
+    if "://" not in text and re.match(r"\s*\w+\s*=", text):
+        raise SettingError("store", f"store {mask_secrets(text)}: looks like libpq key=value settings, not a file; give a "
+                                    "postgresql:// URL (or a file name without '=')")
     if "://" not in text:
         from sqlalchemy.engine import URL
 

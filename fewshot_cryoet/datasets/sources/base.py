@@ -132,28 +132,56 @@ def files_digest(paths: list[Path]) -> str:
 
 def class_mapper(options: SourceOptions):
     """Maps a table's class values to names: through ``class_map`` (a CSV with columns ``value``
-    and ``name``) where given, else the value as text (``3.0`` → ``3``)."""
+    and ``name``) where given, else the value as text (``3.0`` → ``3``). The map must give every
+    value one name, and every name must be usable as a class (:func:`check_class_name`); the
+    returned ``name(value, where)`` names ``where`` (the table and particle) when a value has none."""
     mapping = None
     if options.class_map is not None:
         import pandas as pd
 
+        where = f"class_map {options.class_map}"
         try:
-            table = pd.read_csv(options.class_map, dtype=str)
-        except (OSError, ValueError) as exc:
-            raise SettingError("class_map", f"class_map {options.class_map}: cannot read it ({exc})") from None
+            table = pd.read_csv(options.class_map, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise SettingError("class_map", f"{where}: cannot read it ({type(exc).__name__})") from None
         if not {"value", "name"} <= set(table.columns):
-            raise SettingError("class_map", f"class_map {options.class_map}: needs the columns value and name")
-        mapping = dict(zip(table["value"].map(_as_text), table["name"].astype(str)))
+            raise SettingError("class_map", f"{where}: needs the columns value and name")
+        mapping = {}
+        for row, (value, name) in enumerate(zip(table["value"].map(_as_text), table["name"].str.strip()), 2):
+            if not value or not name:
+                raise SettingError("class_map", f"{where}: line {row} has an empty value or name")
+            check_class_name(name, f"{where}: line {row}", "class_map")
+            if mapping.get(value, name) != name:
+                raise SettingError("class_map", f"{where}: value {value!r} is given two names, {mapping[value]!r} "
+                                                f"and {name!r}")
+            mapping[value] = name
 
-    def name(value) -> str:
+    def name(value, where: str) -> str:
         text = _as_text(value)
+        if not text or text.lower() == "nan":
+            raise FscError(f"{where}: has no class (an empty cell)")
         if mapping is None:
+            check_class_name(text, where, "class_column")
             return text
         if text not in mapping:
-            raise SettingError("class_map", f"class_map {options.class_map}: no name for class value {text!r}")
+            raise SettingError("class_map", f"class_map {options.class_map}: no name for class value {text!r} ({where})")
         return mapping[text]
 
     return name
+
+
+#: Longest class name: it becomes a folder name on export and a column in leaderboards.
+MAX_CLASS_NAME = 100
+
+
+def check_class_name(name: str, where: str, setting: str = "class_column") -> None:
+    """A class name becomes file and folder names (``fsc export``), STAR labels and table columns:
+    one line of at most :data:`MAX_CLASS_NAME` characters, no path separators or ``.``/``..``."""
+    bad = (not name or len(name) > MAX_CLASS_NAME or name in (".", "..") or "/" in name or "\\" in name
+           or any(ord(c) < 32 or ord(c) == 127 for c in name))
+    if bad:
+        raise SettingError(setting, f"{where}: class {name[:40]!r} cannot name a class (1–{MAX_CLASS_NAME} characters, "
+                                    "one line, no '/', '\\', '.' or '..')")
 
 
 def _as_text(value) -> str:
@@ -178,6 +206,9 @@ def open_source(path: str | Path, options: SourceOptions | None = None, kind: st
         return registry.get(kind)(path, options)
     if not path.exists():
         raise FscError(f"{path}: not found")
+    if not (path.is_file() or path.is_dir()):
+        raise FscError(f"{path}: is not a regular file or folder (a device, pipe or socket); give your particles' "
+                       "folder or table")
     for name in registry.in_order():
         cls = registry.get(name)
         if cls.accepts(path, options):

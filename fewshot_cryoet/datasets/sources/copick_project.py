@@ -49,6 +49,18 @@ class CopickSource(ParticleSource):
             raise FscError(f"{path}: copick cannot open this project ({type(exc).__name__}: {exc})") from None
         self._runs: dict[str, dict] = {}
         self._particles: list[SourceParticle] = []
+        try:
+            self._collect_picks(options)
+        except FscError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a remote root (s3://, the Data Portal) fails many ways offline
+            text = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise FscError(f"{path}: copick cannot read the project's runs ({type(exc).__name__}: {text}); check its "
+                           "overlay_root and static_root, and that a remote one can be reached") from None
+        if not self._particles:
+            raise FscError(f"{path}: no picks at voxel spacing {options.voxel_spacing or 'any'} in any run")
+
+    def _collect_picks(self, options: SourceOptions) -> None:
         for run in self.root.runs:
             spacing = self._spacing(run)
             if spacing is None:
@@ -59,8 +71,6 @@ class CopickSource(ParticleSource):
                     self._particles.append(SourceParticle(picks.pickable_object_name, {
                         "run": run.name, "x_A": float(x), "y_A": float(y), "z_A": float(z),
                         "user_id": picks.user_id, "session_id": picks.session_id}))
-        if not self._particles:
-            raise FscError(f"{path}: no picks at voxel spacing {options.voxel_spacing or 'any'} in any run")
 
     def _spacing(self, run):
         spacings = run.voxel_spacings

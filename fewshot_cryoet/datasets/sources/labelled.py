@@ -151,4 +151,4 @@ class TableSource(_FileSource):
                                self.path, "class")
         name = class_mapper(self.options)
         paths = [_resolve(self.path.parent, v, self.path, i) for i, v in enumerate(table[path_column])]
-        return paths, [name(v) for v in table[class_column]]
+        return paths, [name(v, f"{self.path}: particle {i + 1}") for i, v in enumerate(table[class_column])]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fewshot_cryoet.core.errors import FscError, SettingError
-from fewshot_cryoet.datasets.mrc_io import MRC_SUFFIXES
+from fewshot_cryoet.datasets.mrc_io import MAX_VOXEL_SIZE, MIN_VOXEL_SIZE, MRC_SUFFIXES, check_regular_file
 from fewshot_cryoet.datasets.sources.base import (
     ParticleSource,
     ReadParticle,
@@ -89,12 +89,17 @@ def read_coordinates(path: Path) -> pd.DataFrame:
     return out
 
 
+#: Largest region cut out of a tomogram for one subtomogram (voxels per edge).
+MAX_CUT_OUT = 512
+
+
 class Tomogram:
     """A memory-mapped MRC tomogram: ``data`` is ``(z, y, x)`` and read only where sliced."""
 
     def __init__(self, path: Path) -> None:
         import mrcfile
 
+        check_regular_file(path)
         try:
             self._mrc = mrcfile.mmap(path, mode="r", permissive=True)
         except (OSError, ValueError) as exc:
@@ -103,8 +108,8 @@ class Tomogram:
         if self.data is None or self.data.ndim != 3:
             raise FscError(f"{path}: expected a 3D tomogram")
         self.voxel_size = float(self._mrc.voxel_size.x)
-        if not self.voxel_size > 0:
-            raise SettingError("voxel_size", f"{path}: header voxel size is 0; fix the header")
+        if not MIN_VOXEL_SIZE <= self.voxel_size <= MAX_VOXEL_SIZE:
+            raise SettingError("voxel_size", f"{path}: header voxel size is {self.voxel_size:g} Å; fix the header")
 
 
 def region(array, centre_zyx: np.ndarray, size: int, fill: float | None = None) -> tuple[np.ndarray, bool]:
@@ -133,6 +138,9 @@ def cut_out(array, voxel: float, centre_zyx: np.ndarray, box: int, voxel_size: f
     """A ``box``³ subtomogram at ``voxel_size`` around ``centre_zyx`` of a tomogram at ``voxel``
     Å; with ``mask_label``, the mask of that label in a label volume instead."""
     size = math.ceil(box * voxel_size / voxel) + 2
+    if size > MAX_CUT_OUT:
+        raise FscError(f"a {box}³ box at {voxel_size:g} Å needs a {size}³ region of a tomogram at {voxel:g} Å (at most "
+                       f"{MAX_CUT_OUT}³); one of the two voxel sizes is wrong")
     part, padded = region(array, centre_zyx, size, fill=0.0 if mask_label is not None else None)
     if mask_label is not None:
         part = (part == mask_label).astype(np.float32)
@@ -166,7 +174,7 @@ class TomogramSource(ParticleSource):
         name = class_mapper(options)
         if "class_value" not in self.table:
             raise FscError(f"{path}: no class column (class, rlnClassNumber, ...; --class-column names another)")
-        self.table["class"] = [name(v) for v in self.table["class_value"]]
+        self.table["class"] = [name(v, f"{path}: particle {i + 1}") for i, v in enumerate(self.table["class_value"])]
         self.table["tomogram_file"] = [str(self._tomogram_path(t)) for t in self.table.get(
             "tomogram", pd.Series([None] * len(self.table)))]
 
