@@ -3,7 +3,9 @@ of real files (a trained model, exported MRC subtomograms, data sets, stores) an
 
 * exit with the expected status and print a one-line error holding the expected text,
 * print no traceback (and never the secret it was given),
-* change no file that existed before, and leave no partial output behind.
+* change no file that existed before, and leave no partial output behind,
+* create no file at all, and no path that holds the secret,
+* allocate under 1 GiB (``tracemalloc``: Python and NumPy allocations) before it is refused.
 
 Cases that need a real process (SIGTERM, two concurrent benches) follow the table.
 """
@@ -19,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import mrcfile
@@ -34,6 +37,8 @@ from fewshot_cryoet.datasets.mrc_io import write_volume
 from fewshot_cryoet.models.checkpoints import file_hash
 
 PROTONET = ["--param", "protonet.channels=[4,4]"]
+#: Peak of Python and NumPy allocations (tracemalloc) a refused input may cost.
+MEMORY_LIMIT = 1 << 30
 SECRET = "secretpw"
 
 
@@ -89,6 +94,59 @@ def _drop_label_rows(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _mrc(path: Path, data: np.ndarray, voxel=(20.0, 20.0, 20.0)) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = voxel
+
+
+def _round_two(w: Path, tiny_dataset) -> None:
+    """Inputs of the second hostile-input round (archive cases are in test_hostile_archive.py)."""
+    from fewshot_cryoet import api
+    from fewshot_cryoet.models.training_state import MARKER
+
+    good = np.asarray(tiny_dataset.volumes(1)[0], np.float32)
+    for name, voxel in (("voxel-tiny", 1e-6), ("voxel-huge", 1e6)):  # class folders whose headers lie
+        for c in ("a", "b", "c"):
+            (w / name / c).mkdir(parents=True)
+            for i in range(2):
+                _mrc(w / name / c / f"{i}.mrc", good, (voxel,) * 3)
+    _mrc(w / "complex.mrc", (good + 1j * good).astype(np.complex64))
+    _mrc(w / "anisotropic.mrc", good, (20.0, 20.0, 40.0))
+    write_volume(w / "extended.mrc", good, 20.0)
+    raw = bytearray((w / "extended.mrc").read_bytes())
+    raw[92:96] = np.array([2**31 - 1], "<i4").tobytes()  # NSYMBT: a 2 GiB extended header
+    (w / "extended.mrc").write_bytes(bytes(raw))
+    for c in ("a", "b", "c"):
+        for name in ("complex", "anisotropic", "extended"):
+            (w / f"{name}-folder" / c).mkdir(parents=True)
+            shutil.copy(w / f"{name}.mrc", w / f"{name}-folder" / c / "0.mrc")
+            shutil.copy(w / f"{name}.mrc", w / f"{name}-folder" / c / "1.mrc")
+    card = json.loads((w / "model" / "model.json").read_text())
+    for name, edit in {"card-method-number": {"method": 5}, "card-format-text": {"format": "x"},
+                       "card-voxel-zero": {"voxel_size": 0}, "card-temperature-negative": {"fit": {"temperature": -1}},
+                       "card-a-list": None}.items():
+        shutil.copytree(w / "model", w / name)
+        (w / name / "model.json").write_text("[]" if edit is None else json.dumps({**card, **edit}))
+    shutil.copytree(w / "model", w / "card-voxel-nan")
+    (w / "card-voxel-nan" / "model.json").write_text(json.dumps(card).replace(
+        f'"voxel_size": {json.dumps(card["voxel_size"])}', '"voxel_size": NaN'))
+    torch.save({"marker": MARKER, "format": "x"}, w / "state-model.training.pt")
+    shutil.copytree(tiny_dataset.path, w / "manifest-list")
+    (w / "manifest-list" / "manifest.json").write_text("[]")
+    paths = [str(w / "particles" / p) for p in sorted(os.listdir(w / "particles" / "subtomograms"))[:6]]
+    paths = [str(w / "particles" / "subtomograms" / p) for p in sorted(os.listdir(w / "particles" / "subtomograms"))[:6]]
+    for name, classes in {"class-empty": ["a", "a", "b", "", "c", "c"], "class-escapes": ["a", "a", "b", "b", "../../x",
+                                                                                          "../../x"]}.items():
+        pd.DataFrame({"path": paths, "class": classes}).to_csv(w / f"{name}.csv", index=False)
+    pd.DataFrame({"path": paths, "class": [1, 1, 2, 2, 3, 3]}).to_csv(w / "numbered.csv", index=False)
+    (w / "map-empty.csv").write_text("value,name\n1,a\n,b\n3,c\n")
+    (w / "map-twice.csv").write_text("value,name\n1,a\n2,b\n3,c\n1,d\n")
+    (w / "user-boards").mkdir()
+    (w / "user-boards" / "leaderboard.md").write_text("my own notes")
+    api.bench(["xcorr"], dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=2, store=w / "results.sqlite")
+
+
 @pytest.fixture(scope="module")
 def world(tiny_dataset, tmp_path_factory):
     """Real inputs of every kind, made once: a model, exported subtomograms, support and query
@@ -134,6 +192,8 @@ def world(tiny_dataset, tmp_path_factory):
         db.execute("CREATE TABLE users (name TEXT)")
         db.execute("INSERT INTO users VALUES ('ada')")
     (w / "store-folder").mkdir()
+
+    _round_two(w, tiny_dataset)
 
     # Damaged data sets, each a copy of the tiny one.
     damaged = {
@@ -251,6 +311,63 @@ CASES = [
                                   "{w}/support.csv", "--queries", "{w}/queries.csv", "--out", "{w}/o"], 2,
      "--param for protonet, which this command does not run"),
     ("timeout-not-a-time", ["tune", "run", "--method", "protonet", "--timeout", "2x"], 2, "--timeout '2x': give a time"),
+    # Round two (issue 32): secrets, user files, option bounds, headers that lie, crafted model folders.
+    ("secret-redis-no-user", ["tune", "--method", "protonet", "--storage", f"redis://:{SECRET}@127.0.0.1/0"], 2,
+     "redis://:***@127.0.0.1"),
+    ("secret-libpq-as-store", ["bench", "--methods", "xcorr", "--store", f"host=127.0.0.1 password={SECRET}"], 2,
+     "looks like libpq key=value settings"),
+    ("leaderboard-into-user-folder", ["leaderboard", "--store", "{w}/results.sqlite", "--out", "{w}/user-boards"], 2,
+     "holds no leaderboard written by fsc"),
+    ("leaderboard-into-victim", ["leaderboard", "--store", "{w}/results.sqlite", "--out", "{w}/victim"], 2,
+     "holds no leaderboard written by fsc"),
+    ("leaderboard-out-a-file", ["leaderboard", "--store", "{w}/results.sqlite", "--out", "{w}/plain.txt"], 2,
+     "exists and is not a folder"),
+    ("show-over-user-file", ["show", "{data}", "--out", "{w}/plain.txt"], 2, "exists; pass --overwrite"),
+    ("show-over-folder", ["show", "{data}", "--out", "{w}/victim", "--overwrite"], 2, "exists and is not a plain file"),
+    *[(f"simulate-{'-'.join(args).strip('-')}", ["simulate", *args, "--out", "{w}/sim"], 2, text) for args, text in [
+        (["--box", "100000"], "--box must be an even number from 8 to 256"),
+        (["--box", "7"], "--box must be an even number"),
+        (["--voxel-size", "inf"], "--voxel-size must be 0.1–1000 Å"),
+        (["--voxel-size", "nan"], "--voxel-size must be 0.1–1000 Å"),
+        (["--voxel-size", "1e-9"], "--voxel-size must be 0.1–1000 Å"),
+        (["--per-class", "100000000"], "a data set holds 1 to 5,000,000"),
+        (["--max-shift", "1e9"], "--max-shift must be 0 to half the box"),
+        (["--max-shift", "nan"], "--max-shift must be 0 to half the box"),
+        (["--classes", "100000"], "--classes must be 1 to 10,000"),
+        (["--split", "nan,0.5,0.5"], "three numbers in [0, 1] summing to 1"),
+        (["--split", "1,0,0"], "needs training and test classes"),
+        (["--split", "2,-1,0"], "three numbers in [0, 1] summing to 1"),
+        (["--resolution", "0"], "--resolution must be a positive number"),
+        (["--resolution", "-1"], "--resolution must be a positive number"),
+        (["--snr", "1", "--snr", "1"], "--snr 1 given twice"),
+        (["--snr", "inf", "--snr", "inf"], "--snr inf given twice"),
+    ]],
+    ("import-voxel-1e-6", ["import", "{w}/voxel-tiny", "--out", "{w}/imported"], 2, "header voxel size is 1e-06 Å"),
+    ("import-voxel-1e6", ["import", "{w}/voxel-huge", "--out", "{w}/imported"], 2, "header voxel size is 1e+06 Å"),
+    ("import-dev-zero", ["import", "/dev/zero", "--out", "{w}/imported"], 2, "is not a regular file or folder"),
+    ("predict-dev-zero", ["predict", "--model", "{w}/model", "--support", "{w}/support.csv", "--queries", "/dev/zero",
+                          "--out", "{w}/o", "--on-error", "stop"], 2, "not a regular file"),
+    ("import-complex", ["import", "{w}/complex-folder", "--out", "{w}/imported"], 2, "holds complex numbers"),
+    ("import-anisotropic", ["import", "{w}/anisotropic-folder", "--out", "{w}/imported"], 2, "voxels are not cubes"),
+    ("import-extended-header", ["import", "{w}/extended-folder", "--out", "{w}/imported"], 2,
+     "extended header of 2,147,483,647 bytes"),
+    ("predict-extended-header", ["predict", "--model", "{w}/model", "--support", "{w}/support.csv", "--queries",
+                                 "{w}/extended.mrc", "--out", "{w}/o", "--on-error", "stop"], 2, "extended header"),
+    *[(f"predict-{name}", ["predict", "--model", "{w}/" + name, "--support", "{w}/support.csv", "--queries",
+                           "{w}/queries.csv", "--out", "{w}/o"], 2, text) for name, text in [
+        ("card-method-number", "invalid method=5"), ("card-format-text", 'invalid format="x"'),
+        ("card-voxel-zero", "invalid voxel_size=0"), ("card-voxel-nan", "NaN is not a JSON value"),
+        ("card-temperature-negative", "invalid fit="), ("card-a-list", "unreadable model description"),
+    ]],
+    ("training-state-format-text", ["train", "--method", "protonet", *PROTONET, "--dataset", "{data}", "--snr", "1",
+                                    "--budget", "2ep", "--out", "{w}/state-model"], 2, "not a version number"),
+    ("manifest-a-list", ["info", "{w}/manifest-list"], 2, "not a complete fewshot-cryoet data set"),
+    ("class-cell-empty", ["import", "{w}/class-empty.csv", "--out", "{w}/imported"], 2, "particle 4: has no class"),
+    ("class-escapes-folder", ["import", "{w}/class-escapes.csv", "--out", "{w}/imported"], 2, "cannot name a class"),
+    ("class-map-empty-entry", ["import", "{w}/numbered.csv", "--class-map", "{w}/map-empty.csv", "--out",
+                               "{w}/imported"], 2, "line 3 has an empty value or name"),
+    ("class-map-value-twice", ["import", "{w}/numbered.csv", "--class-map", "{w}/map-twice.csv", "--out",
+                               "{w}/imported"], 2, "value '1' is given two names"),
     ("missing-model", ["predict", "--model", "{w}/nothing", "--support", "{w}/support.csv", "--queries",
                        "{w}/queries.csv", "--out", "{w}/o"], 2, "not a model folder"),
 ]
@@ -263,7 +380,13 @@ def test_hostile_input_is_refused_cleanly(case, command, status, text, world, ti
     argv = [part.replace("{w}", str(world)).replace("{data}", str(tiny_dataset.path)) for part in command]
     argv = [os.path.expanduser(a) if a == "~" else a for a in argv]
     before = _tree(world)
-    result = _fsc(*argv)
+    tracemalloc.start()
+    try:
+        result = _fsc(*argv)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_LIMIT, f"{case}: {peak / 2**30:.2f} GiB traced"
     output = result.output
     assert result.exit_code == status, output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -276,6 +399,9 @@ def test_hostile_input_is_refused_cleanly(case, command, status, text, world, ti
     assert not changed, f"{case} changed {changed}"
     stray = [p for p in after if ".partial-" in p or p.endswith(".tmp") or "PWNED" in p]
     assert not stray, stray
+    created = sorted(set(after) - set(before))
+    assert not created, f"{case} left {created}"
+    assert not [p for p in world.rglob("*") if SECRET in p.name]
     assert not Path("PWNED").exists() and not (world / "PWNED").exists()
     assert not (world / "foreign.sqlite-wal").exists()
 

@@ -94,11 +94,7 @@ def _check_header_against_size(path: Path) -> None:
     """Refuse a header that claims more data than the file holds, or more than a volume may
     have, before anything is allocated (a crafted header could otherwise make the reader reserve
     gigabytes)."""
-    with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:  # ValueError: not an MRC
-        header = mrc.header
-        mode = int(header.mode)
-        sizes = [int(header.nx), int(header.ny), int(header.nz)]
-        extended = int(header.nsymbt)
+    sizes, mode, extended = _raw_header(path)  # before mrcfile, which reads the extended header whole
     if mode in COMPLEX_MODES:
         raise FscError(f"{path}: holds complex numbers (MRC mode {mode}, a Fourier transform), not a density map")
     dtype = mrcfile.utils.dtype_from_mode(mode)
@@ -115,6 +111,18 @@ def _check_header_against_size(path: Path) -> None:
     if needed > actual:
         raise FscError(f"{path}: header says {sizes[2]}×{sizes[1]}×{sizes[0]} voxels ({needed:,} bytes) but the file "
                        f"holds {actual:,} bytes; it is truncated or damaged, re-export or re-copy it")
+
+
+def _raw_header(path: Path) -> tuple[list[int], int, int]:
+    """(NX, NY, NZ), MODE and NSYMBT from the 1024-byte header, read by hand so that nothing the
+    header claims is allocated before it is checked; the byte order comes from the machine stamp."""
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    if len(head) < 1024:
+        raise ValueError(f"{len(head)} bytes, shorter than an MRC header")
+    order = ">" if head[212] == 0x11 else "<"
+    words = np.frombuffer(head[:96], dtype=f"{order}i4")
+    return [int(words[0]), int(words[1]), int(words[2])], int(words[3]), int(words[23])
 
 
 def _to_zyx(data: np.ndarray, axis_order: tuple[int, int, int], path: Path) -> np.ndarray:
