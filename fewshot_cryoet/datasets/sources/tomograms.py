@@ -121,8 +121,9 @@ def region(array, centre_zyx: np.ndarray, size: int, fill: float | None = None) 
     high = low + size
     inside_low, inside_high = np.maximum(low, 0), np.minimum(high, shape)
     if np.any(inside_high <= inside_low):
-        raise FscError(f"particle at voxel (z, y, x) {tuple(np.round(centre_zyx, 1))} lies outside the tomogram "
-                       f"{tuple(shape)}")
+        centre = ", ".join(f"{float(c):.1f}" for c in centre_zyx)
+        raise FscError(f"particle at voxel (z, y, x) ({centre}) lies outside the tomogram "
+                       f"({', '.join(str(int(n)) for n in shape)})")
     part = np.asarray(array[inside_low[0]:inside_high[0], inside_low[1]:inside_high[1],
                             inside_low[2]:inside_high[2]], dtype=np.float32)
     padded = bool(np.any(low < 0) or np.any(high > shape))
@@ -214,6 +215,14 @@ class TomogramSource(ParticleSource):
         return xyz[::-1]
 
     def read(self, index: int) -> ReadParticle:
+        try:
+            return self._read(index)
+        except FscError as exc:  # say which pick: the coordinates file and its row
+            if str(exc).startswith(str(self.path)):
+                raise
+            raise FscError(f"{self.path}: pick {index + 1}: {exc}") from None
+
+    def _read(self, index: int) -> ReadParticle:
         box, voxel_size = self.grid()
         path = Path(self.table["tomogram_file"].iloc[index])
         tomogram = self._tomogram(path, self._open)
