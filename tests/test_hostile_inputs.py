@@ -368,6 +368,11 @@ CASES = [
                                "{w}/imported"], 2, "line 3 has an empty value or name"),
     ("class-map-value-twice", ["import", "{w}/numbered.csv", "--class-map", "{w}/map-twice.csv", "--out",
                                "{w}/imported"], 2, "value '1' is given two names"),
+    ("predict-neither-model-nor-method", ["predict", "--support", "{w}/support.csv", "--queries", "{w}/queries.csv",
+                                          "--out", "{w}/o"], 2, "give a model folder (from fsc train)"),
+    ("predict-model-and-method", ["predict", "--model", "{w}/model", "--method", "xcorr", "--support",
+                                  "{w}/support.csv", "--queries", "{w}/queries.csv", "--out", "{w}/o"], 2,
+     "are alternatives: give a model folder or a training-free method, not both"),
     ("missing-model", ["predict", "--model", "{w}/nothing", "--support", "{w}/support.csv", "--queries",
                        "{w}/queries.csv", "--out", "{w}/o"], 2, "not a model folder"),
 ]
@@ -489,6 +494,8 @@ def test_sigterm_removes_partial_output(world, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
     assert "terminated" in stderr and "Traceback" not in stderr
+    said = " ".join(stderr.split())  # rich wraps long lines
+    assert "finished work is kept" in said and "--resume" in said  # what is kept, and how to go on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many.csv"]
 
 

@@ -39,9 +39,12 @@ def predict(support: str | Path, queries: str | Path | Sequence[str | Path], out
     )
     from fewshot_cryoet.models.model_dir import load_model
 
-    if (model is None) == (method is None):
-        raise SettingError("model", "model and method are alternatives: give a model folder (fsc train) or a "
-                                    "training-free method")
+    if model is None and method is None:
+        raise SettingError("model", "model: give a model folder (from fsc train), or a training-free method with "
+                                    "method (e.g. xcorr)")
+    if model is not None and method is not None:
+        raise SettingError("model", "model and method are alternatives: give a model folder or a training-free "
+                                    "method, not both")
     if batch_size < 1:
         raise SettingError("batch_size", f"batch_size must be ≥ 1, got {batch_size}")
     reporter = as_reporter(reporter)

@@ -42,6 +42,14 @@ def leaderboard(store: str | Path = DEFAULT_STORE, out: str | Path | None = None
             out = Path("leaderboards") / (re.sub(r"[^\w.-]+", "-", name).strip("-.") or stem)
             check_leaderboard_folder(out, overwrite)
         notes = []
+        progress = results.progress_frame()
+        unfinished = progress[progress["state"] != "done"]
+        if len(unfinished):  # a page from a grid still running (or stopped) must not look finished
+            notes.append(f"the grid in this store is unfinished: {len(progress) - len(unfinished)} of {len(progress)} "
+                         f"planned cells are complete, and {int(unfinished['stored'].sum()):,} of "
+                         f"{int(unfinished['episodes'].sum()):,} test episodes of the others are scored; rows below "
+                         "may change when it completes (fsc bench --resume)")
+            as_reporter(reporter).log(f"note: {notes[-1]}")
         before = results.rows_before_training_seeds()
         if before and frame["train_seed"].notna().any() and (frame["id"] <= before).any():
             old = frame[frame["id"] <= before]

@@ -74,6 +74,7 @@ class FscGroup(click.Group):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
         try:
+            api.check_installation()  # a broken torch/torchvision pair, in one line, before any command
             return super().invoke(ctx)
         except FscError as exc:
             print_error(error_text(exc))
@@ -81,7 +82,9 @@ class FscGroup(click.Group):
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
             console.print(Text.assemble(("fsc: terminated" if terminated else "fsc: interrupted", "bold red"),
-                                        "; partial output was removed"))
+                                        "; finished work is kept (results in the store, trained models, imported "
+                                        "particles) and only this run's unfinished output folder was removed. Run "
+                                        "the same command again to continue (fsc bench: add --resume)."))
             sys.exit(143 if terminated else 130)
 
 

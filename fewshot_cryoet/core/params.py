@@ -115,9 +115,9 @@ def check_params(method: str, params: dict[str, Any], defaults: dict[str, Any],
 
 def timm_optimizers() -> tuple:
     """The optimizer names timm's ``create_optimizer_v2`` accepts."""
-    try:
-        from timm.optim import list_optimizers
+    from fewshot_cryoet.core.environment import timm_optim
 
-        return tuple(sorted(list_optimizers()))
-    except ImportError:  # older timm: no listing; the optimizer factory reports the name itself
+    optim = timm_optim()
+    if not hasattr(optim, "list_optimizers"):  # older timm: no listing; the factory reports the name itself
         return ()
+    return tuple(sorted(optim.list_optimizers()))

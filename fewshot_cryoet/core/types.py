@@ -82,8 +82,9 @@ class FitReport:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        text = (f"trained {self.episodes} episodes in {self.seconds:.0f} s, selected validation accuracy "
-                f"{self.best_validation_accuracy}")
+        text = f"trained {self.episodes} episodes in {self.seconds:.0f} s, " + (
+            f"selected validation accuracy {self.best_validation_accuracy}" if self.best_validation_accuracy is not None
+            else "no model selection (fewer than 2 validation classes: the last episode's weights are kept)")
         if self.best_validation_dice is not None:
             text += f", Dice {self.best_validation_dice:.3f}"
         if self.temperature is not None:

@@ -67,3 +67,21 @@ def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_cla
         raise SettingError("train_dataset", f"train_dataset {train.path} trains or selects on {', '.join(shared)}, "
                                             f"which are test classes of {test.path}; use data sets with disjoint "
                                             "classes, or allow class overlap (--allow-class-overlap) to measure that on purpose")
+
+
+def selection_warning(dataset: SubtomogramDataset) -> str | None:
+    """The warning a fit on ``dataset`` deserves when its validation classes cannot select a model
+    (fewer than two: no validation episode can be drawn), or None."""
+    classes = dataset.splits.get("val", [])
+    if len(classes) >= 2:
+        return None
+    return (f"warning: {dataset.path.name} has {len(classes)} validation class(es); model selection needs at least 2, "
+            "so the weights after the last training episode are kept (simulate or import with more --val-classes)")
+
+
+def training_task(reporter, description: str, budget: Budget):
+    """A training's progress bar counted in episodes (or, for a time budget, seconds), with the
+    ``progress`` callback a fit takes: what a person can read, where a fraction showed ``0/1``."""
+    total = budget.episodes if budget.episodes is not None else round(budget.minutes * 60)
+    task = reporter.task(description, total=total)
+    return task, (lambda fraction, _: task.update(min(fraction, 1.0) * total))

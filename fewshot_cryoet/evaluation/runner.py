@@ -27,6 +27,8 @@ from fewshot_cryoet.evaluation.fitting import (
     check_domains,
     fit_context,
     fit_data,
+    selection_warning,
+    training_task,
     validation_episodes,
 )
 from fewshot_cryoet.evaluation.grid import (
@@ -80,6 +82,7 @@ class Runner:
         self._announced: set[str] = set()  # trainings said to be another worker's
         self._started = time.monotonic()  # when the current run began (see run_levels)
         self.failures: list[str] = []
+        self._grid = None  # the whole grid's bar: models trained and scored (see run_levels)
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
               snr: float, train: SubtomogramDataset | None = None, train_name: str = "",
@@ -133,6 +136,11 @@ class Runner:
         process trained during this run is therefore left to that process, which scores it next,
         while there is other work; it is joined only when nothing else is left."""
         self._started = time.monotonic()
+        levels = list(levels)
+        models = sum(len(self.settings.training_seeds) if spec.cls.trainable else 1 for spec in specs)
+        self._grid = self.reporter.task(  # one bar for the whole grid, so a person sees how far it is
+            f"grid: models trained and scored ({len(levels)} SNR level(s), budget {self.settings.budget})",
+            total=models * len(levels))
         pending = iter(levels)
         jobs: list[Job] = []
         while True:
@@ -182,6 +190,8 @@ class Runner:
                 continue
             jobs.append(Job(spec, method, train_seed, cells, [p for p in plans if not p.complete], where, snr,
                             dataset, train))
+        if self._grid is not None:
+            self._grid.advance(len(methods) - len(jobs))  # models this store already holds whole
         return jobs
 
     def _pass(self, jobs: list[Job], join: bool) -> bool:
@@ -198,6 +208,8 @@ class Runner:
             progressed |= moved
             if finished:
                 jobs.remove(job)
+                if self._grid is not None:
+                    self._grid.advance()
                 self.archive_finished()
         return progressed
 
@@ -328,14 +340,18 @@ class Runner:
 
     def _train(self, method: FewShotMethod, dataset: SubtomogramDataset, snr: float, seed: int,
                snapshot=None, resume: TrainingStateFile | None = None) -> FitReport:
-        task = self.reporter.task(f"train {method.label} SNR {snr_label(snr)} seed {seed}", total=1.0)
         settings = self.settings
+        task, progress = training_task(self.reporter, f"train {method.label} SNR {snr_label(snr)} seed {seed}",
+                                       settings.budget)
+        warning = selection_warning(dataset)
+        if warning:
+            self.log(warning)
         context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
-                              seed, settings.shots[0], progress=lambda fraction, _: task.update(fraction))
+                              seed, settings.shots[0], progress=progress)
         if snapshot is not None and settings.snapshot_budgets:
             context = replace(context, snapshots=tuple(b.episodes for b in settings.snapshot_budgets), snapshot=snapshot)
         report = method.fit(replace(context, resume=resume))
-        task.update(1.0)
+        task.update(task.total)
         return report
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,

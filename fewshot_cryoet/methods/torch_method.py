@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from fewshot_cryoet.core.environment import timm_optim
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.params import Param, timm_optimizers
 from fewshot_cryoet.core.types import FitReport
@@ -181,8 +182,7 @@ class TorchMethod(FewShotMethod):
         self._weights_changed()
 
     def fit(self, context: FitContext) -> FitReport:
-        from timm.optim import create_optimizer_v2
-
+        create_optimizer_v2 = timm_optim().create_optimizer_v2
         p = self.params
         if self._initial_seed is not None and self._initial_seed != context.seed:
             self._initialise(context.seed)  # untrained weights: draw them with the training seed

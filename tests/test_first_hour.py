@@ -1,0 +1,69 @@
+"""What a new user sees in the first hour: an installation that says when its torch and
+torchvision do not belong together, progress counted in things a person knows (models of the
+grid, training episodes), a warning when no model can be selected, and a leaderboard that says
+when its grid is unfinished."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewshot_cryoet import api
+from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.results.store import ResultsStore
+
+
+@pytest.mark.parametrize("torch_version, vision_version, problem", [
+    ("2.14.1", "0.29.1", None),
+    ("2.14.1+cu128", "0.29.1+cu128", None),
+    ("2.1.0", "0.16.0", None),
+    ("2.13.0", "0.29.1", "do not work together; install the pair, e.g. pip install 'torchvision==0.28.*'"),
+    ("2.14.1", None, "torchvision is not installed (timm needs it); install torchvision==0.29.*"),
+    (None, "0.29.1", "torch is not installed"),
+])
+def test_a_torch_and_torchvision_that_do_not_belong_together_are_named(torch_version, vision_version, problem):
+    said = api.pair_problem(torch_version, vision_version)
+    assert said == problem if problem is None else problem in said
+
+
+def test_this_installation_passes_its_own_check():
+    api.check_installation()
+
+
+def _events(reporter_events: list) -> dict[str, list[tuple[float, float]]]:
+    bars: dict[str, list[tuple[float, float]]] = {}
+    for event in reporter_events:
+        bars.setdefault(event.task, []).append((event.completed, event.total))
+    return bars
+
+
+def test_a_bench_shows_one_bar_for_its_grid_and_trainings_in_episodes(tiny_dataset, tmp_path):
+    events, lines = [], []
+    reporter = CallbackReporter(on_progress=events.append, on_log=lines.append)
+    api.bench(["xcorr", "protonet"], dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, budget="4ep",
+              params={"protonet": {"channels": [4, 4]}}, store=tmp_path / "s.sqlite", reporter=reporter)
+    bars = _events(events)
+    grid = next(v for k, v in bars.items() if k.startswith("grid: models trained and scored"))
+    assert grid[0] == (0, 2) and grid[-1] == (2, 2)  # xcorr and protonet at one level
+    training = next(v for k, v in bars.items() if k.startswith("train protonet"))
+    assert training[-1] == (4, 4) and all(total == 4 for _, total in training)  # episodes, not 0/1
+    # tiny_dataset has one validation class: no model can be selected, and the user is told so
+    assert any("model selection needs at least 2" in line for line in lines)
+    assert any("no model selection (fewer than 2 validation classes" in line for line in lines)
+
+
+def test_a_leaderboard_of_an_unfinished_grid_says_so(tiny_dataset, tmp_path):
+    store = tmp_path / "s.sqlite"
+    api.bench(["xcorr"], dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, store=store)
+    boards, lines = tmp_path / "done", []
+    api.leaderboard(store, boards, reporter=CallbackReporter(on_progress=None, on_log=lines.append))
+    assert "unfinished" not in (boards / "leaderboard.md").read_text() and not lines
+    with ResultsStore(store) as results:  # another bench asked for more episodes and stopped
+        cells = results.progress_frame()["cell"].tolist()
+        results.connection.exec_driver_sql("UPDATE planned_cells SET episodes = 10")
+        results.connection.commit()
+    assert len(cells) == 1
+    boards = tmp_path / "unfinished"
+    api.leaderboard(store, boards, reporter=CallbackReporter(on_progress=None, on_log=lines.append))
+    page = (boards / "leaderboard.md").read_text()
+    assert "the grid in this store is unfinished: 0 of 1 planned cells are complete, and 3 of 10" in page
+    assert any(line.startswith("note: the grid in this store is unfinished") for line in lines)
