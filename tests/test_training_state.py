@@ -33,7 +33,8 @@ class Interrupted(KeyboardInterrupt):
 
 def _stop_training_at(fraction: float):
     def on_progress(event) -> None:
-        if event.task.startswith("train") and event.completed >= fraction and event.completed < 1:
+        # a training's bar counts episodes: stop once ``fraction`` of them are done, before the end
+        if event.task.startswith("train") and fraction * event.total <= event.completed < event.total:
             raise Interrupted
     return on_progress
 
