@@ -67,3 +67,24 @@ def test_a_leaderboard_of_an_unfinished_grid_says_so(tiny_dataset, tmp_path):
     page = (boards / "leaderboard.md").read_text()
     assert "the grid in this store is unfinished: 0 of 1 planned cells are complete, and 3 of 10" in page
     assert any(line.startswith("note: the grid in this store is unfinished") for line in lines)
+
+
+def test_data_imported_from_folders_are_summarised_and_exported_without_blanks(tiny_dataset, tmp_path):
+    """No "0 particles padded at a tomogram border" for class folders (nothing was cut out of a
+    tomogram), and an export of microscope data holds no <NA>: its level is "recorded"."""
+    import shutil
+
+    import starfile
+
+    exported = api.export(tiny_dataset, tmp_path / "exported", 1).parent
+    for path in sorted((exported / "subtomograms").glob("*.mrc")):
+        folder = tmp_path / "mine" / path.stem.split("_", 1)[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    data = api.import_data(tmp_path / "mine", tmp_path / "imported")
+    _, lines = api.dataset_summary(data)
+    assert lines[0].startswith(f"imported from {tmp_path / 'mine'} (folder,") and "padded" not in lines[0]
+    star = api.export(data, tmp_path / "again")
+    assert "<NA>" not in star.read_text()
+    table = starfile.read(star)
+    assert set(table["fscSnr"]) == {"recorded"} and "fscSnrMeasured" not in table

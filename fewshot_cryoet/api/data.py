@@ -276,10 +276,12 @@ def dataset_summary(dataset: SubtomogramDataset) -> tuple[pd.DataFrame, list[str
     labels = dataset.labels
     source = dataset.manifest.get("source")
     if source is not None:  # imported: say from where, and how it was read
+        padded = dataset.manifest.get("padded_particles", 0)
+        from_tomograms = source["kind"] in ("tomograms", "copick")  # only cut-outs can cross a border
         lines.append(f"imported from {dataset.manifest.get('source_path')} ({source['kind']}, content hash "
                      f"{source['content_hash']}); {'contrast inverted, ' if source.get('invert') else ''}"
-                     f"{dataset.manifest.get('padded_particles', 0)} particles padded at a tomogram border; "
-                     f"masks: {'yes' if dataset.has_masks else 'none'}")
+                     + (f"{padded} particles padded at a tomogram border; " if from_tomograms or padded else "")
+                     + f"masks: {'yes' if dataset.has_masks else 'none'}")
     for label in dataset.snr_labels:
         if label == "recorded":
             lines.append("SNR recorded: data from a microscope, noise unknown")

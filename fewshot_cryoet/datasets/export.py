@@ -17,7 +17,7 @@ import starfile
 from scipy.spatial.transform import Rotation
 
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
-from fewshot_cryoet.datasets.dataset import SubtomogramDataset, parse_snr, snr_label
+from fewshot_cryoet.datasets.dataset import RECORDED, SubtomogramDataset, parse_snr, snr_label
 from fewshot_cryoet.datasets.mrc_io import write_volume
 from fewshot_cryoet.datasets.sources.base import check_class_name
 
@@ -78,4 +78,9 @@ def _export_into(out: Path, dataset: SubtomogramDataset, label: str, reporter: R
             "fscQuatX": quats[:, 0], "fscQuatY": quats[:, 1], "fscQuatZ": quats[:, 2], "fscQuatW": quats[:, 3],
         })
     table = pd.DataFrame(columns)
+    if table["fscSnr"].isna().all():  # imported data: the one level is "recorded", its SNR unknown
+        table["fscSnr"] = RECORDED
+    # A column with no value at all (a measured SNR of data from a microscope) is left out rather than
+    # written as <NA>, which RELION and starfile cannot read back as a number.
+    table = table.dropna(axis=1, how="all")
     starfile.write({"particles": table}, out / "particles.star", overwrite=True)
