@@ -88,3 +88,44 @@ def test_data_imported_from_folders_are_summarised_and_exported_without_blanks(t
     assert "<NA>" not in star.read_text()
     table = starfile.read(star)
     assert set(table["fscSnr"]) == {"recorded"} and "fscSnrMeasured" not in table
+
+
+def _commands(group, prefix=""):
+    import click
+
+    for name, command in sorted(group.commands.items()):
+        yield f"{prefix}{name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+
+
+def test_help_writes_defaults_and_ranges_one_way():
+    """Every option's help states a default as ``[default: …]`` (click's own form, as
+    ``show_default`` prints it) and a range as ``MIN..MAX``."""
+    import re
+
+    from fewshot_cryoet.cli import main
+
+    odd = []
+    for name, command in _commands(main):
+        for param in command.params:
+            text = getattr(param, "help", None) or ""
+            if re.search(r"\[(?!default: )[^\]]*\]", text) or "MIN-MAX" in text:
+                odd.append(f"fsc {name} {param.opts[0]}: {text[-60:]}")
+    assert odd == []
+
+
+def test_fsc_train_takes_snr_levels_repeated_as_fsc_bench_does(tiny_dataset, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from fewshot_cryoet.cli import main
+
+    common = ["train", "--method", "protonet", "--param", "protonet.channels=[4,4]", "--dataset",
+              str(tiny_dataset.path), "--budget", "2ep"]
+    repeated = CliRunner().invoke(main, [*common, "--snr", "1", "--snr", "inf", "--out", str(tmp_path / "a")])
+    commas = CliRunner().invoke(main, [*common, "--snr", "1,inf", "--out", str(tmp_path / "b")])
+    assert repeated.exit_code == 0 and commas.exit_code == 0, repeated.output + commas.output
+    cards = [json.loads((tmp_path / m / "model.json").read_text()) for m in ("a", "b")]
+    assert cards[0]["snr"] == cards[1]["snr"] == "1,inf"

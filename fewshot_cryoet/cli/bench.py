@@ -46,7 +46,7 @@ from fewshot_cryoet.core.reporting import CallbackReporter
               "number of times, on one machine or many, against one --store (PostgreSQL across machines) and one "
               "--models folder; they split the trainings and test episodes. Implies --resume.")
 @click.option("--models", type=click.Path(path_type=Path), default=None,
-              help="Folder of trained checkpoints, which every worker of one store must share [beside a SQLite "
+              help="Folder of trained checkpoints, which every worker of one store must share [default: beside a SQLite "
                    "store: <store>.models; for PostgreSQL: fsc-<database>.models here].")
 @click.option("--lease", "lease_seconds", type=click.FloatRange(min=1), default=api.STALE_SECONDS, show_default=True,
               help="Seconds after a worker's last heartbeat before another takes over its claim (a killed worker "
@@ -135,7 +135,7 @@ def list_methods() -> None:
 @click.command()
 @store_option("Results store to read.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the Markdown, CSV and PNG tables [leaderboards/<data set name>/].")
+              help="Folder for the Markdown, CSV and PNG tables [default: leaderboards/<data set name>/].")
 @click.option("--compare", nargs=2, default=None, metavar="A B",
               help="Instead: print method A against B, cell by cell (paired test on shared episodes).")
 @click.option("--overwrite", is_flag=True, help="Write into an --out folder that holds other files but no leaderboard "

@@ -19,7 +19,7 @@ from fewshot_cryoet.core.errors import SettingError
 @click.option("--classes", type=click.IntRange(min=1), default=22, show_default=True, help="Synthetic classes (without --templates).")
 @click.option("--synthetic-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first synthetic class.")
 @click.option("--template-voxel-size", type=float, default=None, help="Override the voxel size (Å) in map headers.")
-@click.option("--resolution", type=float, default=None, help="Resolution (Å) of atomic models and synthetic classes [2 × voxel size].")
+@click.option("--resolution", type=float, default=None, help="Resolution (Å) of atomic models and synthetic classes [default: 2 × voxel size].")
 @click.option("--snr", "snr_texts", multiple=True, default=("1000",), show_default=True,
               help="SNR (var signal / var noise; inf = noise-free); repeatable, levels share the particles.")
 @click.option("--per-class", type=click.IntRange(min=1), default=200, show_default=True, help="Subtomograms per class.")
@@ -34,17 +34,17 @@ from fewshot_cryoet.core.errors import SettingError
 @click.option("--alignment-jitter", default="0", show_default=True,
               help="Residual tilt-series misalignment: random shift per projection (voxels, SD), a value or MIN..MAX.")
 @click.option("--acquisition-voxel-size", default=None,
-              help="Image each particle at this pixel size (Å), a value or MIN..MAX, then resample to --voxel-size [same].")
-@click.option("--defocus", default="2-6", show_default=True, help="Underfocus range (µm), uniform per particle.")
+              help="Image each particle at this pixel size (Å), a value or MIN..MAX, then resample to --voxel-size [default: same].")
+@click.option("--defocus", default="2..6", show_default=True, help="Underfocus range (µm), MIN..MAX, uniform per particle.")
 @click.option("--no-ctf", is_flag=True, help="Image without CTF (pure projection and missing wedge).")
-@click.option("--crowding", default="0", show_default=True, help="Neighbour particles per subtomogram: N or MIN-MAX in 0-4.")
+@click.option("--crowding", default="0", show_default=True, help="Neighbour particles per subtomogram: N or MIN..MAX in 0..4.")
 @click.option("--max-shift", type=float, default=1.0, show_default=True, help="Random shift per axis (voxels).")
 @click.option("--contour", type=float, default=0.1, show_default=True, help="Mask contour, fraction of the template maximum.")
-@click.option("--amplitude-contrast", default="0.07", show_default=True, help="Amplitude contrast: a value or MIN-MAX per particle.")
+@click.option("--amplitude-contrast", default="0.07", show_default=True, help="Amplitude contrast: a value or MIN..MAX per particle.")
 @click.option("--envelope", default="0.4", show_default=True,
-              help="CTF envelope σ, fraction of Nyquist (smaller = stronger B-factor): a value or MIN-MAX per particle.")
+              help="CTF envelope σ, fraction of Nyquist (smaller = stronger B-factor): a value or MIN..MAX per particle.")
 @click.option("--lowpass", default=None, help="Extra Gaussian low-pass: resolution (Å) where the amplitude halves, "
-              "a value or MIN-MAX per particle [none].")
+              "a value or MIN..MAX per particle [default: none].")
 @click.option("--background", type=float, default=0.0, show_default=True,
               help="Share of the noise variance from a structured 1/f background, in [0, 1).")
 @click.option("--contrast", type=click.Choice(["positive", "negative"]), default="positive", show_default=True,
@@ -105,25 +105,25 @@ def simulate(templates, classes, synthetic_seed, template_voxel_size, resolution
 @click.argument("source", type=click.Path(path_type=Path))
 @out_options("Data set folder")
 @click.option("--format", "format_", default=None,
-              help="Kind of source (folder, table, tomograms, copick, or a plugin's) [recognised from SOURCE].")
-@click.option("--box", type=click.IntRange(min=4), default=None, help="Subtomogram edge (voxels) [the source's; 32 "
+              help="Kind of source (folder, table, tomograms, copick, or a plugin's) [default: recognised from SOURCE].")
+@click.option("--box", type=click.IntRange(min=4), default=None, help="Subtomogram edge (voxels) [default: the source's; 32 "
               "for tomograms].")
-@click.option("--voxel-size", type=float, default=None, help="Voxel size (Å) to resample to [the source's].")
+@click.option("--voxel-size", type=float, default=None, help="Voxel size (Å) to resample to [default: the source's].")
 @click.option("--tomograms", type=click.Path(path_type=Path), default=None,
               help="Coordinates' tomograms: one MRC file, or a folder of <name>.mrc.")
 @click.option("--masks", type=click.Path(path_type=Path), default=None,
               help="Masks: a folder mirroring the class folders, or label volumes named like the tomograms.")
-@click.option("--class-column", default=None, help="Table column holding the class [class, rlnClassNumber, ...].")
+@click.option("--class-column", default=None, help="Table column holding the class [default: class, rlnClassNumber, ...].")
 @click.option("--class-map", type=click.Path(path_type=Path), default=None,
               help="CSV with columns value,name mapping class values (e.g. RELION class numbers) to names.")
 @click.option("--invert", is_flag=True, help="Invert contrast (dark particles, as in raw tomograms); recorded.")
 @click.option("--voxel-spacing", type=float, default=None, help="copick: voxel spacing (Å) of the tomograms to read.")
-@click.option("--tomo-type", default=None, help="copick: reconstruction to read [the first].")
-@click.option("--objects", default=None, help="copick: comma-separated objects that become classes [all picked].")
+@click.option("--tomo-type", default=None, help="copick: reconstruction to read [default: the first].")
+@click.option("--objects", default=None, help="copick: comma-separated objects that become classes [default: all picked].")
 @click.option("--user-id", default=None, help="copick: only this user's picks.")
 @click.option("--segmentation", default=None, help="copick: multilabel segmentation whose labels become masks.")
-@click.option("--val-classes", default=None, help="Comma-separated validation classes [drawn from --seed].")
-@click.option("--test-classes", default=None, help="Comma-separated test classes [drawn from --seed].")
+@click.option("--val-classes", default=None, help="Comma-separated validation classes [default: drawn from --seed].")
+@click.option("--test-classes", default=None, help="Comma-separated test classes [default: drawn from --seed].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the drawn splits.")
 def import_(source, out, overwrite, format_, box, voxel_size, tomograms, masks, class_column, class_map, invert,
             voxel_spacing, tomo_type, objects, user_id, segmentation, val_classes, test_classes, seed) -> None:
@@ -182,7 +182,7 @@ def _print_summary(dataset) -> None:
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("montage.png"), show_default=True, help="PNG to write.")
-@click.option("--snr", default=None, help="SNR level to show [the noisiest].")
+@click.option("--snr", default=None, help="SNR level to show [default: the noisiest].")
 @click.option("--per-class", type=click.IntRange(min=1), default=3, show_default=True, help="Subtomograms shown per class.")
 @click.option("--axis", type=click.Choice(["z", "y", "x"]), default="z", show_default=True,
               help="Slice normal: z (XY slice) or y (XZ slice, shows the missing wedge).")
@@ -198,7 +198,7 @@ def show(dataset, out, snr, per_class, axis, model, device, overwrite) -> None:
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @out_options("Export folder")
-@click.option("--snr", default=None, help="SNR level to export [the noisiest].")
+@click.option("--snr", default=None, help="SNR level to export [default: the noisiest].")
 def export(dataset, out, overwrite, snr) -> None:
     """Export a data set to MRC files and a RELION-style particles.star."""
     with progress_bars() as progress:

@@ -22,25 +22,26 @@ from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_ba
 
 @click.command()
 @method_options(single=True)
-@click.option("--variant", default=None, help="The method's variant [its first] (same as METHOD/VARIANT).")
+@click.option("--variant", default=None, help="The method's variant (same as METHOD/VARIANT) [default: its first].")
 @data_options
-@click.option("--snr", default=None,
-              help="SNR level to train at, or several comma-separated levels of one --dataset (each episode draws "
-                   "one) [every level of a --dataset folder; 1000 when simulated].")
+@click.option("--snr", "snr_texts", multiple=True,
+              help="SNR level to train at; repeatable, as in fsc bench (several levels of one --dataset: each "
+                   "episode draws one; 1000,0.5 is read too) [default: every level of a --dataset folder; 1000 when "
+                   "simulated].")
 @click.option("--budget", default="2000ep", show_default=True, help="Training budget: 2000ep (reproducible), 30m, or 2000ep,30m.")
 @click.option("--inputs", type=click.Choice(["robust", "plain"]), default="plain", show_default=True,
               help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
                    "or the method's own defaults; --param wins over both.")
 @click.option("--imaging", default=None, metavar="PRESET",
-              help="Imaging of training data simulated on demand (without --dataset) [randomised: domain-randomised, "
-                   "see README]; default gives the simulator's default microscope.")
+              help="Imaging of training data simulated on demand (without --dataset); the preset 'default' gives the "
+                   "simulator's default microscope [default: randomised, domain-randomised (see README)].")
 @queries_per_class_option
 @run_options
 @out_options("Model folder")
-def train(methods, param_texts, tuned, storage, variant, dataset, templates, test_classes, per_class, snr, budget,
+def train(methods, param_texts, tuned, storage, variant, dataset, templates, test_classes, per_class, snr_texts, budget,
           inputs, imaging, queries_per_class, seed, device, out, overwrite) -> None:
     """Meta-train a method on a data set's training classes into a self-describing model folder."""
-    levels = [api.parse_snr(text) for text in parse_list(snr, "--snr")] if snr is not None else [None]
+    levels = [api.parse_snr(text) for given in snr_texts for text in parse_list(given, "--snr")] or [None]
     method = f"{methods.split('/', 1)[0]}/{variant}" if variant else methods
     with progress_bars() as progress:
         card = api.train(method, out, params=method_params(param_texts, method), tuned=tuned, storage=storage,

@@ -26,13 +26,16 @@ def parse_list(text: str | None, option: str, cast=str) -> list | None:
 
 
 def parse_range(text: str, option: str, cast=float) -> tuple:
-    """``"2-6"`` or ``"-60,60"`` → (low, high); ``"3"`` → (3, 3)."""
+    """``"2..6"`` (as every range option writes it), ``"2-6"`` or ``"-60,60"`` → (low, high);
+    ``"3"`` → (3, 3)."""
+    if ".." in text:
+        text = text.replace("..", ",", 1)
     match = re.fullmatch(r"\s*(-?[\d.]+)\s*(?:[-,]\s*(-?[\d.]+)\s*)?", text)
     try:
         low = cast(match.group(1))
         high = cast(match.group(2)) if match.group(2) is not None else low
     except (AttributeError, ValueError):
-        raise FscError(f"{option} {text!r}: expected a number or a range such as 2-6 or -60,60") from None
+        raise FscError(f"{option} {text!r}: expected a number or a range such as 2..6 or -60..60") from None
     if low > high:
         raise FscError(f"{option} {text!r}: expected a range low-high with low ≤ high")
     return low, high
@@ -79,12 +82,12 @@ def _stack(*decorators):
 def data_options(function):
     """Where the data come from: --dataset or --templates (+ --test-classes, --per-class)."""
     return _stack(
-        click.option("--dataset", default=None, help="Registered data set name or a data set folder [synthetic]."),
+        click.option("--dataset", default=None, help="Registered data set name or a data set folder [default: synthetic]."),
         click.option("--templates", "templates", multiple=True, metavar="DIR|FILE",
                      help="Simulate from these density maps or atomic models instead; repeatable."),
         click.option("--test-classes", default=None, help="With --templates: comma-separated classes held out for testing."),
         click.option("--per-class", type=click.IntRange(min=1), default=None,
-                     help="Subtomograms per class when the data are simulated on demand [100]."),
+                     help="Subtomograms per class when the data are simulated on demand [default: 100]."),
     )(function)
 
 

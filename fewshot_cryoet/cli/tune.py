@@ -50,9 +50,9 @@ def tune() -> None:
 
 @tune.command("run")
 @click.option("--method", required=True, help="Method to tune, optionally METHOD/VARIANT (see fsc methods).")
-@click.option("--variant", default=None, help="Its variant [the method's first].")
+@click.option("--variant", default=None, help="Its variant [default: the method's first].")
 @click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE", help="Fixed hyper-parameter; repeatable.")
-@click.option("--snr", default=None, help="SNR level of the data [a --dataset folder's noisiest; 1000 when simulated].")
+@click.option("--snr", default=None, help="SNR level of the data [default: a --dataset folder's noisiest; 1000 when simulated].")
 @click.option("--ways", type=click.IntRange(min=2), default=4, show_default=True, help="N of the validation episodes scored.")
 @click.option("--shots", type=click.IntRange(min=1), default=1, show_default=True, help="K of the validation episodes scored.")
 @queries_per_class_option
@@ -64,7 +64,7 @@ def tune() -> None:
               help="Finished trials the study should hold (a rerun continues up to this number).")
 @click.option("--timeout", default=None, help="Stop this worker after e.g. 2h, 30m.")
 @storage_option
-@click.option("--study", default=None, help="Study name [METHOD-VARIANT-snrS-NwayKshot-OBJECTIVE].")
+@click.option("--study", default=None, help="Study name [default: METHOD-VARIANT-snrS-NwayKshot-OBJECTIVE].")
 @click.option("--sampler", type=click.Choice(api.SAMPLERS), default="tpe", show_default=True, help="Optuna sampler.")
 @click.option("--pruner", type=click.Choice(api.PRUNERS), default="median", show_default=True, help="Optuna pruner.")
 @click.option("--objective", type=click.Choice(list(api.OBJECTIVES)), default="accuracy", show_default=True,
