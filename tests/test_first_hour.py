@@ -40,14 +40,15 @@ def test_a_bench_shows_one_bar_for_its_grid_and_trainings_in_episodes(tiny_datas
     events, lines = [], []
     reporter = CallbackReporter(on_progress=events.append, on_log=lines.append)
     api.bench(["xcorr", "protonet"], dataset=tiny_dataset, snrs=[1.0], ways=[2], episodes=3, budget="4ep",
-              params={"protonet": {"channels": [4, 4]}}, store=tmp_path / "s.sqlite", reporter=reporter)
+              params={"protonet": {"channels": [4, 4]}}, seeds=[0, 1], store=tmp_path / "s.sqlite",
+              reporter=reporter)
     bars = _events(events)
     grid = next(v for k, v in bars.items() if k.startswith("grid: models trained and scored"))
-    assert grid[0] == (0, 2) and grid[-1] == (2, 2)  # xcorr and protonet at one level
+    assert grid[0] == (0, 3) and grid[-1] == (3, 3)  # xcorr, and protonet at two training seeds
     training = next(v for k, v in bars.items() if k.startswith("train protonet"))
     assert training[-1] == (4, 4) and all(total == 4 for _, total in training)  # episodes, not 0/1
     # tiny_dataset has one validation class: no model can be selected, and the user is told so
-    assert any("model selection needs at least 2" in line for line in lines)
+    assert sum("model selection needs at least 2" in line for line in lines) == 1  # once, for two trainings
     assert any("no model selection (fewer than 2 validation classes" in line for line in lines)
 
 

@@ -207,7 +207,7 @@ def test_bad_sources_get_one_line_errors(scene, tmp_path):
 
 
 def test_a_pick_outside_its_tomogram_names_the_file_and_the_pick(scene, tmp_path):
-    """A pick error says where (the coordinates file and the pick's number) and prints plain
+    """A pick error says where (the coordinates file and the particle's number) and prints plain
     numbers, not NumPy reprs."""
     table = starfile.read(scene / "particles_relion4.star")
     table.loc[table.index[2], "rlnCoordinateZ"] = 10_000.0
@@ -216,6 +216,6 @@ def test_a_pick_outside_its_tomogram_names_the_file_and_the_pick(scene, tmp_path
         api.import_data(tmp_path / "picks.star", tmp_path / "out", tomograms=scene / "tomogram.mrc",
                         class_map=scene / "classes.csv")
     message = str(refused.value)
-    assert message.startswith(f"{tmp_path / 'picks.star'}: pick 3: particle at voxel (z, y, x) (10000.0, ")
+    assert message.startswith(f"{tmp_path / 'picks.star'}: particle 3: particle at voxel (z, y, x) (10000.0, ")
     assert "np.float64" not in message and "\n" not in message
     assert not (tmp_path / "out").exists()

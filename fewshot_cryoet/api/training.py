@@ -40,7 +40,7 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.core.version import __version__
     from fewshot_cryoet.datasets.dataset import snr_label
-    from fewshot_cryoet.evaluation.fitting import fit_context, selection_warning, training_task
+    from fewshot_cryoet.evaluation.fitting import fit_context, training_task
     from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
     from fewshot_cryoet.models.model_dir import ModelCard, save_model
     from fewshot_cryoet.models.training_state import TrainingStateFile
@@ -82,12 +82,9 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     identity = (f"{instance.name}-{instance.variant}-{instance.params_hash()}-{budget_}-{data.content_hash}-"
                 f"{','.join(snr_label(s) for s in levels)}-{seed}-{queries_per_class}q")
     resume = TrainingStateFile(state_path, identity, reporter.log)
-    warning = selection_warning(data)
-    if warning:
-        reporter.log(warning)
     task, progress = training_task(reporter, f"train {instance.label}", budget_)
     context = fit_context(data, levels if len(levels) > 1 else snr, instance.segments, budget_, torch_device,
-                          queries_per_class, seed, progress=progress)
+                          queries_per_class, seed, progress=progress, warn=reporter.log)
     report = instance.fit(replace(context, resume=resume))
     task.update(task.total)
     card = ModelCard(

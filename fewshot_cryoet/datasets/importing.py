@@ -86,7 +86,12 @@ def import_source(source: ParticleSource, out: str | Path, *, invert: bool = Fal
     done = start
     try:
         for index in range(start, len(particles)):
-            read = source.read(index)
+            try:
+                read = source.read(index)
+            except FscError as exc:  # every source's error says which particle: its file and number
+                if str(exc).startswith(str(source.path)):
+                    raise
+                raise FscError(f"{source.path}: particle {index + 1}: {exc}") from None
             volume = read.volume - read.volume.mean()
             std = float(volume.std())
             if not std > 0:

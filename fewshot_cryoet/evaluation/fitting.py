@@ -5,7 +5,7 @@ layer's scorer (methods never score themselves), and the temperature fitted on t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -47,9 +47,15 @@ def fit_data(dataset: SubtomogramDataset, snr: float | Sequence[float], segments
 
 
 def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segments: bool, budget: Budget, device: torch.device,
-                queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None) -> FitContext:
-    """The one way a fit is set up: training-class episodes, validation through the scorer."""
+                queries: int = 5, seed: int = 0, shot: int = 1, progress=None, report=None,
+                warn: Callable[[str], None] | None = None) -> FitContext:
+    """The one way a fit is set up: training-class episodes, validation through the scorer.
+    ``warn`` hears why no model will be selected when no validation episode can be drawn."""
     train, validation = fit_data(dataset, snr, segments, queries, seed, shot, device)
+    if not validation and warn is not None:
+        warn(f"warning: {dataset.path.name} has {len(dataset.splits.get('val', []))} validation class(es); model "
+             "selection needs at least 2, so the weights after the last training episode are kept (simulate or "
+             "import with more --val-classes)")
     return FitContext(train, validator(validation), budget, device, seed, progress, report,
                       calibrate=temperature_fitter(validation))
 
@@ -67,16 +73,6 @@ def check_domains(train: SubtomogramDataset, test: SubtomogramDataset, allow_cla
         raise SettingError("train_dataset", f"train_dataset {train.path} trains or selects on {', '.join(shared)}, "
                                             f"which are test classes of {test.path}; use data sets with disjoint "
                                             "classes, or allow class overlap (--allow-class-overlap) to measure that on purpose")
-
-
-def selection_warning(dataset: SubtomogramDataset) -> str | None:
-    """The warning a fit on ``dataset`` deserves when its validation classes cannot select a model
-    (fewer than two: no validation episode can be drawn), or None."""
-    classes = dataset.splits.get("val", [])
-    if len(classes) >= 2:
-        return None
-    return (f"warning: {dataset.path.name} has {len(classes)} validation class(es); model selection needs at least 2, "
-            "so the weights after the last training episode are kept (simulate or import with more --val-classes)")
 
 
 def training_task(reporter, description: str, budget: Budget):

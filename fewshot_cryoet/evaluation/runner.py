@@ -27,7 +27,6 @@ from fewshot_cryoet.evaluation.fitting import (
     check_domains,
     fit_context,
     fit_data,
-    selection_warning,
     training_task,
     validation_episodes,
 )
@@ -80,6 +79,7 @@ class Runner:
         self.models_dir = Path(models_dir) if models_dir is not None else store.location.sibling(".models")
         self._scorers: dict[int, Scorer] = {}  # per method: its CRF cache spans every cell
         self._announced: set[str] = set()  # trainings said to be another worker's
+        self._warned: set[str] = set()  # warnings about the data, said once
         self._started = time.monotonic()  # when the current run began (see run_levels)
         self.failures: list[str] = []
         self._grid = None  # the whole grid's bar: models trained and scored (see run_levels)
@@ -343,16 +343,19 @@ class Runner:
         settings = self.settings
         task, progress = training_task(self.reporter, f"train {method.label} SNR {snr_label(snr)} seed {seed}",
                                        settings.budget)
-        warning = selection_warning(dataset)
-        if warning:
-            self.log(warning)
         context = fit_context(dataset, snr, method.segments, settings.budget, self.device, settings.queries,
-                              seed, settings.shots[0], progress=progress)
+                              seed, settings.shots[0], progress=progress, warn=self._warn_once)
         if snapshot is not None and settings.snapshot_budgets:
             context = replace(context, snapshots=tuple(b.episodes for b in settings.snapshot_budgets), snapshot=snapshot)
         report = method.fit(replace(context, resume=resume))
         task.update(task.total)
         return report
+
+    def _warn_once(self, message: str) -> None:
+        """A warning about the data, said once per run however many models train on them."""
+        if message not in self._warned:
+            self._warned.add(message)
+            self.log(message)
 
     def evaluate(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
                  plan: EvalPlan, report: FitReport, checkpoint: str | None = None) -> bool:

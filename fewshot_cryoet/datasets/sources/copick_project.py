@@ -109,15 +109,6 @@ class CopickSource(ParticleSource):
         return "labels" in self._opened(self._particles[0].provenance["run"])
 
     def read(self, index: int) -> ReadParticle:
-        try:
-            return self._read(index)
-        except FscError as exc:  # say which pick: the run and the pick's place in the project
-            if str(exc).startswith(str(self.path)):
-                raise
-            run = self._particles[index].provenance["run"]
-            raise FscError(f"{self.path}: run {run}, pick {index + 1}: {exc}") from None
-
-    def _read(self, index: int) -> ReadParticle:
         particle = self._particles[index]
         box, voxel_size = self.grid()
         run = self._opened(particle.provenance["run"])

@@ -215,14 +215,6 @@ class TomogramSource(ParticleSource):
         return xyz[::-1]
 
     def read(self, index: int) -> ReadParticle:
-        try:
-            return self._read(index)
-        except FscError as exc:  # say which pick: the coordinates file and its row
-            if str(exc).startswith(str(self.path)):
-                raise
-            raise FscError(f"{self.path}: pick {index + 1}: {exc}") from None
-
-    def _read(self, index: int) -> ReadParticle:
         box, voxel_size = self.grid()
         path = Path(self.table["tomogram_file"].iloc[index])
         tomogram = self._tomogram(path, self._open)
