@@ -147,7 +147,10 @@ def check_report_folder(out: Path, overwrite: bool, is_ours: Callable[[Path], bo
         raise SettingError(setting, f"{setting} {out}: folder is not empty and holds no {what} written by fsc; pass "
                                     f"--overwrite to write into it anyway (only the report's files are replaced) or "
                                     f"choose another {setting}")
-    check_writable_parent(out / "x", setting)
+    if not out.is_dir():
+        check_writable_parent(out, setting)
+    elif reason := _probe_writable(out):  # the report's files go into out itself
+        raise SettingError(setting, f"{setting} {out}: cannot write into it ({reason}); choose another {setting}")
 
 
 def _marker(folder: Path) -> dict | None:

@@ -120,6 +120,8 @@ def _raw_header(path: Path) -> tuple[list[int], int, int]:
         head = handle.read(1024)
     if len(head) < 1024:
         raise ValueError(f"{len(head)} bytes, shorter than an MRC header")
+    if head[208:212] != b"MAP ":  # the identifier mrcfile insists on too (permissive=False)
+        raise ValueError("no MAP identifier in the header: not an MRC file")
     order = ">" if head[212] == 0x11 else "<"
     words = np.frombuffer(head[:96], dtype=f"{order}i4")
     return [int(words[0]), int(words[1]), int(words[2])], int(words[3]), int(words[23])

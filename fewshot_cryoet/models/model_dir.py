@@ -9,7 +9,6 @@ them). The folder is written under a temporary name and renamed into place, so a
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Any
 
 import torch
 
+from fewshot_cryoet.core import strict_json
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.datasets.mrc_io import MAX_VOXEL_SIZE, MIN_VOXEL_SIZE
 
 MODEL_FORMAT = 1
 
@@ -64,7 +65,7 @@ def read_card(path: Path) -> ModelCard:
     try:
         if path.stat().st_size > MAX_CARD_BYTES:
             raise FscError(f"{path}: {path.stat().st_size:,} bytes is not a model description")
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        data = strict_json.loads(path.read_text(encoding="utf-8"))
         card = ModelCard(**data)
     except (OSError, ValueError, TypeError) as exc:
         raise FscError(f"{path}: unreadable model description ({type(exc).__name__}: {str(exc)[:120]})") from None
@@ -74,7 +75,7 @@ def read_card(path: Path) -> ModelCard:
         "params": isinstance(card.params, dict),
         "box": isinstance(card.box, int) and not isinstance(card.box, bool) and 4 <= card.box <= 1024,
         "voxel_size": isinstance(card.voxel_size, (int, float)) and not isinstance(card.voxel_size, bool)
-        and 0.01 <= card.voxel_size <= 1e4,
+        and MIN_VOXEL_SIZE <= card.voxel_size <= MAX_VOXEL_SIZE,
         "normalisation": isinstance(card.normalisation, str),
         "format": isinstance(card.format, int) and not isinstance(card.format, bool) and card.format >= 1,
         "train_classes": isinstance(card.train_classes, list) and all(isinstance(c, str) for c in card.train_classes),
@@ -83,22 +84,13 @@ def read_card(path: Path) -> ModelCard:
     }
     wrong = [name for name, ok in checks.items() if not ok]
     if wrong:
-        shown = ", ".join(f"{name}={_short(getattr(card, name))}" for name in wrong)
+        shown = ", ".join(f"{name}={strict_json.shown(getattr(card, name))}" for name in wrong)
         raise FscError(f"{path}: invalid {shown} (a model folder written by fsc train has none of these)")
     return card
 
 
 def _temperature_ok(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def load_model(folder: Path, device: str | torch.device = "cpu"):

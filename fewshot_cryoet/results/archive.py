@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from fewshot_cryoet.core import strict_json
 from fewshot_cryoet.core.errors import FscError, SettingError
 from fewshot_cryoet.results.store import Cell, ResultsStore
 from fewshot_cryoet.results.validation import check_rows
@@ -302,7 +303,7 @@ def _json_lines(path: Path, data: bytes) -> list[Any]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         try:
-            rows.append(json.loads(line, parse_constant=_no_constant))
+            rows.append(strict_json.loads(line))
         except ValueError as exc:
             raise SettingError("archive", f"archive {path}: line {number} is not JSON ({exc})") from None
     return rows
@@ -311,14 +312,9 @@ def _json_lines(path: Path, data: bytes) -> list[Any]:
 def _json_file(path: Path, limit: int) -> Any:
     data = _bounded_read(path, limit)
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        return strict_json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise SettingError("archive", f"archive {path}: unreadable ({exc})") from None
-
-
-def _no_constant(name: str) -> Any:
-    """JSON has no NaN or Infinity; Python's reader accepts them unless told not to."""
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _write_new(path: Path, data: bytes) -> None:

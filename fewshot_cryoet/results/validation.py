@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Float, Integer, Text
 
 from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.strict_json import shown
 from fewshot_cryoet.results.schema import metadata
 
 #: Values in [0, 1].
@@ -74,13 +75,13 @@ def _problem(name: str, value: Any, column) -> str:
     kind = type(column.type)
     if kind is Integer:
         if isinstance(value, bool) or not isinstance(value, int):
-            return f"{_shown(value)} is not an integer"
+            return f"{shown(value)} is not an integer"
         if not SMALLEST.get(name, -LARGEST_INT) <= value <= LARGEST_INT:
             return f"{value} is out of range (at least {SMALLEST.get(name, -LARGEST_INT)})"
         return ""
     if kind is Float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{_shown(value)} is not a number"
+            return f"{shown(value)} is not a number"
         if not math.isfinite(value):
             return f"{value} is not finite"
         if name in FRACTIONS and not 0.0 <= value <= 1.0:
@@ -92,7 +93,7 @@ def _problem(name: str, value: Any, column) -> str:
         return ""
     if kind is Text:
         if not isinstance(value, str):
-            return f"{_shown(value)} is not text"
+            return f"{shown(value)} is not text"
         if len(value) > MAX_TEXT:
             return f"text of {len(value)} characters (at most {MAX_TEXT})"
         if CONTROL.search(value):
@@ -112,9 +113,3 @@ def _problem(name: str, value: Any, column) -> str:
                 return "is not a JSON object of hyper-parameters"
         return ""
     return ""
-
-
-def _shown(value: Any) -> str:
-    """A value for an error line: short, and never a Python repr of a NumPy scalar."""
-    text = json.dumps(value) if isinstance(value, (str, list, dict, bool)) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
