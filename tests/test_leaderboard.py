@@ -162,6 +162,14 @@ def test_budget_curves_train_at_each_budget_and_are_drawn(tiny_val2_dataset, tmp
     table = (tmp_path / "boards" / "leaderboard.md").read_text().split("### Accuracy")[1]
     budgets = [line.split(" · budget ")[1].split()[0] for line in table.splitlines() if " · budget " in line]
     assert budgets[:3] == ["2ep", "4ep", "8ep"]
+    # the curve table writes SNR as a level, episodes and examples as counts, seconds whole
+    page = (tmp_path / "boards" / "leaderboard.md").read_text()
+    curve_rows = [line for line in page.split("## Accuracy against training budget")[1].splitlines()
+                  if line.startswith("| ") and "protonet" in line]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in curve_rows]
+    assert [c[2] for c in cells] == ["1"] * 3 and [c[6] for c in cells] == ["2", "4", "8"]
+    assert all(c[8].isdigit() for c in cells)  # fit_seconds
+    assert "Test episodes per cell: 6 — **quick run" in page
     # one training (8ep) left the 2ep and 4ep models, which the runs at those budgets reused
     assert sum("trained 8 episodes" in line for line in said) == 1
     smaller = [line for line in said if "trained 2 episodes" in line or "trained 4 episodes" in line]
@@ -192,6 +200,12 @@ def test_per_class_results_and_confusion_from_stored_queries(two_configurations,
     confusion = pd.read_csv(tmp_path / "boards" / "confusion.csv")
     assert confusion.groupby("label")["count"].sum().eq(40).all()
     assert any(p.name.startswith("confusion_protonet") for p in written)
+    # the page's per-class table has one column per field, not a Python tuple per row
+    page = (tmp_path / "boards" / "leaderboard.md").read_text()
+    table = page.split("## Per-class results")[1].split("###")[0]
+    header = [c.strip() for c in table.split("\n| ")[1].split("|")[:5]]
+    assert header[:4] == ["label", "domain", "snr", "n_way"]
+    assert "('" not in page and "–10;" not in page
 
 
 def test_calibration_error_is_the_gap_between_confidence_and_accuracy():

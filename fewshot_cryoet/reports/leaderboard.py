@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from fewshot_cryoet.core.outputs import check_report_folder, write_text
+from fewshot_cryoet.reports.markdown import markdown_table
 from fewshot_cryoet.reports.per_class import CALIBRATION_BINS, calibration, per_class_results
 from fewshot_cryoet.reports.plots import plot_accuracy, plot_budget_curves, plot_confusion
 from fewshot_cryoet.reports.summary import (
@@ -98,7 +99,8 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         else:
             heading = [f"## Data set `{dataset}`", "", f"Content hashes: {hashes}.", ""]
         lines += [*heading,
-                  f"Test episodes per cell: {episodes.min()}–{episodes.max()}"
+                  "Test episodes per cell: " + (f"{episodes.min()}" if episodes.min() == episodes.max()
+                                                else f"{episodes.min()}–{episodes.max()}")
                   + (f" — **quick run: fewer than {LEADERBOARD_EPISODES}, not leaderboard grade**" if quick else "")
                   + f"; queries per class: {', '.join(map(str, sorted(part['q_query'].unique())))}; "
                   + "training budget per method and SNR, and what it gave: " + training_summary(part) + ".", "",
@@ -119,7 +121,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                                                                                   per_class["dataset"])])
             index = ["domain", *index]
         pivot = per_class.pivot_table(index=index, columns="class", values="cell", aggfunc="first")
-        lines += [pivot.to_markdown(), ""]
+        lines += [markdown_table(pivot), ""]
         write_text(out / "dice_per_class.csv", per_class.to_csv(index=False))
         written.append(out / "dice_per_class.csv")
     if predictions is not None and not predictions.empty:
@@ -132,7 +134,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         largest = scores[scores["n_way"] == scores.groupby("label")["n_way"].transform("max")]
         pivot = largest.pivot_table(index=["label", "domain", "snr", "n_way"], columns="class", values="recall",
                                     aggfunc="first")
-        lines += [pivot.to_markdown(floatfmt=".2f"), ""]
+        lines += [markdown_table(pivot, floatfmt=".2f"), ""]
         calibrated = calibration(predictions)
         if not calibrated.empty:
             # The page names the module by its pre-0.2 path (still an alias), so committed pages re-render
@@ -143,7 +145,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
                       "T is fitted on validation-class episodes after training for trained methods and a fixed, "
                       "measured value for training-free ones (`fewshot_cryoet.calibration`). 0 is perfect; mean "
                       "confidence below accuracy means the row understates itself.", "",
-                      calibrated.to_markdown(index=False, floatfmt=".3f"), ""]
+                      markdown_table(calibrated), ""]
             write_text(out / "calibration.csv", calibrated.to_csv(index=False))
             written.append(out / "calibration.csv")
         write_text(out / "per_class.csv", scores.to_csv(index=False))
@@ -169,7 +171,7 @@ def render(frame: pd.DataFrame, query_dice: pd.DataFrame, out: str | Path, store
         lines += ["## Accuracy against training budget", "",
                   "Configurations trained at several budgets (`fsc bench --budget A --budget B ...`), at each "
                   "budget's episodes trained; `budget_curves.png` plots them (log scale), `budget_curves.csv` "
-                  "holds every N-way.", "", curves.to_markdown(index=False, floatfmt=".3f"), ""]
+                  "holds every N-way.", "", markdown_table(curves), ""]
         write_text(out / "budget_curves.csv", curves.to_csv(index=False))
         plot_budget_curves(curves, out / "budget_curves.png")
         written += [out / "budget_curves.csv", out / "budget_curves.png"]
