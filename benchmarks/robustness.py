@@ -314,7 +314,7 @@ def main() -> None:
         "0.5); the dense CRF is not run here (`crf=False`), as it changes no number this page shows.", "",
         "Remedies (one at a time, then together):", "",
         f"- **robust inputs**: the input normalisation every method inherits, `{inputs}`, what "
-        "`fsc train --inputs robust` sets (see README, \"Robust inputs\");",
+        "`fsc train --inputs robust` sets (see docs/tutorials/robustness.md);",
         "- **randomised training**: trained on the `randomised` domain instead of `default`. Its ranges "
         "cover every shifted domain, so these rows test whether one model can serve many microscopes at "
         "once, not whether it extrapolates beyond what it saw.", "",

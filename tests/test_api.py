@@ -1,4 +1,4 @@
-"""The Python API as the README shows it, run as written (the layering rules it rests on are in
+"""The Python API as the documentation shows it, run as written (the layering rules it rests on are in
 test_architecture.py)."""
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fewshot_cryoet"
 
 
-def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md lost its Python API example"
+def marked_block(page: str, marker: str) -> str:
+    """The Python block that follows ``<!-- marker -->`` on a documentation page."""
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    assert match, f"{page} lost its block marked {marker}"
     return match.group(1)
 
 
-def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+def test_the_getting_started_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    page = "docs/getting-started.md"
+    exec(compile(marked_block(page, "api-example"), page, "exec"), namespace)  # noqa: S102 - our own docs
     frame, predictions, card = namespace["frame"], namespace["predictions"], namespace["card"]
     assert set(frame["method"]) == {"protonet", "xcorr"} and len(frame) == 40
     assert frame.groupby("label")["episode"].nunique().eq(20).all()  # both scored on the same 20 episodes
@@ -56,21 +57,20 @@ def test_every_option_has_help():
     assert not missing, missing
 
 
-def test_the_readme_data_set_example_runs(tmp_path, monkeypatch):
+def test_the_data_set_example_of_the_docs_runs(tmp_path, monkeypatch):
     import numpy as np
 
     from fewshot_cryoet import api
     from fewshot_cryoet.datasets.simulate import SimulationConfig
 
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- data-example -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "README.md lost its data set example"
+    page = "docs/reference/data-sets.md"
+    block = marked_block(page, "data-example")
     monkeypatch.chdir(tmp_path)
     api.simulate("data/shrec", classes=6, per_class=6, snrs=[1000, 0.5], seed=0,
                  config=SimulationConfig(box=16, voxel_size=20.0, route="fourier"),
                  test_classes=["syn000", "syn001", "syn002", "syn003"], val_classes=["syn004"])
     namespace: dict = {}
-    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(block, page, "exec"), namespace)  # noqa: S102 - our own docs
     assert isinstance(namespace["volumes"], np.memmap) and not isinstance(namespace["x"], np.memmap)
     assert namespace["x"].shape == (24, 16, 16, 16) and namespace["x"].dtype == np.float32
     episode = namespace["episode"]

@@ -50,7 +50,7 @@ from fewshot_cryoet.core.errors import SettingError
 @click.option("--contrast", type=click.Choice(["positive", "negative"]), default="positive", show_default=True,
               help="negative: dark particles on a bright background, as in raw tomograms.")
 @click.option("--preset", type=click.Choice(list(api.PRESETS)), default=None,
-              help="Named shifted imaging (see README); options given here override it.")
+              help="Named shifted imaging (docs/tutorials/simulate.md lists them); options given here override it.")
 @click.option("--split", "split_text", default="0.4,0.2,0.4", show_default=True, help="Class fractions train,val,test.")
 @click.option("--val-classes", default=None, help="Comma-separated validation classes (overrides --split).")
 @click.option("--test-classes", default=None, help="Comma-separated test classes (overrides --split).")

@@ -30,11 +30,11 @@ from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_ba
                    "simulated].")
 @click.option("--budget", default="2000ep", show_default=True, help="Training budget: 2000ep (reproducible), 30m, or 2000ep,30m.")
 @click.option("--inputs", type=click.Choice(["robust", "plain"]), default="plain", show_default=True,
-              help="Input normalisation and test-time augmentation: the robust settings (README, \"Robust inputs\") "
+              help="Input normalisation and test-time augmentation: the robust settings (docs/tutorials/robustness.md) "
                    "or the method's own defaults; --param wins over both.")
 @click.option("--imaging", default=None, metavar="PRESET",
               help="Imaging of training data simulated on demand (without --dataset); the preset 'default' gives the "
-                   "simulator's default microscope [default: randomised, domain-randomised (see README)].")
+                   "simulator's default microscope [default: randomised, domain-randomised (see docs/tutorials/robustness.md)].")
 @queries_per_class_option
 @run_options
 @out_options("Model folder")

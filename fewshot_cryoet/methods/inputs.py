@@ -40,7 +40,7 @@ INPUT_RULES: dict[str, Param] = {
     "input_sphere": Param("float", low=0.0, high=1.0),
     "tta": Param("int", choices=(1, 4)),
 }
-#: The robust input settings (``fsc train --inputs robust``; see README, "Robust inputs"). They
+#: The robust input settings (``fsc train --inputs robust``; see docs/tutorials/robustness.md). They
 #: help a model trained on the default imaging; with domain-randomised training data they did
 #: worse than plain inputs, so ``fsc train`` does not use them by default. Chosen by a
 #: measurement (protonet, 150 training episodes, SNR 0.5, 6-way, 200 test episodes; accuracy on

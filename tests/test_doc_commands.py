@@ -1,12 +1,15 @@
-"""The README, executed: every command of every shell block runs, on tiny settings, as users copy it.
+"""The README and the documentation, executed: every command of every shell block runs, on tiny
+settings, as users copy it.
 
 Each block's commands run in a scratch folder laid out like a checkout (``../shared`` beside it),
-in the README's own section order except where a section uses data another section makes. Tiny
+page by page (the README first, then the docs in their file order) and in each page's own order,
+except that the simulation tutorial runs first, because other pages use the data it makes. Tiny
 settings are applied by rewriting option values (budgets, episodes, trials, particles per class),
-never by changing what a command does; placeholders the README leaves to the reader (``NAME``,
+never by changing what a command does; placeholders the pages leave to the reader (``NAME``,
 ``...``, ``[optional]`` parts, ``picks/``, ``particles.star``, ``maps/``, ``model.cif``,
-``data/my-domain``) are filled with real files made here. A README command this test does not
-know how to run fails the test, so the README cannot grow commands that nobody runs.
+``data/my-domain``) are filled with real files made here. A command this test does not know how to
+run fails the test, so no page can grow commands that nobody runs; a block a test cannot run is
+marked on its page (see ``tests/test_docs.py``).
 """
 
 from __future__ import annotations
@@ -24,13 +27,21 @@ from fewshot_cryoet import api
 from fewshot_cryoet.cli import main
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
-#: Set-up and test commands: run by ``.ci/run`` itself (this test is part of the second).
-NOT_RUN_HERE = ("python3 -m venv", "pip install", "python -m pytest")
+#: Set-up and test commands are run by ``.ci/run`` itself (this test is part of the second), and
+#: the site build by ``tests/test_docs.py``.
+NOT_RUN_HERE = ("python3 -m venv", "pip install", "python -m pytest", "mkdocs ")
 
-#: Sections whose blocks run first, because later sections use what they make (``data/shrec``).
-FIRST = ("Simulating subtomograms",)
+#: Pages whose blocks run first, because later pages use what they make (``data/shrec``).
+FIRST = ("docs/tutorials/simulate.md",)
+
+
+def pages() -> list[Path]:
+    """The README, then every hand-written page of the documentation site, in file order (the
+    leaderboard pages are generated from ``leaderboards/`` and their commands are the plan of
+    ``benchmarks/regenerate_leaderboards.py``, checked by ``tests/test_regeneration.py``)."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 #: Option values that decide only how long a command takes, with their tiny replacements.
 TINY_VALUES = {
@@ -46,16 +57,19 @@ TINY_ADDED = {
 }
 
 
-def shell_blocks() -> list[tuple[str, list[str]]]:
-    """(section title, commands) per ``bash`` block: continuations joined, comments dropped."""
+def shell_blocks(page: Path) -> list[tuple[str, list[str]]]:
+    """(page: section title, commands) per ``bash`` block of ``page`` that is not marked
+    ``<!-- not-run: … -->``: continuations joined, comments dropped."""
+    name = page.relative_to(ROOT).as_posix()
     section, blocks = "", []
-    lines = README.read_text().splitlines()
+    lines = page.read_text().splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("## ") or line.startswith("### "):
+        if line.startswith("#"):
             section = line.lstrip("#").strip()
-        if line.strip() == "```bash":
+        marked = i > 0 and lines[i - 1].startswith("<!-- not-run:")
+        if line.strip() == "```bash" and not marked:
             body = []
             i += 1
             while lines[i].strip() != "```":
@@ -63,19 +77,19 @@ def shell_blocks() -> list[tuple[str, list[str]]]:
                 i += 1
             text = re.sub(r"\\\n\s*", " ", "\n".join(body))
             commands = [re.sub(r"\s+#.*$", "", c).strip() for c in text.splitlines()]
-            blocks.append((section, [c for c in commands if c and not c.startswith("#")]))
+            blocks.append((f"{name}: {section}", [c for c in commands if c and not c.startswith("#")]))
         i += 1
     return blocks
 
 
 def tiny(command: str, previous_bench: str) -> list[list[str]]:
-    """The argument lists to run for one README command line (``a && b`` gives two)."""
+    """The argument lists to run for one command line of a page (``a && b`` gives two)."""
     command = re.sub(r"\s*\[[^\]]*\]", "", command)  # optional parts, as the reader may leave them out
     command = command.replace("fsc bench ...", previous_bench).replace("NAME", "readme")
     runs = []
     for part in command.split("&&"):
         words = shlex.split(part)
-        assert words[0] == "fsc", f"README command not run by this test: {part.strip()}"
+        assert words[0] == "fsc", f"command of a page not run by this test: {part.strip()}"
         words = words[1:]
         budgets = [i for i, w in enumerate(words) if w == "--budget"]
         for rank, i in enumerate(budgets, start=1):  # a budget curve keeps its increasing order
@@ -98,7 +112,7 @@ def tiny(command: str, previous_bench: str) -> list[list[str]]:
 
 
 def _placeholders(root: Path, shared: Path) -> None:
-    """The reader's own files that README commands name: picked supports, particles to classify,
+    """The reader's own files that the pages' commands name: picked supports, particles to classify,
     a folder of maps plus an mmCIF model, and a second imaging domain."""
     import gemmi
 
@@ -134,9 +148,9 @@ def _placeholders(root: Path, shared: Path) -> None:
         shutil.copy(path, root / "tomo1_subtomos" / Path(path).name)
 
 
-def test_every_readme_command_runs_on_tiny_settings(shared_data, tmp_path, monkeypatch):
-    blocks = shell_blocks()
-    assert len(blocks) >= 6
+def test_every_command_of_the_readme_and_the_docs_runs_on_tiny_settings(shared_data, tmp_path, monkeypatch):
+    blocks = [block for page in pages() for block in shell_blocks(page)]
+    assert len(blocks) >= 10 and any(section.startswith("README.md") for section, _ in blocks)
     root = tmp_path / "checkout"
     root.mkdir()
     (tmp_path / "shared").symlink_to(shared_data.parent if shared_data.name == "data" else shared_data)
@@ -144,15 +158,17 @@ def test_every_readme_command_runs_on_tiny_settings(shared_data, tmp_path, monke
     monkeypatch.setenv("FSC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("COLUMNS", "200")
     _placeholders(root, tmp_path / "shared")
-    ordered = [b for b in blocks if b[0] in FIRST] + [b for b in blocks if b[0] not in FIRST]
-    runner, previous_bench, ran = CliRunner(), "fsc bench", 0
+    first = [b for b in blocks if b[0].split(":")[0] in FIRST]
+    ordered = first + [b for b in blocks if b not in first]
+    runner, previous_bench, ran, seen = CliRunner(), "fsc bench", 0, set()
     for section, commands in ordered:
         for command in commands:
-            if command.startswith(NOT_RUN_HERE):
+            if command.startswith(NOT_RUN_HERE) or command in seen:  # a command two pages show runs once
                 continue
+            seen.add(command)
             for words in tiny(command, previous_bench):
                 result = runner.invoke(main, words, catch_exceptions=False)
-                assert result.exit_code == 0, f"README ({section}): `{command}` ran as `fsc {' '.join(words)}` " \
+                assert result.exit_code == 0, f"{section}: `{command}` ran as `fsc {' '.join(words)}` " \
                                               f"and failed:\n{result.output[-3000:]}"
                 ran += 1
             if command.startswith("fsc bench") and "..." not in command:
