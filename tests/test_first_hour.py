@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from click.testing import CliRunner
+
 from fewshot_cryoet import api
+from fewshot_cryoet.cli import main
 from fewshot_cryoet.core.reporting import CallbackReporter
 from fewshot_cryoet.results.store import ResultsStore
 
@@ -50,6 +53,32 @@ def test_a_bench_shows_one_bar_for_its_grid_and_trainings_in_episodes(tiny_datas
     # tiny_dataset has one validation class: no model can be selected, and the user is told so
     assert sum("model selection needs at least 2" in line for line in lines) == 1  # once, for two trainings
     assert any("no model selection (fewer than 2 validation classes" in line for line in lines)
+
+
+def test_a_grid_of_several_levels_shows_its_first_level_before_the_next_starts(tiny_dataset, tmp_path):
+    seen, order = [], []
+    reporter = CallbackReporter(on_progress=lambda e: order.append(("bar", e.task)), on_log=None)
+
+    def first(rows):
+        seen.append(rows.copy())
+        order.append(("table", tuple(sorted(rows["snr"].unique()))))
+
+    frame = api.bench(["xcorr", "radial"], dataset=tiny_dataset, snrs=[float("inf"), 1.0], ways=[2], episodes=3,
+                      params={"xcorr": {"angular_step": 90}}, store=tmp_path / "s.sqlite", reporter=reporter,
+                      on_results=first)
+    assert len(seen) == 1 and set(seen[0]["snr"]) == {"inf"}  # once, when the grid moved on to SNR 1
+    level = frame[frame["snr"] == "inf"].sort_values(["label", "episode"]).reset_index(drop=True)
+    shown = seen[0].sort_values(["label", "episode"]).reset_index(drop=True)
+    assert shown[["label", "episode", "accuracy"]].equals(level[["label", "episode", "accuracy"]])  # complete
+    # before any episode of the second level was scored
+    table = order.index(("table", ("inf",)))
+    assert not any(kind == "bar" and "SNR 1 " in text + " " for kind, text in order[:table])
+    assert any(kind == "bar" and "SNR 1 " in text + " " for kind, text in order[table:])
+    result = CliRunner().invoke(main, ["bench", "--dataset", str(tiny_dataset.path), "--methods", "radial",
+                                       "--snr", "inf", "--snr", "1", "--ways", "2", "--episodes", "3",
+                                       "--store", str(tmp_path / "cli.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert result.output.index("so far (the grid goes on): ") < result.output.rindex("accuracy ± 95% CI")
 
 
 def test_a_leaderboard_of_an_unfinished_grid_says_so(tiny_dataset, tmp_path):

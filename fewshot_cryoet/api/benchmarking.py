@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
 
@@ -34,7 +34,8 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           tuned: Sequence[str] = (), storage: str = DEFAULT_STORAGE, train_dataset=None,
           allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
           models: str | Path | None = None, lease_seconds: float | None = None, crf: bool = True,
-          archive: str | Path | None = None, reporter: Reporter | None = None) -> pd.DataFrame:
+          archive: str | Path | None = None, reporter: Reporter | None = None,
+          on_results: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
     (the rest of the grid completes). ``seeds`` trains each trainable method once per training
@@ -63,7 +64,12 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
 
     ``archive``: a folder (:mod:`~fewshot_cryoet.results.archive`) that receives each model's
     cells once all are scored, and whose cells are loaded into the store first, so that a run
-    carried by machines that do not keep their disks continues from a committed folder."""
+    carried by machines that do not keep their disks continues from a committed folder.
+
+    ``on_results``: called with this run's rows at the levels already passed, each time the grid
+    moves on to its next SNR level, so a long grid shows a first table long before its end. In one
+    process those levels are complete; with several processes on one grid, cells that another
+    process still holds may be partial."""
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.evaluation.grid import BenchSettings, Level
@@ -96,21 +102,28 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
             loaded = kept.load_into(results, check_row_method)
             as_reporter(reporter).log(f"archive {kept.folder}: {len(loaded.added)} finished cells loaded into "
                                       f"{results.name}, {len(loaded.already)} already there")
-        def level(snr: float) -> Level:  # the data of a level are loaded when a process gets there
-            return snr, lambda: (source.at(snr, reporter),
-                                 train_source.at(snr, reporter) if train_source is not None else None)
+        def rows(levels: Sequence[float]) -> pd.DataFrame:
+            return results.frame(label=sorted({spec.label for spec in specs}), snr=[snr_label(s) for s in levels],
+                                 seed=seed, dataset=source.name,
+                                 train_dataset=train_source.name if train_source is not None else "")
+
+        def level(index: int) -> Level:  # the data of a level are loaded when a process gets there
+            def load():
+                if index and on_results is not None:
+                    on_results(rows(snrs[:index]))
+                return (source.at(snrs[index], reporter),
+                        train_source.at(snrs[index], reporter) if train_source is not None else None)
+            return snrs[index], load
 
         for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
             runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
                             models_dir=models, archive=kept)
             runner.run_levels(specs if step == 0 else [s for s in specs if s.cls.trainable],
-                              [level(snr) for snr in snrs], source.name,
+                              [level(i) for i in range(len(snrs))], source.name,
                               train_source.name if train_source is not None else "", allow_class_overlap)
             runner.archive_finished()  # models other processes finished last
             failures += runner.failures
-        frame = results.frame(label=sorted({spec.label for spec in specs}), snr=[snr_label(s) for s in snrs],
-                              seed=seed, dataset=source.name,
-                              train_dataset=train_source.name if train_source is not None else "")
+        frame = rows(snrs)
     finally:
         results.close()
     frame.attrs["failures"] = failures

@@ -98,17 +98,26 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
                 episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
                 lease_seconds=lease_seconds, train_dataset=train_dataset,
                 allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
-                crf=not no_crf, archive=archive, reporter=RichReporter(progress))
-    if not frame.empty:  # the leaderboard's own table (same order, cells and bold ties)
-        where, accuracy = api.bench_table(frame)
-        accuracy = accuracy.map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
-        print_table(accuracy.reset_index(names="method"), f"{where}: accuracy ± 95% CI over "
-                    f"{episodes} test episodes ({queries_per_class} queries/class)", out, tuple(accuracy.columns))
+                crf=not no_crf, archive=archive, reporter=RichReporter(progress),
+                on_results=lambda rows: _accuracy_table(rows, "so far (the grid goes on): ", progress.console))
+    _accuracy_table(frame, "", out)
     say(f"results in {location}; render leaderboards with: fsc leaderboard --store {location}", out)
     failures = frame.attrs.get("failures", [])
     failures += [f"worker {i + 2} exited with status {code}" for i, code in enumerate(p.wait() for p in helpers) if code]
     if failures:
         raise FscError(f"{len(failures)} method run(s) failed, the rest completed: " + "; ".join(failures))
+
+
+def _accuracy_table(frame, lead: str, out) -> None:
+    """The leaderboard's own accuracy table (same order, cells and bold ties) of ``frame``'s rows."""
+    if frame.empty:
+        return
+    where, accuracy = api.bench_table(frame)
+    accuracy = accuracy.map(lambda cell: re.sub(r"\*\*(.+)\*\*", r"[bold]\1[/]", cell))
+    episodes = frame.groupby("cell")["episode"].nunique()
+    queries = ", ".join(map(str, sorted(frame["q_query"].unique())))
+    print_table(accuracy.reset_index(names="method"), f"{lead}{where}: accuracy ± 95% CI over "
+                f"{episodes.min()} test episodes per cell ({queries} queries/class)", out, tuple(accuracy.columns))
 
 
 def _worker_argv() -> list[str]:
