@@ -81,6 +81,8 @@ def test_the_site_builds_strictly(tmp_path):
     for board in ("synthetic", "shared-templates", "robustness"):
         assert (site / "leaderboards" / board / "index.html").exists()
     assert (site / "leaderboards" / "synthetic" / "accuracy.png").exists()
+    started = (site / "getting-started" / "index.html").read_text()  # the README's sections, included
+    assert "Python ≥ 3.10" in started and "The main job benchmarks the baselines" in started
 
 
 def test_the_plugin_tutorial_installs_and_benchmarks_as_a_package(tiny_dataset, tmp_path):

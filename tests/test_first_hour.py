@@ -66,14 +66,17 @@ def test_a_grid_of_several_levels_shows_its_first_level_before_the_next_starts(t
     frame = api.bench(["xcorr", "radial"], dataset=tiny_dataset, snrs=[float("inf"), 1.0], ways=[2], episodes=3,
                       params={"xcorr": {"angular_step": 90}}, store=tmp_path / "s.sqlite", reporter=reporter,
                       on_results=first)
-    assert len(seen) == 1 and set(seen[0]["snr"]) == {"inf"}  # once, when the grid moved on to SNR 1
+    # first the first leaderboard row (xcorr, complete), then the first level when the grid moved on
+    assert len(seen) == 2 and [set(rows["snr"]) for rows in seen] == [{"inf"}, {"inf"}]
+    assert set(seen[0]["method"]) == {"xcorr"} and len(seen[0]) == 3
     level = frame[frame["snr"] == "inf"].sort_values(["label", "episode"]).reset_index(drop=True)
-    shown = seen[0].sort_values(["label", "episode"]).reset_index(drop=True)
+    shown = seen[1].sort_values(["label", "episode"]).reset_index(drop=True)
     assert shown[["label", "episode", "accuracy"]].equals(level[["label", "episode", "accuracy"]])  # complete
-    # before any episode of the second level was scored
-    table = order.index(("table", ("inf",)))
+    # both before any episode of the second level was scored, and nothing after the last model
+    table = len(order) - 1 - order[::-1].index(("table", ("inf",)))
     assert not any(kind == "bar" and "SNR 1 " in text + " " for kind, text in order[:table])
     assert any(kind == "bar" and "SNR 1 " in text + " " for kind, text in order[table:])
+    assert order[-1][0] == "bar"
     result = CliRunner().invoke(main, ["bench", "--dataset", str(tiny_dataset.path), "--methods", "radial",
                                        "--snr", "inf", "--snr", "1", "--ways", "2", "--episodes", "3",
                                        "--store", str(tmp_path / "cli.sqlite")])

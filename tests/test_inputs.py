@@ -60,6 +60,29 @@ def test_whitening_undoes_an_envelope_the_model_never_saw():
     assert agreement(whitened(sharp, 10.0), whitened(blurred, 10.0)) > agreement(plain(sharp, 10.0), plain(blurred, 10.0)) + 0.05
 
 
+def test_the_wedge_step_makes_two_tilt_ranges_give_the_same_input():
+    """The same particles reconstructed from ±60° and from ±45° tilts: as stored they differ (the
+    wider range measured more), with ``input_wedge=40`` both keep only the ±40° double cone, so
+    a model sees the same input from either microscope."""
+    from fewshot_cryoet.datasets.imaging import wedge_mask
+
+    volumes = _volumes()
+
+    def acquired(tilt: float) -> torch.Tensor:
+        spectrum = torch.fft.rfftn(volumes, dim=(-3, -2, -1)) * wedge_mask((16,) * 3, -tilt, tilt)
+        return torch.fft.irfftn(spectrum, s=(16,) * 3, dim=(-3, -2, -1))
+
+    wide, narrow = acquired(60), acquired(45)
+    plain, wedged = InputNormalisation(), InputNormalisation(wedge=40.0)
+    assert (plain(wide, 10.0) - plain(narrow, 10.0)).abs().max() > 0.1
+    assert torch.allclose(wedged(wide, 10.0), wedged(narrow, 10.0), atol=1e-5)
+    # what the step keeps is exactly the ±40° cone: nothing outside it survives
+    outside = (1 - wedge_mask((16,) * 3, -40, 40)).bool()
+    spectrum = torch.fft.rfftn(wedged(volumes, 10.0), dim=(-3, -2, -1))
+    assert spectrum.abs()[..., outside].max() < 1e-4 < spectrum.abs()[..., ~outside].max()
+    assert "±40° tilt range" in wedged.describe()
+
+
 def test_lowpass_halves_the_amplitude_at_the_stated_resolution():
     volumes = torch.zeros(1, 1, 16, 16, 16)
     volumes[0, 0, 0, 0, 4] = 1.0  # a delta: flat spectrum

@@ -66,10 +66,11 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     cells once all are scored, and whose cells are loaded into the store first, so that a run
     carried by machines that do not keep their disks continues from a committed folder.
 
-    ``on_results``: called with this run's rows at the levels already passed, each time the grid
-    moves on to its next SNR level, so a long grid shows a first table long before its end. In one
-    process those levels are complete; with several processes on one grid, cells that another
-    process still holds may be partial."""
+    ``on_results``: called with this run's rows stored so far when the first leaderboard row (a
+    configuration at every training seed, at one level) is complete, and each time the grid moves
+    on to its next SNR level with new rows, but not at the end (the caller has the whole frame
+    then); so a long grid shows a first table long before its end. With several processes on one
+    grid, cells that another process still holds may be partial."""
     from fewshot_cryoet.core.types import Budget
     from fewshot_cryoet.datasets.dataset import snr_label
     from fewshot_cryoet.evaluation.grid import BenchSettings, Level
@@ -107,17 +108,33 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
                                  seed=seed, dataset=source.name,
                                  train_dataset=train_source.name if train_source is not None else "")
 
+        shown = {"rows": 0, "first": False}
+
+        def show(levels: Sequence[float]) -> None:
+            """Hand the rows so far to ``on_results``, unless none were added since the last time."""
+            if on_results is None:
+                return
+            so_far = rows(levels)
+            if len(so_far) > shown["rows"]:
+                shown["rows"] = len(so_far)
+                on_results(so_far)
+
+        def first_row(snr: float) -> None:
+            if not shown["first"]:
+                shown["first"] = True
+                show(snrs[:list(snrs).index(snr) + 1])
+
         def level(index: int) -> Level:  # the data of a level are loaded when a process gets there
             def load():
-                if index and on_results is not None:
-                    on_results(rows(snrs[:index]))
+                if index:
+                    show(snrs[:index])
                 return (source.at(snrs[index], reporter),
                         train_source.at(snrs[index], reporter) if train_source is not None else None)
             return snrs[index], load
 
         for step, (each, smaller) in enumerate(curve_order(budgets)):  # training-free: scored once, first
             runner = Runner(results, replace(settings, budget=each, snapshot_budgets=smaller), reporter, resume,
-                            models_dir=models, archive=kept)
+                            models_dir=models, archive=kept, on_configuration_done=first_row)
             runner.run_levels(specs if step == 0 else [s for s in specs if s.cls.trainable],
                               [level(i) for i in range(len(snrs))], source.name,
                               train_source.name if train_source is not None else "", allow_class_overlap)

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from fewshot_cryoet.core.devices import resolve_device
 from fewshot_cryoet.core.errors import FscError
@@ -64,8 +64,13 @@ class Runner:
 
     def __init__(self, store: ResultsStore, settings: BenchSettings, reporter: Reporter | None = None,
                  resume: bool = False, models_dir: str | Path | None = None,
-                 archive: ResultsArchive | None = None) -> None:
+                 archive: ResultsArchive | None = None,
+                 on_configuration_done: Callable[[float], None] | None = None) -> None:
         self.store = store
+        #: Told the SNR level each time a configuration (a row of the leaderboard: every training
+        #: seed of one method at one level) has all its cells scored here, so a caller can show
+        #: results long before the grid ends.
+        self.on_configuration_done = on_configuration_done
         #: Where each model's cells are copied once all are scored (``--archive``), so that a run
         #: continues from them on another machine.
         self.archive = archive
@@ -83,6 +88,7 @@ class Runner:
         self._started = time.monotonic()  # when the current run began (see run_levels)
         self.failures: list[str] = []
         self._grid = None  # the whole grid's bar: models trained and scored (see run_levels)
+        self._levels_left = 0  # SNR levels of the grid not yet reached (see run_levels)
 
     def cells(self, spec: MethodSpec, method: FewShotMethod, dataset: SubtomogramDataset, dataset_name: str,
               snr: float, train: SubtomogramDataset | None = None, train_name: str = "",
@@ -142,12 +148,14 @@ class Runner:
             f"grid: models trained and scored ({len(levels)} SNR level(s), budget {self.settings.budget})",
             total=models * len(levels))
         pending = iter(levels)
+        self._levels_left = len(levels)
         jobs: list[Job] = []
         while True:
             if self._pass(jobs, join=False):
                 continue
             level = next(pending, None)
             if level is not None:
+                self._levels_left -= 1
                 snr, load = level
                 dataset, train = load()
                 jobs += self._jobs(specs, dataset, dataset_name, snr, train, train_name, allow_class_overlap)
@@ -211,6 +219,9 @@ class Runner:
                 if self._grid is not None:
                     self._grid.advance()
                 self.archive_finished()
+                same_row = [j for j in jobs if j.spec.label == job.spec.label and j.snr == job.snr]
+                if self.on_configuration_done is not None and not same_row and (jobs or self._levels_left):
+                    self.on_configuration_done(job.snr)  # not after the last: the caller shows the whole grid then
         return progressed
 
     def archive_finished(self) -> None:

@@ -1,13 +1,17 @@
 """What every method sees: the canonical input normalisation and test-time augmentation.
 
-Both are hyper-parameters that every method inherits from ``FewShotMethod`` (``input_lowpass``,
-``input_whiten``, ``input_sphere``, ``tta``), so they travel with the method's settings into the
+Both are hyper-parameters that every method inherits from ``FewShotMethod`` (``input_wedge``,
+``input_lowpass``, ``input_whiten``, ``input_sphere``, ``tta``), so they travel with the method's settings into the
 results store, checkpoints and model folders, and the base class applies them at the one choke
 point every path goes through (``fit`` and ``predict``): ``fsc bench``, ``train``, ``tune`` and
 ``predict`` therefore treat supports, queries, training and validation volumes identically.
 
-Why these three steps: a model trained on one microscope's subtomograms learns its transfer
-function. Whitening divides each volume's spectrum by its own radially averaged amplitude, which
+Why these steps: a model trained on one microscope's subtomograms learns its transfer
+function, and its tilt range. The wedge step zeroes every frequency outside the sampled double
+cone of a tilt range narrower than any data's (``input_wedge``, the largest tilt in degrees), so
+every input carries the same measured region: what one microscope's wider tilts measured and
+another's did not, and the noise the reconstruction left in the missing wedge, can no longer tell
+two data sets apart. Whitening divides each volume's spectrum by its own radially averaged amplitude, which
 removes a CTF envelope or B-factor the model never saw; the low-pass then cuts the frequencies
 that whitening would amplify and that differ most between microscopes; z-scoring inside a
 sphere ignores the corners, where neighbours and background structure live.
@@ -26,15 +30,17 @@ from typing import Any
 import torch
 
 from fewshot_cryoet.core.params import Param
-from fewshot_cryoet.datasets.imaging import centred_radius, lowpass, radial_frequency
+from fewshot_cryoet.datasets.imaging import centred_radius, lowpass, radial_frequency, wedge_mask
 from fewshot_cryoet.episodes import Episode
 
 #: Version of the normalisation code; a model folder from a newer one is refused.
 NORMALISATION_VERSION = 1
 #: The input hyper-parameters every method has, at the values that leave volumes as the data
 #: set stores them (z-scored over the whole box) and predict without augmentation.
-INPUT_DEFAULTS: dict[str, Any] = {"input_lowpass": 0.0, "input_whiten": False, "input_sphere": 0.0, "tta": 1}
+INPUT_DEFAULTS: dict[str, Any] = {"input_wedge": 0.0, "input_lowpass": 0.0, "input_whiten": False,
+                                  "input_sphere": 0.0, "tta": 1}
 INPUT_RULES: dict[str, Param] = {
+    "input_wedge": Param("float", low=0.0, high=90.0),
     "input_lowpass": Param("float", low=0.0),
     "input_whiten": Param("bool"),
     "input_sphere": Param("float", low=0.0, high=1.0),
@@ -55,16 +61,19 @@ ROBUST_INPUTS: dict[str, Any] = {"input_lowpass": 30.0, "input_sphere": 0.9}
 class InputNormalisation:
     """Per-volume normalisation: optional whitening, Gaussian low-pass to ``lowpass`` Å (where
     the amplitude halves; 0: none), then zero mean and unit variance inside a sphere of radius
-    ``sphere`` × half the box (0: the whole box), with the outside set to zero."""
+    ``sphere`` × half the box (0: the whole box), with the outside set to zero. First of all,
+    ``wedge`` (degrees; 0: none) keeps only the frequencies a ±``wedge``° tilt series about y
+    samples (beam along z, as every route of this package images)."""
 
     lowpass: float = 0.0
     whiten: bool = False
     sphere: float = 0.0
+    wedge: float = 0.0
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> InputNormalisation:
         return cls(float(params.get("input_lowpass", 0.0)), bool(params.get("input_whiten", False)),
-                   float(params.get("input_sphere", 0.0)))
+                   float(params.get("input_sphere", 0.0)), float(params.get("input_wedge", 0.0)))
 
     @property
     def identity(self) -> bool:
@@ -75,7 +84,8 @@ class InputNormalisation:
         """One line for model cards and logs."""
         if self.identity:
             return "per-volume zero mean and unit variance over the whole box; particle density positive"
-        steps = (["spectrum whitened (radial amplitude)"] if self.whiten else []) + (
+        steps = ([f"frequencies outside a ±{self.wedge:g}° tilt range about y zeroed"] if self.wedge else []) + (
+            ["spectrum whitened (radial amplitude)"] if self.whiten else []) + (
             [f"Gaussian low-pass to {self.lowpass:g} Å"] if self.lowpass else []) + [
             f"zero mean and unit variance inside a sphere of {self.sphere:g} × half the box, zero outside"
             if self.sphere else "zero mean and unit variance over the whole box"]
@@ -87,8 +97,10 @@ class InputNormalisation:
             return volumes
         shape = volumes.shape[-3:]
         out = volumes.float()
-        if self.whiten or self.lowpass:
+        if self.whiten or self.lowpass or self.wedge:
             spectrum = torch.fft.rfftn(out, dim=(-3, -2, -1))
+            if self.wedge:
+                spectrum = spectrum * wedge_mask(tuple(shape), -self.wedge, self.wedge).to(volumes.device)
             k = radial_frequency(tuple(shape), voxel_size).to(volumes.device)
             if self.whiten:
                 spectrum = spectrum / _radial_amplitude(spectrum, k)
