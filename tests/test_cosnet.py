@@ -156,7 +156,7 @@ def test_runner_reports_raw_and_crf_dice_for_decoder_variants(tiny_dataset, tmp_
     render(store.frame(), store.query_dice_frame(), tmp_path / "boards", "r.sqlite")
     per_class = (tmp_path / "boards" / "leaderboard.md").read_text().split("Dice per test class")[1].split("##")[0]
     rows = [line for line in per_class.splitlines() if "DuSE-SCNN w decoder" in line]
-    assert sorted(line.split(" · budget ")[1].split("'")[0] for line in rows) == ["2ep", "4ep", "4ep"]  # 2ep: 2-way only
+    assert sorted(line.split(" · budget ")[1].split("|")[0].strip() for line in rows) == ["2ep", "4ep", "4ep"]  # 2ep: 2-way only
 
 
 def test_no_crf_changes_only_the_crf_dice_and_a_cell_is_never_mixed(tiny_dataset, tmp_path):
