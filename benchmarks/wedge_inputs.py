@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--templates", default="../shared/data/templates")
     parser.add_argument("--work", type=Path, default=Path("wedge-work"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/wedge_inputs.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/wedge_inputs.md"), help="Markdown output (commit it dated)")
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--budget", default="300ep")
