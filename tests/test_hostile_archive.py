@@ -106,6 +106,22 @@ def _relabel_everywhere(label: str) -> Callable[[Path], None]:
     return apply
 
 
+def _first_label(root: Path) -> str:
+    return json.loads((_cell(root) / "cell.json").read_text())["label"]
+
+
+def _as_other_method_tuned(root: Path) -> None:
+    """Relabel the first cell (whichever method its hash sorts first) as the other method, tuned."""
+    other = "radial" if _first_label(root) == "xcorr" else "xcorr"
+    _relabel_everywhere(f"{other} · tuned (3 trials)")(root)
+
+
+def _own_params_changed(root: Path) -> None:
+    """Valid parameters of the first cell's own method, but not those its params_hash was made of."""
+    params = {"xcorr": {"angular_step": 5}, "radial": {"bins": 7}}[_first_label(root)]
+    _all("episodes", "params", json.dumps(params))(root)
+
+
 def _symlink_cell(root: Path) -> None:
     cell = _cell(root)
     outside = root.parent / f"outside-{cell.name}"
@@ -195,8 +211,8 @@ CASES = [
     ("episode-another-model", _set("episodes", "checkpoint", "cd" * 10, row=3), "not of this cell and model"),
     ("episodes-all-another-data-set", _all("episodes", "dataset_hash", "ab" * 16), "hashes to another key"),
     ("fake-label", _relabel_everywhere("xcorr (FAKE)"), "is not the one it gives these parameters"),
-    ("fake-tuned-label", _relabel_everywhere("radial · tuned (3 trials)"), "is not the one it gives"),
-    ("fake-params-hash", _all("episodes", "params", json.dumps({"angular_step": 5})), "is not that of its parameters"),
+    ("fake-tuned-label", _as_other_method_tuned, "is not the one it gives"),
+    ("fake-params-hash", _own_params_changed, "is not that of its parameters"),
     ("method-not-installed", _all("episodes", "method", "nonesuch"), "hashes to another key"),
     ("query-dice-out-of-range", lambda root: _write(_cell(root) / "query_dice.jsonl.gz", gzip.compress(json.dumps(
         {"cell": _cell(root).name, "episode": 0, "query": 0, "class": "syn000", "dice": 2.0, "dice_crf": None}).encode()

@@ -169,31 +169,24 @@ def with_imaging_preset(source: DataSource, preset: str | None) -> DataSource:
 def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0,
                    voxel_size: float = 10.0, template_voxel_size: float | None = None,
                    resolution: float | None = None, reporter: Reporter | None = None) -> list[Template]:
-    """Density maps / atomic models from ``paths``, or ``classes`` built-in synthetic classes."""
-    from fewshot_cryoet.datasets.synthetic import synthetic_template
-    from fewshot_cryoet.datasets.templates import find_template_files, load_template
-
-    reporter = as_reporter(reporter)
+    """Density maps / atomic models from ``paths``, which may mix in ``synthetic:N`` built-in
+    classes (``datasets.class_sources``), or ``classes`` built-in synthetic classes alone."""
+    sources = template_sources(paths, classes, synthetic_seed)
     if resolution is not None and not 0 < resolution < 1e4:  # NaN fails too
         raise SettingError("resolution", f"resolution must be a positive number of Å, got {resolution}")
-    if paths:
-        files = find_template_files(list(paths))
-        task = reporter.task("loading templates", total=len(files))
-        templates = []
-        for f in files:
-            templates.append(load_template(f, voxel_size, template_voxel_size, resolution))
-            task.advance()
-        return templates
-    from fewshot_cryoet.datasets.build import MAX_CLASSES
+    task = as_reporter(reporter).task("loading templates" if paths else "synthetic classes", total=len(sources))
+    return sources.load(voxel_size, template_voxel_size, resolution, task.advance)
 
-    if not 1 <= classes <= MAX_CLASSES:
+
+def template_sources(paths: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0):
+    """The classes ``paths`` name (``synthetic:N`` included), or ``classes`` synthetic ones when
+    no path is given; checked (files exist, names unique, counts in range) but not yet loaded."""
+    from fewshot_cryoet.datasets.build import MAX_CLASSES
+    from fewshot_cryoet.datasets.class_sources import SYNTHETIC_PREFIX, class_sources
+
+    if not paths and not 1 <= classes <= MAX_CLASSES:
         raise SettingError("classes", f"classes must be 1 to {MAX_CLASSES:,}, got {classes:,}")
-    task = reporter.task("synthetic classes", total=classes)
-    templates = []
-    for i in range(classes):
-        templates.append(synthetic_template(synthetic_seed + i, voxel_size, resolution))
-        task.advance()
-    return templates
+    return class_sources(list(paths) or [f"{SYNTHETIC_PREFIX}{classes}"], synthetic_seed)
 
 
 def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: int = 22, synthetic_seed: int = 0,
@@ -212,10 +205,9 @@ def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: 
     config = apply_preset(config or SimulationConfig(), preset)
     explicit = {k: list(v) for k, v in (("val", val_classes), ("test", test_classes)) if v}
     check_output_folder(Path(out), overwrite)  # fail before the slow part
-    if not templates:  # the synthetic classes' count is known now; files are counted when found
-        from fewshot_cryoet.datasets.build import check_size
+    from fewshot_cryoet.datasets.build import check_size
 
-        check_size(classes, per_class, config.box, len(snrs), Path(out))
+    check_size(len(template_sources(templates, classes, synthetic_seed)), per_class, config.box, len(snrs), Path(out))
     loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,
                             reporter)
     return simulate_dataset(loaded, out, list(snrs), per_class, config, seed, workers, tuple(split),

@@ -14,9 +14,11 @@ from fewshot_cryoet.core.errors import SettingError
 
 
 @click.command()
-@click.option("--templates", multiple=True, metavar="DIR|FILE", help="Density maps (MRC) or atomic models (PDB/mmCIF), "
-              "or folders of them; repeatable. Default: built-in synthetic macromolecules.")
-@click.option("--classes", type=click.IntRange(min=1), default=22, show_default=True, help="Synthetic classes (without --templates).")
+@click.option("--templates", multiple=True, metavar="DIR|FILE|synthetic:N",
+              help="Density maps (MRC) or atomic models (PDB/mmCIF), folders of them, or synthetic:N (N built-in "
+                   "synthetic classes mixed in); repeatable. Default: --classes synthetic classes.")
+@click.option("--classes", type=click.IntRange(min=1), default=22, show_default=True,
+              help="Synthetic classes (without --templates; with them, list synthetic:N).")
 @click.option("--synthetic-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the first synthetic class.")
 @click.option("--template-voxel-size", type=float, default=None, help="Override the voxel size (Å) in map headers.")
 @click.option("--resolution", type=float, default=None, help="Resolution (Å) of atomic models and synthetic classes [default: 2 × voxel size].")
@@ -24,8 +26,10 @@ from fewshot_cryoet.core.errors import SettingError
               help="SNR (var signal / var noise; inf = noise-free); repeatable, levels share the particles.")
 @click.option("--per-class", type=click.IntRange(min=1), default=200, show_default=True, help="Subtomograms per class.")
 @out_options("Data set folder")
-@click.option("--route", type=click.Choice(["tilt-series", "fourier"]), default="tilt-series", show_default=True,
-              help="Imaging: tilt series + weighted back-projection, or the fast Fourier-space model.")
+@click.option("--route", type=click.Choice(["tilt-series", "fourier", "direct-fourier"]), default="tilt-series",
+              show_default=True, help="Imaging: tilt series + weighted back-projection, the fast Fourier-space model, "
+                                      "or an independent third model (central slices, dose damage, phase flipping, "
+                                      "direct Fourier inversion) for cross-simulator tests.")
 @click.option("--box", type=int, default=32, show_default=True, help="Subtomogram edge (voxels).")
 @click.option("--voxel-size", type=float, default=10.0, show_default=True, help="Voxel size (Å).")
 @click.option("--tilt-range", default="-60,60", show_default=True,

@@ -83,8 +83,9 @@ def data_options(function):
     """Where the data come from: --dataset or --templates (+ --test-classes, --per-class)."""
     return _stack(
         click.option("--dataset", default=None, help="Registered data set name or a data set folder [default: synthetic]."),
-        click.option("--templates", "templates", multiple=True, metavar="DIR|FILE",
-                     help="Simulate from these density maps or atomic models instead; repeatable."),
+        click.option("--templates", "templates", multiple=True, metavar="DIR|FILE|synthetic:N",
+                     help="Simulate from these density maps or atomic models instead, with synthetic:N built-in "
+                          "classes mixed in if listed; repeatable."),
         click.option("--test-classes", default=None, help="With --templates: comma-separated classes held out for testing."),
         click.option("--per-class", type=click.IntRange(min=1), default=None,
                      help="Subtomograms per class when the data are simulated on demand [default: 100]."),

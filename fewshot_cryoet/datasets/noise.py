@@ -1,6 +1,7 @@
 """Noise at an exact SNR: a batch's noise-free signal and its unit-noise response (white, or
 with a share of structured 1/f background) are mixed so that var(signal) / var(noise) over the box
-is the target, then z-scored; the SNR inside the particle masks is measured too."""
+is the target, then z-scored (over the box, or over the background outside a sphere where the
+imaging route normalises as RELION does); the SNR inside the particle masks is measured too."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fewshot_cryoet.datasets.imaging import (
-    radial_frequency,
-)
+from fewshot_cryoet.datasets.imaging import centred_radius, radial_frequency
 
 
 @dataclass
@@ -22,6 +21,9 @@ class SimulatedBatch:
     signal: torch.Tensor
     noise: torch.Tensor | None
     mask: torch.Tensor
+    #: Normalise RELION-style, over the background outside this fraction of half the box,
+    #: instead of over the whole box (None).
+    background_radius: float | None = None
 
 
 def unit_variance(volumes: torch.Tensor) -> torch.Tensor:
@@ -79,8 +81,13 @@ def add_noise(batch: SimulatedBatch, snr: float) -> NoisyVolumes:
         mixed = signal + noise
         measured = (var_signal / _row_variance(noise)).numpy()
         measured_mask = (_masked_variance(signal, masks) / _masked_variance(noise, masks)).numpy()
-    mean = mixed.mean(dim=1, keepdim=True)
-    std = _row_variance(mixed).sqrt().clamp_min(1e-12)[:, None]
+    reference = mixed
+    if batch.background_radius is not None:
+        box = batch.signal.shape[-1]
+        outside = (centred_radius((box,) * 3) > batch.background_radius * box / 2).flatten()
+        reference = mixed[:, outside]
+    mean = reference.mean(dim=1, keepdim=True)
+    std = _row_variance(reference).sqrt().clamp_min(1e-12)[:, None]
     volumes = ((mixed - mean) / std).view_as(batch.signal)
     return NoisyVolumes(volumes, measured, measured_mask)
 

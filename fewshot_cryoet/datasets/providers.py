@@ -78,21 +78,16 @@ def synthetic_provider(classes: int = 22, per_class: int = 100) -> DatasetProvid
 
 def templates_provider(paths: list[str | Path], per_class: int = 100,
                        explicit_splits: dict | None = None) -> DatasetProvider:
-    """A provider over the user's template files (maps or models), keyed by their contents."""
-    from fewshot_cryoet.datasets.templates import find_template_files, load_template
+    """A provider over the user's template files (maps or models, and ``synthetic:N`` classes
+    mixed in: ``datasets.class_sources``), keyed by their contents."""
+    from fewshot_cryoet.datasets.class_sources import class_sources
 
-    files = find_template_files(list(paths))
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    sources = class_sources(list(paths))
     return DatasetProvider(
         name="templates",
-        description=f"{len(files)} templates from {', '.join(sorted({str(Path(p)) for p in paths}))}",
-        make_templates=lambda voxel: [load_template(f, voxel) for f in files],
-        key=f"templates-{digest.hexdigest()[:16]}",
+        description=f"{len(sources)} templates from {', '.join(sorted({str(Path(p)) for p in paths}))}",
+        make_templates=lambda voxel: sources.load(voxel),
+        key=f"templates-{sources.key()}",
         per_class=per_class,
         explicit_splits=explicit_splits,
     )
-
-

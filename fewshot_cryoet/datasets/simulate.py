@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_cryoet.core.errors import FscError, SettingError
+from fewshot_cryoet.datasets.direct_fourier import BACKGROUND_RADIUS, DirectFourierImager, blurred_mask
 from fewshot_cryoet.datasets.imaging import (
     Microscope,
     ParticleOptics,
@@ -45,7 +46,7 @@ from fewshot_cryoet.datasets.placement import (
 )
 from fewshot_cryoet.datasets.templates import Template
 
-Route = Literal["tilt-series", "fourier"]
+Route = Literal["tilt-series", "fourier", "direct-fourier"]
 
 
 #: Settings that take a (min, max) range drawn per particle, besides defocus.
@@ -66,7 +67,11 @@ ACQUISITION_VOXEL_QUANTUM = 0.25
 LATER_SETTINGS = ("alignment_jitter", "acquisition_voxel_size")
 
 
-ROUTES: tuple[str, ...] = ("tilt-series", "fourier")
+ROUTES: tuple[str, ...] = ("tilt-series", "fourier", "direct-fourier")
+
+
+#: The CTF envelope's default σ (a fraction of Nyquist).
+ENVELOPE_DEFAULT = 0.4
 
 
 #: Subtomogram edges simulated: 256³ float32 is 64 MiB a volume, and the tilt-series operators grow
@@ -96,7 +101,7 @@ class SimulationConfig:
     #: A value, or a (min, max) range drawn uniformly per particle (as are envelope and low-pass).
     amplitude_contrast: float | tuple[float, float] = 0.07
     #: CTF envelope exp(−(k / (σ·k_Nyquist))²): σ as a fraction of Nyquist (smaller = stronger B-factor).
-    envelope_sigma: float | tuple[float, float] = 0.4
+    envelope_sigma: float | tuple[float, float] = ENVELOPE_DEFAULT
     defocus_um: tuple[float, float] = (2.0, 6.0)
     max_shift: float = 1.0
     crowding: tuple[int, int] = (0, 0)
@@ -162,9 +167,12 @@ class SimulationConfig:
             problems.append(("contrast", f"contrast must be positive or negative, got {self.contrast!r}"))
         if not 0 <= self.background < 1:
             problems.append(("background", f"background must be a share of the noise in [0, 1), got {self.background}"))
-        if self.route == "fourier" and _bounds(self.alignment_jitter)[1] > 0:
-            problems.append(("alignment_jitter", "alignment_jitter shifts the projections of a tilt series; "
-                                                 "use route tilt-series"))
+        if self.route != "tilt-series" and _bounds(self.alignment_jitter)[1] > 0:
+            problems.append(("alignment_jitter", "alignment_jitter shifts the projections of a tilt series "
+                                                 "before back-projection; use route tilt-series"))
+        if self.route == "direct-fourier" and self.envelope_sigma != ENVELOPE_DEFAULT:
+            problems.append(("envelope", "envelope applies to the tilt-series and fourier routes only; the "
+                                         "direct-fourier route damps by radiation damage (an exposure filter)"))
         if self.acquisition_voxel_size is not None and _bounds(self.acquisition_voxel_size)[1] > 4 * self.voxel_size:
             problems.append(("acquisition_voxel_size", f"acquisition_voxel_size {self.acquisition_voxel_size} Å is "
                                                        f"over 4× the data set's {self.voxel_size} Å; nothing would be left"))
@@ -293,17 +301,18 @@ class Simulator:
                 )
         self.config = config
         self.bank = TemplateBank(templates)
-        self._tilt_imagers: dict[float, TiltSeriesImager] = {}
+        self._imagers: dict[float, TiltSeriesImager | DirectFourierImager] = {}
 
-    def tilt_imager(self, voxel_size: float | None = None) -> TiltSeriesImager:
-        """The tilt-series imager for particles imaged at ``voxel_size`` (default: the data set's),
-        built once per size."""
+    def imager(self, voxel_size: float | None = None) -> TiltSeriesImager | DirectFourierImager:
+        """The imager of the tilt-series or direct-Fourier route for particles imaged at
+        ``voxel_size`` (default: the data set's), built once per size."""
         c = self.config
         voxel = c.voxel_size if voxel_size is None else voxel_size
-        if voxel not in self._tilt_imagers:
+        if voxel not in self._imagers:
             field, box = self._grid(voxel)
-            self._tilt_imagers[voxel] = TiltSeriesImager(field, box, c.tilts, voxel, c.microscope)
-        return self._tilt_imagers[voxel]
+            kind = DirectFourierImager if c.route == "direct-fourier" else TiltSeriesImager
+            self._imagers[voxel] = kind(field, box, c.tilts, voxel, c.microscope)
+        return self._imagers[voxel]
 
     def _grid(self, voxel: float) -> tuple[int, int]:
         """(field, box) in voxels of ``voxel`` Å covering the data set's field and box, plus a
@@ -338,6 +347,9 @@ class Simulator:
             noise = unit_variance(noise) * math.sqrt(1 - c.background) + unit_variance(pink_noise(seeds, c.box)) * math.sqrt(c.background)
         if c.contrast == "negative":
             signal = -signal
+        if c.route == "direct-fourier":  # its own mask and normalisation (see datasets.direct_fourier)
+            mask = blurred_mask(self.particle_density(plan, indices), c.contour)
+            return SimulatedBatch(signal.contiguous(), noise, mask.contiguous(), BACKGROUND_RADIUS)
         mask = mask_from_density(self.particle_density(plan, indices), c.contour)
         return SimulatedBatch(signal.contiguous(), noise, mask.contiguous())
 
@@ -363,10 +375,14 @@ class Simulator:
         particle = self._particle_optics(plan, indices)
         tilts = self._tilt_schemes(plan, indices)
         if c.route == "tilt-series":
-            imager = self.tilt_imager(voxel)
+            imager = self.imager(voxel)
             weights = None if tilts is None else tilt_weights(imager.tilts, *tilts)
             shifts = self._jitter(plan, indices, len(imager.tilts))
             return imager.image(fields, defocus, seeds, particle, weights, shifts)
+        if c.route == "direct-fourier":
+            imager = self.imager(voxel)
+            weights = None if tilts is None else tilt_weights(imager.tilts, *tilts)
+            return imager.image(fields, defocus, seeds, particle, weights)
         ranges = (_low(c.tilt_min), _low(c.tilt_max)) if tilts is None else (tilts[0], tilts[1])
         signal = fourier_image(fields, defocus, c.microscope, voxel, ranges, box, c.fourier_padding, particle)
         return signal, (white_noise(seeds, box) if seeds is not None else None)

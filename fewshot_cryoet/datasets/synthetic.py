@@ -95,12 +95,17 @@ def render_blobs(
     return density.reshape(n, n, n).astype(np.float32)
 
 
+def synthetic_name(seed: int) -> str:
+    """The class name of the synthetic class fixed by ``seed`` (``syn007``)."""
+    return f"syn{seed:03d}"
+
+
 def synthetic_template(seed: int, voxel_size: float = 10.0, resolution: float | None = None) -> Template:
     """The synthetic class fixed by ``seed``, as a template at ``voxel_size`` (Å)."""
     resolution = float(resolution or 2.0 * voxel_size)
     symmetry, centres, shapes, weights = synthetic_blobs(seed)
     density = render_blobs(centres, shapes, weights, voxel_size, resolution)
-    name = f"syn{seed:03d}"
+    name = synthetic_name(seed)
     prepared = prepare_density(density, voxel_size, voxel_size, name)
     return Template(name, prepared, float(voxel_size), f"synthetic:seed={seed},symmetry={symmetry}")
 
