@@ -1,4 +1,4 @@
-"""Simulator throughput: subtomograms per second, both imaging routes, 32³, 61 tilts.
+"""Simulator throughput: subtomograms per second, every imaging route, 32³, 61 tilts.
 
 Run:  python benchmarks/simulate_speed.py [--particles 512] [--out benchmarks/results/simulate_speed.md]
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fewshot_cryoet.datasets.build import CHUNK, simulate_dataset
-from fewshot_cryoet.datasets.simulate import SimulationConfig, Simulator, add_noise, make_plan
+from fewshot_cryoet.datasets.simulate import ROUTES, SimulationConfig, Simulator, add_noise, make_plan
 from fewshot_cryoet.datasets.synthetic import synthetic_templates
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     templates = synthetic_templates(22)
     rows = []
-    for route in ("fourier", "tilt-series"):
+    for route in ROUTES:
         for crowding in ((0, 0), (0, 4)):
             config = SimulationConfig(route=route, crowding=crowding)
             rate = core_rate(templates, config, args.particles)
