@@ -254,3 +254,48 @@ def test_a_model_another_process_trained_during_the_run_is_joined_only_when_aske
     assert report.episodes == 3 and checkpoint
     fresh = Runner(ResultsStore(path), _settings(4))  # a run begun after the training: no reason to wait
     assert fresh.fit(spec.cls(spec.params, spec.variant, "cpu"), tiny_dataset, 1.0, cells, join=False) is not None
+
+
+class _OutOfMemory(ProtoNet):
+    """A model too big for its device: training raises torch's out-of-memory error, whose text is
+    a paragraph."""
+
+    def fit(self, context):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB total)\n"
+                                     "If reserved but unallocated memory is large try PYTORCH_CUDA_ALLOC_CONF")
+
+
+def test_running_out_of_device_memory_is_one_line_and_the_grid_goes_on(tiny_dataset, tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    runner = Runner(store, _settings(3))
+    runner.run_snr([MethodSpec(CrossCorrelation, params=FAST_XCORR), MethodSpec(_OutOfMemory, params=TINY_PROTONET)],
+                   tiny_dataset, "tiny", 1.0)
+    assert set(store.frame()["method"]) == {"xcorr"} and len(store.frame()) == 2 * 3  # kept, both ways
+    [failure] = runner.failures
+    assert "out of accelerator memory; lower the training episode (--param METHOD.train_way" in failure
+    assert "--workers" in failure and "\n" not in failure and "PYTORCH_CUDA_ALLOC_CONF" not in failure
+
+
+def test_the_command_line_names_what_to_lower_when_memory_runs_out():
+    import click
+    from click.testing import CliRunner
+
+    from fewshot_cryoet.cli.main import FscGroup
+
+    @click.group(cls=FscGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def predict() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore advice")
+
+    @group.command()
+    def other() -> None:
+        raise RuntimeError("not about memory")
+
+    result = CliRunner().invoke(group, ["predict"])
+    assert result.exit_code == 2, result.output
+    assert "fsc predict: out of accelerator memory; lower --batch-size" in result.output
+    assert "Traceback" not in result.output and "more advice" not in result.output
+    assert isinstance(CliRunner().invoke(group, ["other"]).exception, RuntimeError)  # other errors are not hidden

@@ -14,7 +14,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from fewshot_cryoet.core.devices import resolve_device
+import torch
+
+from fewshot_cryoet.core.devices import is_out_of_memory, out_of_memory, resolve_device
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.outputs import write_json
 from fewshot_cryoet.core.reporting import Reporter, as_reporter
@@ -209,7 +211,11 @@ class Runner:
         for job in sorted(jobs, key=lambda j: j.fitted is None):
             try:
                 finished, moved = self._advance(job, join)
-            except FscError as exc:  # one method's bad input must not stop the rest of the grid
+            except (FscError, torch.OutOfMemoryError) as exc:  # one method's failure must not stop the grid
+                if is_out_of_memory(exc):  # its rows so far are stored; a smaller setting resumes the rest
+                    exc = out_of_memory("", "bench")
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
                 self.failures.append(f"{job.where} at SNR {snr_label(job.snr)}: {exc}")
                 self.log(f"skipped {self.failures[-1]}")
                 finished, moved = True, True
