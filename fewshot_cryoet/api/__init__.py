@@ -56,10 +56,11 @@ from fewshot_cryoet.api.vocabulary import (
     snr_label,
 )
 from fewshot_cryoet.api.workers import start_workers, stopped_on_exit
+from fewshot_cryoet.core.devices import is_out_of_memory, out_of_memory
 from fewshot_cryoet.core.environment import check_installation, pair_problem
 
 __all__ = [
-    "check_installation", "pair_problem",
+    "check_installation", "pair_problem", "is_out_of_memory", "out_of_memory",
     "Budget", "DEFAULT_BENCH_SNRS", "DEFAULT_PER_CLASS", "DEFAULT_STORAGE", "DEFAULT_STORE", "DataSource",
     "FitReport", "LEADERBOARD_EPISODES", "OBJECTIVES", "PRESETS", "PRUNERS", "SAMPLERS", "STALE_SECONDS",
     "StoreLocation", "add_plugin_commands", "apply_tuned", "bench", "bench_status", "bench_table", "compare",

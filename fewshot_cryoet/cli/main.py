@@ -80,11 +80,9 @@ class FscGroup(click.Group):
             print_error(error_text(exc))
             sys.exit(2)
         except RuntimeError as exc:  # torch's out-of-memory error: one line naming what to lower
-            from fewshot_cryoet.core.devices import is_out_of_memory, out_of_memory
-
-            if not is_out_of_memory(exc):
+            if not api.is_out_of_memory(exc):
                 raise
-            print_error(out_of_memory(f"fsc {ctx.invoked_subcommand}", ctx.invoked_subcommand or ""))
+            print_error(api.out_of_memory(f"fsc {ctx.invoked_subcommand}", ctx.invoked_subcommand or ""))
             sys.exit(2)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
