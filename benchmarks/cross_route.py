@@ -6,7 +6,10 @@ normalisation. The same templates, particles per class and split seed give both 
 test classes, so no trained class is tested; every row of one test set is scored on the same
 episodes, so differences are paired.
 
-Run:  python benchmarks/cross_route.py --templates ../shared/data/templates
+``--robust-inputs`` adds each learned method with the robust input settings (low-pass, z-scored
+inside a sphere), which should undo the routes' different normalisations (issue 34, item 3).
+
+Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs]
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out``.
 """
 
@@ -23,6 +26,7 @@ from fewshot_cryoet import api
 from fewshot_cryoet.core.reporting import CallbackReporter
 from fewshot_cryoet.datasets.dataset import snr_label
 from fewshot_cryoet.datasets.simulate import SimulationConfig
+from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
 ROUTES = ("tilt-series", "direct-fourier")
 
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--snrs", default="inf,0.5", help="SNR levels, comma-separated (inf: noise-free).")
     parser.add_argument("--methods", default="protonet", help="Learned methods, comma-separated.")
+    parser.add_argument("--robust-inputs", action="store_true",
+                        help="Also each learned method with the robust input settings (low-pass 30 Å, z-scored "
+                             "inside a sphere of 0.9 × half the box), which undo the routes' different normalisations.")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
@@ -55,15 +62,17 @@ def main(argv: list[str] | None = None) -> None:
         for test in ROUTES:
             for train in ROUTES:
                 print(f"SNR {snr:g}: trained on {train}, tested on {test}", flush=True)
-                bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
-                      None if train == test else folders[train])
+                for params in ([{}, ROBUST_INPUTS] if args.robust_inputs else [{}]):
+                    bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
+                          None if train == test else folders[train], params)
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
     write(store, snrs, args)
 
 
-def bench(methods, test, snr, store, args, seeds, log, train=None) -> None:
+def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) -> None:
     frame = api.bench(methods, dataset=test, snrs=[snr], ways=[6], episodes=args.episodes, budget=args.budget,
-                      store=store, resume=True, seeds=seeds, train_dataset=train, crf=False, reporter=log)
+                      store=store, resume=True, seeds=seeds, train_dataset=train, crf=False, reporter=log,
+                      params={method: params for method in methods} if params else None)
     if frame.attrs["failures"]:
         sys.exit("; ".join(frame.attrs["failures"]))
 
@@ -79,7 +88,7 @@ def write(store: Path, snrs: list[float], args: argparse.Namespace) -> None:
         for test in ROUTES:
             tested = level[level["dataset"] == test]
             xcorr = episode_means(tested[tested["label"] == "xcorr"])[0]
-            for label in args.methods.split(","):
+            for label in sorted(set(tested["label"]) - {"xcorr"}):
                 rows = tested[tested["label"] == label]
                 own = episode_means(rows[rows["train_dataset"] == ""])[0]
                 for train in ROUTES:
