@@ -375,6 +375,15 @@ CASES = [
      "are alternatives: give a model folder or a training-free method, not both"),
     ("missing-model", ["predict", "--model", "{w}/nothing", "--support", "{w}/support.csv", "--queries",
                        "{w}/queries.csv", "--out", "{w}/o"], 2, "not a model folder"),
+    # Round three (issue 34): mixed class sources and the third imaging route.
+    ("synthetic-count-zero", ["simulate", "--templates", "synthetic:0", "--out", "{w}/d"], 2,
+     "--templates entry 'synthetic:0': write synthetic:N with N from 1 to 10,000"),
+    ("synthetic-twice", ["simulate", "--templates", "synthetic:3", "synthetic:4", "--out", "{w}/d"], 2,
+     "synthetic:N is given twice"),
+    ("direct-fourier-envelope", ["simulate", "--route", "direct-fourier", "--envelope", "0.3", "--out", "{w}/d"], 2,
+     "--envelope applies to the tilt-series and fourier routes only"),
+    ("direct-fourier-jitter", ["simulate", "--route", "direct-fourier", "--alignment-jitter", "1", "--out", "{w}/d"],
+     2, "--alignment-jitter shifts the projections of a tilt series"),
 ]
 
 
