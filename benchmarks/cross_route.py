@@ -9,7 +9,10 @@ episodes, so differences are paired.
 ``--robust-inputs`` adds each learned method with the robust input settings (low-pass, z-scored
 inside a sphere), which should undo the routes' different normalisations (issue 34, item 3).
 
-Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs]
+``--synthetic N`` adds models trained on N synthetic classes beside the maps' training classes,
+imaged by each route (class diversity across simulators).
+
+Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs] [--synthetic 512]
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out``.
 """
 
@@ -23,7 +26,6 @@ from paired_rows import episode_means, paired_text, seed_range, write_page
 
 from fewshot_cryoet import api
 from fewshot_cryoet.core.reporting import CallbackReporter
-from fewshot_cryoet.datasets.dataset import snr_label
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--robust-inputs", action="store_true",
                         help="Also each learned method with the robust input settings (low-pass 30 Å, z-scored "
                              "inside a sphere of 0.9 × half the box), which undo the routes' different normalisations.")
+    parser.add_argument("--synthetic", type=int, default=0,
+                        help="Also train on N synthetic classes mixed with the maps' training classes "
+                             "(--templates synthetic:N maps/, the maps' test classes held out), imaged by each route.")
+    parser.add_argument("--train-per-class", type=int, default=20, help="Subtomograms per class of those sets.")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
@@ -56,6 +62,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"simulating route {route}", flush=True)
             api.simulate(folders[route], templates=[args.templates], snrs=snrs, per_class=args.per_class, seed=0,
                          config=SimulationConfig(route=route))
+    mixed = {}
+    for route in ROUTES if args.synthetic else ():
+        mixed[route] = args.work / "data" / f"{route}+synthetic-{args.synthetic}"
+        if not (mixed[route] / "manifest.json").exists():
+            splits = api.open_dataset(folders[route]).splits
+            print(f"simulating route {route}: {args.synthetic} synthetic classes and the maps' training classes",
+                  flush=True)
+            api.simulate(mixed[route], templates=[f"synthetic:{args.synthetic}", args.templates], snrs=snrs,
+                         per_class=args.train_per_class, seed=0, val_classes=splits["val"],
+                         test_classes=splits["test"], config=SimulationConfig(route=route))
     store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
@@ -64,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
                 for params in ([{}, ROBUST_INPUTS] if args.robust_inputs else [{}]):
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
                           None if train == test else folders[train], params)
+                if train in mixed:
+                    bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[train])
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
-    write(store, snrs, args)
+    write(store, args)
 
 
 def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) -> None:
@@ -76,27 +94,29 @@ def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) 
         sys.exit("; ".join(frame.attrs["failures"]))
 
 
-def write(store: Path, snrs: list[float], args: argparse.Namespace) -> None:
+def write(store: Path, args: argparse.Namespace) -> None:
     from fewshot_cryoet.results.store import ResultsStore
 
     with ResultsStore(store, create=False) as results:
         frame = results.frame()
     table = []
-    for snr in snrs:
-        level = frame[frame["snr"] == snr_label(snr)]  # the store keeps levels as labels ("inf", "0.5")
+    for stored in sorted(set(frame["snr"]), key=lambda text: -float(text)):  # every level the store holds
+        level, snr = frame[frame["snr"] == stored], float(stored)  # the store keeps levels as labels ("inf")
         for test in ROUTES:
             tested = level[level["dataset"] == test]
             xcorr = episode_means(tested[tested["label"] == "xcorr"])[0]
             for label in sorted(set(tested["label"]) - {"xcorr"}):
                 rows = tested[tested["label"] == label]
                 own = episode_means(rows[rows["train_dataset"] == ""])[0]
-                for train in ROUTES:
-                    part = rows[rows["train_dataset"] == ("" if train == test else train)]
-                    episodes, per_seed = episode_means(part)
-                    table.append({"SNR": f"{snr:g}", "tested on": test, "row": f"{label}, trained on {train}",
+                for source in sorted(set(rows["train_dataset"]), key=lambda name: (name.split("+")[0] not in ("", test),
+                                                                                    name)):
+                    route, _, count = (source or test).partition("+synthetic-")  # "direct-fourier+synthetic-512"
+                    episodes, per_seed = episode_means(rows[rows["train_dataset"] == source])
+                    described = f"{route}, {count} synthetic classes beside the maps'" if count else route
+                    table.append({"SNR": f"{snr:g}", "tested on": test, "row": f"{label}, trained on {described}",
                                   "accuracy": f"{episodes.mean():.3f}", "per seed": seed_range(per_seed),
                                   "against xcorr": paired_text(episodes, xcorr),
-                                  "against trained on the test route": "—" if train == test else
+                                  "against trained on the test route": "—" if source == "" else
                                   paired_text(episodes, own)})
             table.append({"SNR": f"{snr:g}", "tested on": test, "row": "xcorr (no training)",
                           "accuracy": f"{xcorr.mean():.3f}", "per seed": "—", "against xcorr": "—",
