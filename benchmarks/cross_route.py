@@ -26,6 +26,7 @@ from paired_rows import episode_means, paired_text, seed_range, write_page
 
 from fewshot_cryoet import api
 from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.datasets.dataset import snr_label
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 for params in ([{}, ROBUST_INPUTS] if args.robust_inputs else [{}]):
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
                           None if train == test else folders[train], params)
-                if train in mixed:
+                if train in mixed and snr_label(snr) in api.open_dataset(mixed[train]).snr_labels:  # made at its levels
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[train])
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
     write(store, args)
