@@ -171,10 +171,16 @@ def load_templates(paths: Sequence[str | Path] = (), classes: int = 22, syntheti
                    resolution: float | None = None, reporter: Reporter | None = None) -> list[Template]:
     """Density maps / atomic models from ``paths``, which may mix in ``synthetic:N`` built-in
     classes (``datasets.class_sources``), or ``classes`` built-in synthetic classes alone."""
-    sources = template_sources(paths, classes, synthetic_seed)
+    return _load(template_sources(paths, classes, synthetic_seed), bool(paths), voxel_size, template_voxel_size,
+                 resolution, reporter)
+
+
+def _load(sources, from_paths: bool, voxel_size: float, template_voxel_size: float | None, resolution: float | None,
+          reporter: Reporter | None) -> list[Template]:
+    """Every class of resolved ``sources`` as a template, with a progress bar."""
     if resolution is not None and not 0 < resolution < 1e4:  # NaN fails too
         raise SettingError("resolution", f"resolution must be a positive number of Å, got {resolution}")
-    task = as_reporter(reporter).task("loading templates" if paths else "synthetic classes", total=len(sources))
+    task = as_reporter(reporter).task("loading templates" if from_paths else "synthetic classes", total=len(sources))
     return sources.load(voxel_size, template_voxel_size, resolution, task.advance)
 
 
@@ -207,9 +213,9 @@ def simulate(out: str | Path, *, templates: Sequence[str | Path] = (), classes: 
     check_output_folder(Path(out), overwrite)  # fail before the slow part
     from fewshot_cryoet.datasets.build import check_size
 
-    check_size(len(template_sources(templates, classes, synthetic_seed)), per_class, config.box, len(snrs), Path(out))
-    loaded = load_templates(templates, classes, synthetic_seed, config.voxel_size, template_voxel_size, resolution,
-                            reporter)
+    sources = template_sources(templates, classes, synthetic_seed)  # resolved once: counted, then loaded
+    check_size(len(sources), per_class, config.box, len(snrs), Path(out))
+    loaded = _load(sources, bool(templates), config.voxel_size, template_voxel_size, resolution, reporter)
     return simulate_dataset(loaded, out, list(snrs), per_class, config, seed, workers, tuple(split),
                             explicit or None, overwrite, reporter)
 

@@ -374,15 +374,12 @@ class Simulator:
         seeds = [int(s) for s in plan.noise_seeds[indices]] if with_noise else None
         particle = self._particle_optics(plan, indices)
         tilts = self._tilt_schemes(plan, indices)
-        if c.route == "tilt-series":
+        if c.route in ("tilt-series", "direct-fourier"):  # the routes that image tilt by tilt
             imager = self.imager(voxel)
             weights = None if tilts is None else tilt_weights(imager.tilts, *tilts)
-            shifts = self._jitter(plan, indices, len(imager.tilts))
-            return imager.image(fields, defocus, seeds, particle, weights, shifts)
-        if c.route == "direct-fourier":
-            imager = self.imager(voxel)
-            weights = None if tilts is None else tilt_weights(imager.tilts, *tilts)
-            return imager.image(fields, defocus, seeds, particle, weights)
+            if c.route == "direct-fourier":
+                return imager.image(fields, defocus, seeds, particle, weights)
+            return imager.image(fields, defocus, seeds, particle, weights, self._jitter(plan, indices, len(imager.tilts)))
         ranges = (_low(c.tilt_min), _low(c.tilt_max)) if tilts is None else (tilts[0], tilts[1])
         signal = fourier_image(fields, defocus, c.microscope, voxel, ranges, box, c.fourier_padding, particle)
         return signal, (white_noise(seeds, box) if seeds is not None else None)
