@@ -35,7 +35,8 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
           allow_class_overlap: bool = False, seeds: Sequence[int] | None = None,
           models: str | Path | None = None, lease_seconds: float | None = None, crf: bool = True,
           archive: str | Path | None = None, reporter: Reporter | None = None,
-          on_results: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+          on_results: Callable[[pd.DataFrame], None] | None = None, score_batch: int | None = None,
+          crf_workers: int | None = None) -> pd.DataFrame:
     """Train and score methods on identical test episodes into a results store; returns this
     run's rows (one per episode). Methods that failed are listed in ``frame.attrs["failures"]``
     (the rest of the grid completes). ``seeds`` trains each trainable method once per training
@@ -62,6 +63,13 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     raw Dice are the same, and scoring takes a fraction of the time. A cell is scored with the
     CRF or without it throughout; resuming it the other way is refused.
 
+    ``score_batch``: the most volumes a method computes at once while scoring a chunk of test
+    episodes together (0: episode by episode); ``crf_workers``: processes refining masks with the
+    CRF. None: the device's defaults (``evaluation.grid.SCORE_BATCH_AUTO``, ``auto_crf_workers``):
+    on a CPU device episode by episode with the CRF in this process, as every earlier run, so
+    CPU results stay identical; on an accelerator, 256 volumes per call and the idle cores for the
+    CRF. Neither changes which episodes are scored or the CRF's masks.
+
     ``archive``: a folder (:mod:`~fewshot_cryoet.results.archive`) that receives each model's
     cells once all are scored, and whose cells are loaded into the store first, so that a run
     carried by machines that do not keep their disks continues from a committed folder.
@@ -81,10 +89,14 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     specs = specs_of(methods, params, tuned, storage)
     if episodes < 1 or queries_per_class < 1:
         raise SettingError("episodes", "episodes and queries_per_class must be ≥ 1")
+    for option, value in (("score_batch", score_batch), ("crf_workers", crf_workers)):
+        if value is not None and value < 0:
+            raise SettingError(option, f"{option} must be ≥ 0, got {value}")
     budgets = Budget.parse_list([budget] if isinstance(budget, str) else list(budget))
     settings = BenchSettings(ways=list(ways), shots=list(shots), queries=queries_per_class, episodes=episodes,
                              budget=budgets[0], seed=seed, device=device,
-                             train_seeds=list(seeds) if seeds is not None else None, crf=crf)
+                             train_seeds=list(seeds) if seeds is not None else None, crf=crf,
+                             score_batch=score_batch, crf_workers=crf_workers)
     settings.torch_device  # validate the device now
     source = data_source(dataset, templates, per_class, test_classes)
     if snrs is None:

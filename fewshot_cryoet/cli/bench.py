@@ -63,13 +63,21 @@ from fewshot_cryoet.core.reporting import CallbackReporter
                    "cores are split between them, one torch thread each at least); implies --resume.")
 @click.option("--no-crf", "no_crf", is_flag=True, help="Skip the dense CRF of segmenting methods: no CRF Dice, "
               "the same accuracy and raw Dice, scoring several times faster.")
+@click.option("--score-batch", type=click.IntRange(min=0), default=None,
+              help="Most volumes a method computes at once while scoring a chunk of 50 test episodes together; 0: "
+                   "episode by episode. Results are the same either way (to the last bits of the network's "
+                   "arithmetic). [default: 0 on CPUs, 256 on a GPU]")
+@click.option("--crf-workers", type=click.IntRange(min=0), default=None,
+              help="Processes refining segmentations with the dense CRF at once (0: in the main process); the same "
+                   "masks either way. [default: 0 on CPUs; on a GPU, the cores but one, at most 8]")
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
               help="Folder that keeps each model's results once all its cells are scored (plain files to commit), "
                    "loaded into --store first: a run continues from it on a machine without the store or checkpoints.")
 @click.option("--status", is_flag=True, help="Instead: show --store's progress (claims, heartbeats, episodes per cell).")
 def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_per_class, dataset, templates,
           test_classes, per_class, budgets, episodes, seed, device, store, resume, worker, models, lease_seconds,
-          train_dataset, allow_class_overlap, seed_texts, workers, no_crf, archive, status) -> None:
+          train_dataset, allow_class_overlap, seed_texts, workers, no_crf, score_batch, crf_workers, archive,
+          status) -> None:
     """Train and score few-shot methods on identical test episodes; results go to a SQLite or
     PostgreSQL store, which several workers may share."""
     out = make_console()
@@ -98,7 +106,8 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
                 episodes=episodes, seed=seed, device=device, store=location, resume=resume, models=models,
                 lease_seconds=lease_seconds, train_dataset=train_dataset,
                 allow_class_overlap=allow_class_overlap, seeds=parse_list(seed_texts, "--seeds", int),
-                crf=not no_crf, archive=archive, reporter=RichReporter(progress),
+                crf=not no_crf, score_batch=score_batch, crf_workers=crf_workers, archive=archive,
+                reporter=RichReporter(progress),
                 on_results=lambda rows: _accuracy_table(rows, "so far (the grid goes on): ", progress.console))
     _accuracy_table(frame, "", out)
     say(f"results in {location}; render leaderboards with: fsc leaderboard --store {location}", out)

@@ -54,6 +54,13 @@ class BenchSettings:
     #: CRF is most of a segmenting method's scoring time (about 85 ms per distinct query volume
     #: at 32³ on one CPU thread, against about 35 ms to predict a whole 6-way episode).
     crf: bool = True
+    #: The most volumes a method computes at once when it scores a chunk of test episodes
+    #: (``FewShotMethod.predict_many``); 0: episode by episode; None: per device
+    #: (:data:`SCORE_BATCH_AUTO`).
+    score_batch: int | None = None
+    #: Processes refining segmentations with the dense CRF beside the main one (0: in the main
+    #: process); None: per device (:func:`auto_crf_workers`).
+    crf_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.train_seeds is not None:
@@ -73,6 +80,36 @@ class BenchSettings:
     @property
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    @property
+    def scoring_batch(self) -> int:
+        """``score_batch``, or the device's default when it is None."""
+        if self.score_batch is not None:
+            return self.score_batch
+        return SCORE_BATCH_AUTO[self.torch_device.type == "cpu"]
+
+    @property
+    def crf_processes(self) -> int:
+        """``crf_workers``, or the device's default when it is None."""
+        return self.crf_workers if self.crf_workers is not None else auto_crf_workers(self.torch_device)
+
+
+#: Default ``score_batch`` by (device is a CPU). On CPUs episode by episode: there batching the
+#: embeddings of a chunk saves nothing measurable (the per-volume rows are cached across episodes
+#: already), and oneDNN's 3D convolutions give results that differ in the last bits with the
+#: batch's make-up, so scoring as before keeps CPU results identical to earlier runs. On an
+#: accelerator, 256 volumes per call, where one episode's few volumes leave it mostly idle.
+SCORE_BATCH_AUTO = {True: 0, False: 256}
+
+
+def auto_crf_workers(device: torch.device) -> int:
+    """CRF processes by default: none on a CPU device (torch already uses the cores); on an
+    accelerator, the host's cores but one (at most 8), which are otherwise idle while it works."""
+    import os
+
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def fit_identity(cell: Cell, budget: str, seed: int) -> str:

@@ -149,25 +149,33 @@ class Runner:
         self._grid = self.reporter.task(  # one bar for the whole grid, so a person sees how far it is
             f"grid: models trained and scored ({len(levels)} SNR level(s), budget {self.settings.budget})",
             total=models * len(levels))
-        pending = iter(levels)
-        self._levels_left = len(levels)
-        jobs: list[Job] = []
-        while True:
-            if self._pass(jobs, join=False):
-                continue
-            level = next(pending, None)
-            if level is not None:
-                self._levels_left -= 1
-                snr, load = level
-                dataset, train = load()
-                jobs += self._jobs(specs, dataset, dataset_name, snr, train, train_name, allow_class_overlap)
-                continue
-            if not jobs:
-                return
-            # Everything left is held by others, or is a model another process trained and scores:
-            # help with it, or wait until its claim is done or lapses.
-            if not self._pass(jobs, join=True):
-                time.sleep(CLAIM_POLL_SECONDS)
+        try:
+            pending = iter(levels)
+            self._levels_left = len(levels)
+            jobs: list[Job] = []
+            while True:
+                if self._pass(jobs, join=False):
+                    continue
+                level = next(pending, None)
+                if level is not None:
+                    self._levels_left -= 1
+                    snr, load = level
+                    dataset, train = load()
+                    jobs += self._jobs(specs, dataset, dataset_name, snr, train, train_name, allow_class_overlap)
+                    continue
+                if not jobs:
+                    return
+                # Everything left is held by others, or is a model another process trained and scores:
+                # help with it, or wait until its claim is done or lapses.
+                if not self._pass(jobs, join=True):
+                    time.sleep(CLAIM_POLL_SECONDS)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the CRF processes of this run's scorers (they are started again if it goes on)."""
+        for scorer in self._scorers.values():
+            scorer.close()
 
     def _jobs(self, specs: list[MethodSpec], dataset: SubtomogramDataset, dataset_name: str, snr: float,
               train: SubtomogramDataset | None, train_name: str, allow_class_overlap: bool) -> list[Job]:
@@ -394,7 +402,9 @@ class Runner:
             plan.task = self.reporter.task(f"eval {method.label} {cell.n_way}-way {cell.k_shot}-shot SNR {cell.snr}",
                                            total=len(episodes), completed=len(episodes) - plan.missing)
         crf = method.crf_params() if method.segments and self.settings.crf else None
-        scorer = self._scorers.setdefault(id(method), Scorer(crf, self.log, method.temperature))
+        if id(method) not in self._scorers:
+            self._scorers[id(method)] = Scorer(crf, self.log, method.temperature, self.settings.crf_processes)
+        scorer = self._scorers[id(method)]
         # Episodes in chunks, each claimed in the store, so processes running the same grid
         # (fsc bench --workers N, or the same command started on several machines) split the
         # work; a killed worker's chunk goes stale and is taken over, its stored episodes kept.
@@ -415,10 +425,14 @@ class Runner:
             try:
                 with self.store.heartbeat(identity):
                     done = self.store.done_episodes(cell)
-                    for number in chunk:
-                        if number not in done:
-                            self._score(method, spec, dataset, snr, episodes, cell, number, report, checkpoint, scorer)
-                        plan.task.advance()
+                    plan.task.advance(sum(1 for number in chunk if number in done))
+                    numbers = [number for number in chunk if number not in done]
+                    batch = self.settings.scoring_batch
+                    # Batched: the chunk's episodes predicted together (each distinct volume computed
+                    # once, in large batches); else one at a time, as ever. Stored one by one either way.
+                    for group in ([numbers] if batch else [[number] for number in numbers]):
+                        self._score(method, spec, dataset, snr, episodes, cell, group, report, checkpoint, scorer,
+                                    batch, plan.task.advance)
             except BaseException:
                 self.store.release(identity)
                 raise
@@ -442,18 +456,22 @@ class Runner:
                         self.store.finish(identity)
 
     def _score(self, method: FewShotMethod, spec: MethodSpec, dataset: SubtomogramDataset, snr: float,
-               episodes: EpisodeSet, cell: Cell, number: int, report: FitReport, checkpoint: str | None,
-               scorer: Scorer) -> None:
-        """Predict and score one test episode, and commit it."""
-        episode = load_episode(dataset, episodes, number, snr, with_masks=method.segments)
+               episodes: EpisodeSet, cell: Cell, numbers: list[int], report: FitReport, checkpoint: str | None,
+               scorer: Scorer, batch: int = 0, advance: Callable[[], None] = lambda: None) -> None:
+        """Predict test episodes ``numbers`` together (``FewShotMethod.predict_many``), then score
+        and commit each; the time per episode is the group's over its size."""
+        loaded = [load_episode(dataset, episodes, number, snr, with_masks=method.segments) for number in numbers]
         start = time.perf_counter()
-        prediction = method.predict(episode)
-        seconds = time.perf_counter() - start
-        result = scorer.episode(number, episode, prediction, seconds)
-        self.store.add(
-            cell, result, fit_seconds=report.seconds if method.trainable else None,
-            fit_episodes=report.episodes if method.trainable else None,
-            fit_examples=report.examples if method.trainable else None,
-            val_accuracy=report.best_validation_accuracy, device=str(self.device),
-            package_version=__version__, plugin=spec.origin, checkpoint=checkpoint,
-        )
+        predictions = method.predict_many(loaded, batch)
+        seconds = (time.perf_counter() - start) / max(len(loaded), 1)
+        scorer.prefetch(loaded, predictions)  # the CRF of every query, in parallel where it has processes
+        for number, episode, prediction in zip(numbers, loaded, predictions):
+            result = scorer.episode(number, episode, prediction, seconds)
+            self.store.add(
+                cell, result, fit_seconds=report.seconds if method.trainable else None,
+                fit_episodes=report.episodes if method.trainable else None,
+                fit_examples=report.examples if method.trainable else None,
+                val_accuracy=report.best_validation_accuracy, device=str(self.device),
+                package_version=__version__, plugin=spec.origin, checkpoint=checkpoint,
+            )
+            advance()

@@ -10,7 +10,7 @@ stands, and its refined Dice is missing rather than invented). Methods only pred
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,19 @@ from fewshot_cryoet.segmentation.crf import CRFParams, refine
 
 #: Foreground probability above which a voxel is in the raw mask.
 RAW_THRESHOLD = 0.5
+
+
+def _array(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(values.float().numpy() if torch.is_tensor(values) else values, np.float32)
+
+
+def _refine_job(probabilities: np.ndarray, volume: np.ndarray, crf: CRFParams) -> tuple[np.ndarray | None, str | None]:
+    """(mask, None), or (None, the error) for a volume the CRF cannot refine: a degenerate volume
+    must not stop a run. A module-level function, so CRF processes can run it."""
+    try:
+        return refine(probabilities, volume, crf), None
+    except Exception as exc:  # noqa: BLE001
+        return None, str(exc)
 
 
 def check_scores(scores: torch.Tensor, n_query: int, n_way: int) -> None:
@@ -42,35 +55,76 @@ class Scorer:
     """
 
     def __init__(self, crf: CRFParams | None = None, log: Callable[[str], None] = lambda message: None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, workers: int = 0) -> None:
         self.crf = crf
         self.log = log
         self.temperature = temperature  # confidences are softmax(scores / temperature): see calibration
+        #: Processes that :meth:`prefetch` refines in (0: none, everything in this process).
+        self.workers = workers
         self.crf_failures = 0
         self._cache: dict = {}
+        self._pool = None
+
+    def _key(self, identity, probabilities: np.ndarray):
+        return (identity, hashlib.blake2b(probabilities.tobytes(), digest_size=16).hexdigest())
+
+    def _settle(self, key, mask: np.ndarray | None, error: str | None) -> np.ndarray | None:
+        """Count and log a CRF failure once; cache the outcome under ``key`` (None: not cached)."""
+        if error is not None:
+            self.crf_failures += 1
+            if self.crf_failures == 1:
+                self.log(f"CRF refinement failed ({error}); such volumes keep their raw mask and get no CRF Dice")
+            mask = None
+        if key is not None:
+            self._cache[key] = mask
+        return mask
+
+    def prefetch(self, episodes: Sequence, predictions: Sequence) -> None:
+        """Refine, in :attr:`workers` processes at once, every query mask of these predicted
+        episodes that is not cached yet, so that :meth:`episode` then finds them all cached: the
+        same masks as one at a time (the CRF is deterministic), in a fraction of the time where
+        cores are idle (beside a GPU). Does nothing without workers, CRF or identities."""
+        if self.crf is None or self.workers < 1:
+            return
+        pending: dict = {}
+        for episode, prediction in zip(episodes, predictions):
+            if prediction.probabilities is None or episode.query_masks is None or episode.query_ids is None:
+                continue
+            for q, identity in enumerate(episode.query_ids):
+                p = _array(prediction.probabilities[q, 0])
+                key = self._key(identity, p)
+                if key not in self._cache and key not in pending:
+                    pending[key] = (p, _array(episode.query[q, 0]))
+        if len(pending) < 2:
+            return
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent holds torch's threads (and maybe a CUDA context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        futures = {key: self._pool.submit(_refine_job, p, v, self.crf) for key, (p, v) in pending.items()}
+        for key, future in futures.items():
+            self._settle(key, *future.result())
+
+    def close(self) -> None:
+        """Stop the CRF processes (a later :meth:`prefetch` starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def refine(self, probabilities: torch.Tensor | np.ndarray, volume: torch.Tensor | np.ndarray,
                identity=None) -> np.ndarray | None:
         """The CRF-refined boolean mask, or None when there is no CRF or it failed on this volume."""
         if self.crf is None:
             return None
-        p = np.asarray(probabilities.float().numpy() if torch.is_tensor(probabilities) else probabilities, np.float32)
-        v = np.asarray(volume.float().numpy() if torch.is_tensor(volume) else volume, np.float32)
+        p, v = _array(probabilities), _array(volume)
         key = None
         if identity is not None:
-            key = (identity, hashlib.blake2b(p.tobytes(), digest_size=16).hexdigest())
+            key = self._key(identity, p)
             if key in self._cache:
                 return self._cache[key]
-        try:
-            mask = refine(p, v, self.crf)
-        except Exception as exc:  # noqa: BLE001 - a degenerate volume must not stop a run
-            self.crf_failures += 1
-            if self.crf_failures == 1:
-                self.log(f"CRF refinement failed ({exc}); such volumes keep their raw mask and get no CRF Dice")
-            mask = None
-        if key is not None:
-            self._cache[key] = mask
-        return mask
+        return self._settle(key, *_refine_job(p, v, self.crf))
 
     def mask(self, probabilities: torch.Tensor, volume: torch.Tensor, identity=None) -> np.ndarray:
         """The mask to save: CRF-refined where the CRF ran, else the raw threshold."""

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -233,6 +233,13 @@ class FewShotMethod(ABC):
     @abstractmethod
     def predict(self, episode: Episode) -> Prediction:
         """Scores per query (and probabilities if the method segments)."""
+
+    def predict_many(self, episodes: Sequence[Episode], batch: int = 0) -> list[Prediction]:
+        """:meth:`predict` for each episode, in order. The runner scores a block of test episodes
+        through this, so a method may share work across them: ``batch`` is the most volumes it
+        should compute at once (0: episode by episode, exactly as :meth:`predict`). Whatever a
+        method does here, each prediction must be the one :meth:`predict` would give."""
+        return [self.predict(episode) for episode in episodes]
 
     # -- persistence -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -322,7 +322,7 @@ class COSNet(TorchMethod):
                            f"not to profile {p['profile']}")
         return COSNetwork(int(p["box"]), channels, embedding, p["block"] == "duse", bool(p["decoder"]), p["duse_merge"])
 
-    def _check_box(self, episode: Episode) -> None:
+    def check_episode(self, episode: Episode) -> None:
         if episode.query.shape[-1] != self.params["box"]:
             raise FscError(
                 f"cosnet was built for {self.params['box']}³ boxes but the episode has "
@@ -330,7 +330,7 @@ class COSNet(TorchMethod):
             )
 
     def training_loss(self, episode: Episode) -> torch.Tensor:
-        self._check_box(episode)
+        self.check_episode(episode)
         net = self.network
         first, first_logits = net.stream(episode.support)
         second, second_logits = net.stream(episode.query)
@@ -345,22 +345,29 @@ class COSNet(TorchMethod):
             loss = loss + self.params["dice_weight"] * segmentation
         return loss
 
-    def scores(self, episode: Episode) -> Prediction:
-        self._check_box(episode)
-        net = self.inference_network
-        support = self.cached(episode.support, episode.support_ids, net.embed)
-        if net.decoder is not None:
-            # Features and probabilities of a query depend on the query alone: cache both.
-            def features_and_probabilities(volumes: torch.Tensor) -> torch.Tensor:
-                features, logits = net.stream(volumes)
-                return torch.cat([features.float(), torch.sigmoid(logits.float()).flatten(1)], dim=1)
+    def per_volume(self, role: str, network: nn.Module):
+        """Supports: their embedding. Queries of a decoder variant: features and foreground
+        probabilities in one row (both depend on the query alone, so both are cached)."""
+        if role == "support" or network.decoder is None:
+            return "embedding", network.embed
 
-            rows = self.cached(episode.query, episode.query_ids, features_and_probabilities, "stream")
+        def features_and_probabilities(volumes: torch.Tensor) -> torch.Tensor:
+            features, logits = network.stream(volumes)
+            return torch.cat([features.float(), torch.sigmoid(logits.float()).flatten(1)], dim=1)
+
+        return "stream", features_and_probabilities
+
+    def scores(self, episode: Episode) -> Prediction:
+        self.check_episode(episode)
+        net = self.inference_network
+        support = self.per_volume_rows(episode, "support", net)
+        rows = self.per_volume_rows(episode, "query", net)
+        if net.decoder is not None:
             width = net.head.in_features
             query = rows[:, :width]
             probabilities = rows[:, width:].view(episode.query.shape)
         else:
-            query, probabilities = self.cached(episode.query, episode.query_ids, net.embed), None
+            query, probabilities = rows, None
         similarity = torch.sigmoid(net.similarity_logits(query, support).float())
         labels = episode.support_labels
         per_class = torch.stack([similarity[:, labels == c].mean(dim=1) for c in range(episode.n_way)], dim=1)

@@ -29,8 +29,8 @@ class ProtoNet(TorchMethod):
         return ConvEncoder3d(tuple(self.params["channels"]))
 
     def _logits(self, episode: Episode, network: torch.nn.Module) -> torch.Tensor:
-        support = self.cached(episode.support, episode.support_ids, network)
-        query = self.cached(episode.query, episode.query_ids, network)
+        support = self.per_volume_rows(episode, "support", network)
+        query = self.per_volume_rows(episode, "query", network)
         prototypes = torch.stack(
             [support[episode.support_labels == c].mean(dim=0) for c in range(episode.n_way)]
         )

@@ -45,9 +45,12 @@ class Siamese(TorchMethod):
     def build_network(self) -> nn.Module:
         return SiameseNetwork(tuple(self.params["channels"]), int(self.params["hidden"]))
 
+    def per_volume(self, role: str, network: nn.Module):
+        return "embedding", network.encoder  # the head compares pairs; the encoder sees one volume
+
     def _pair_logits(self, episode: Episode, network: nn.Module) -> torch.Tensor:
-        support = self.cached(episode.support, episode.support_ids, network.encoder)
-        query = self.cached(episode.query, episode.query_ids, network.encoder)
+        support = self.per_volume_rows(episode, "support", network)
+        query = self.per_volume_rows(episode, "query", network)
         return network.similarity_logits(query, support)  # (n_query, n_support)
 
     def training_loss(self, episode: Episode) -> torch.Tensor:

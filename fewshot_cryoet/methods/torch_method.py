@@ -15,7 +15,7 @@ import math
 import time
 from abc import abstractmethod
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -111,6 +111,60 @@ class TorchMethod(FewShotMethod):
             for i, row in zip(missing, fresh):
                 self._embeddings[keys[i]] = row
         return torch.stack([self._embeddings[key] for key in keys])
+
+    def check_episode(self, episode: Episode) -> None:
+        """Refuse, in one line, an episode this network cannot take (e.g. another box size)
+        before any volume of it is computed; the default takes any."""
+
+    def per_volume(self, role: str, network: torch.nn.Module) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """(cache kind, function): what this method computes from each ``role`` volume
+        (``"support"`` or ``"query"``) on its own with ``network``, e.g. an embedding. Defined once
+        here, so that :meth:`scores` (through :meth:`per_volume_rows`) and the batched scoring of
+        :meth:`predict_many` compute the same rows. The default: ``network`` itself, for both roles."""
+        return "embedding", network
+
+    def per_volume_rows(self, episode: Episode, role: str, network: torch.nn.Module) -> torch.Tensor:
+        """The :meth:`per_volume` rows of the episode's supports or queries, from the cache where
+        they were computed before (test episodes share particles)."""
+        kind, compute = self.per_volume(role, network)
+        volumes, ids = (episode.support, episode.support_ids) if role == "support" else (episode.query, episode.query_ids)
+        return self.cached(volumes, ids, compute, kind)
+
+    def predict_many(self, episodes: Sequence[Episode], batch: int = 0) -> list[Prediction]:
+        """As the base class, but with ``batch`` > 0 the per-volume rows of every distinct volume
+        of ``episodes`` are first computed in batches of up to ``batch`` volumes, so that a large
+        device computes hundreds of volumes per call instead of an episode's few, and each
+        episode is then scored from the cache by indexing. Volumes without identities, and
+        test-time augmentation (whose turned queries are computed per episode), are scored
+        episode by episode as before."""
+        if batch > 0 and int(self.params.get("tta", 1)) == 1:
+            self.network.eval()
+            with torch.inference_mode(), self.autocast(training=False):
+                for role in ("support", "query"):
+                    self._precompute(episodes, role, batch)
+        return super().predict_many(episodes, batch)
+
+    def _precompute(self, episodes: Sequence[Episode], role: str, batch: int) -> None:
+        """Fill the cache with the rows of ``role``'s distinct volumes not yet computed, in order
+        of first appearance, ``batch`` at a time (normalised as :meth:`predict` normalises them)."""
+        kind, compute = self.per_volume(role, self.inference_network)
+        for episode in episodes:
+            self.check_episode(episode)
+        pending: dict = {}  # cache key → (episode, row in it), first appearance first
+        for episode in episodes:
+            ids = episode.support_ids if role == "support" else episode.query_ids
+            for row, identity in enumerate(ids or ()):
+                key = (kind, identity)
+                if key not in self._embeddings and key not in pending:
+                    pending[key] = (episode, row)
+        keys = list(pending)
+        for start in range(0, len(keys), batch):
+            block = keys[start:start + batch]
+            volumes = torch.stack([(pending[k][0].support if role == "support" else pending[k][0].query)[pending[k][1]]
+                                   for k in block])
+            volumes = self.inputs(volumes, pending[block[0]][0].voxel_size).to(self.device)
+            for key, row in zip(block, compute(volumes)):
+                self._embeddings[key] = row
 
     @abstractmethod
     def build_network(self) -> torch.nn.Module:
