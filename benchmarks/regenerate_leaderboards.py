@@ -159,13 +159,48 @@ def run_counted(command: str, root: Path, entry: dict, save: Callable[[], None],
         raise
 
 
-def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Path(".")) -> dict:
+def with_device(command: str, device: str) -> str:
+    """``fsc bench`` on ``device`` (auto: as fsc chooses, a GPU where there is one)."""
+    return f"{command} --device {device}" if device != "auto" and command.startswith("fsc bench ") else command
+
+
+def describe_device(device: str) -> str:
+    """What the steps run on, as the log records it: ``cuda: NVIDIA H200`` or ``cpu: 2 cores``."""
+    import os
+
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {os.cpu_count()} cores"
+
+
+def check_device(log: dict, device: str, where: Path) -> str:
+    """The device description for this run, refusing ``--device cuda`` without a GPU and a log
+    (hence stores and checkpoints) from another kind of device: the benches resume by cell and
+    would keep the other device's models, so a GPU regeneration starts in a fresh clone."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible here")
+    described = describe_device(device)
+    kinds = {e["device"].split(":")[0] for e in log["steps"].values() if e.get("device") and e["seconds"] > 0}
+    other = kinds - {described.split(":")[0]}
+    if other:
+        raise SystemExit(f"{where}: its steps ran on {', '.join(sorted(other))}; the stores and checkpoints here are "
+                         f"theirs. Regenerate on {described.split(':')[0]} in a fresh clone beside ../shared")
+    return described
+
+
+def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Path("."), device: str = "auto") -> dict:
     """Run the steps not yet finished (by the log at ``times``), each command in a shell from
     ``root``; stop at the first failing command with its exit status. Wall time of every attempt,
-    finished or not, is added to the step's ``seconds``."""
+    finished or not, is added to the step's ``seconds``, with the device it ran on."""
     log = load_log(times)
+    described = check_device(log, device, times)
     for step in steps:
         entry = log["steps"].setdefault(step.name, {"seconds": 0.0, "finished": None})
+        entry["device"] = described
         if entry["finished"]:
             print(f"{step.name}: finished {entry['finished']} in {entry['seconds'] / 60:.1f} min; skipped", flush=True)
             continue
@@ -176,7 +211,7 @@ def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Pat
             write_json(times, log)
             continue
         for command in step.commands:
-            command = with_workers(command, workers)
+            command = with_device(with_workers(command, workers), device)
             print(f"{step.name}: {command}", flush=True)
             status = run_counted(command, root, entry, lambda: write_json(times, log))
             if status != 0:
@@ -188,7 +223,7 @@ def run_steps(steps: list[Step], times: Path, workers: int = 1, root: Path = Pat
 
 
 def summary(log: dict) -> str:
-    lines = ["| step | wall time | finished |", "|---|---|---|"]
+    lines = ["| step | wall time | device | finished |", "|---|---|---|---|"]
     total = 0.0
     for step in STEPS:
         entry = log["steps"].get(step.name)
@@ -196,9 +231,9 @@ def summary(log: dict) -> str:
             continue
         total += entry["seconds"]
         minutes = entry["seconds"] / 60
-        lines.append(f"| {step.name} | {int(minutes // 60)} h {minutes % 60:.0f} min | "
+        lines.append(f"| {step.name} | {int(minutes // 60)} h {minutes % 60:.0f} min | {entry.get('device', '')} | "
                      f"{entry['finished'] or 'not yet'} |")
-    lines.append(f"| **total** | **{int(total // 3600)} h {total % 3600 / 60:.0f} min** | |")
+    lines.append(f"| **total** | **{int(total // 3600)} h {total % 3600 / 60:.0f} min** | | |")
     return "\n".join(lines)
 
 
@@ -210,18 +245,22 @@ def main() -> None:
     parser.add_argument("--times", type=Path, default=Path("regeneration-times.json"),
                         help="The log of finished steps and their wall time [regeneration-times.json].")
     parser.add_argument("--list", action="store_true", help="Print the steps and their commands, run nothing.")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="Passed to every fsc bench and recorded per step in the log (cuda: refused without a "
+                             "GPU; on a GPU the README's main job includes COS-Net) [auto].")
     args = parser.parse_args()
     if args.workers < 1:
         raise SystemExit(f"--workers {args.workers}: give 1 or more")
     steps = plan(args.only.split(",") if args.only else None)
     if args.list:
         for step in steps:
-            print(f"{step.name}:" + "".join(f"\n  {with_workers(c, args.workers)}" for c in step.commands))
+            print(f"{step.name}:" + "".join(f"\n  {with_device(with_workers(c, args.workers), args.device)}"
+                                            for c in step.commands))
         return
     if any(TEMPLATES in c for step in steps for c in step.commands) and not Path(TEMPLATES).is_dir():
         raise SystemExit(f"{TEMPLATES}: not found; the committed pages are made from the shared templates "
                          "beside the checkout")
-    log = run_steps(steps, args.times, args.workers)
+    log = run_steps(steps, args.times, args.workers, device=args.device)
     print(summary(log))
 
 

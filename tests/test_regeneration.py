@@ -18,7 +18,7 @@ sys.modules[spec.name] = regenerate
 spec.loader.exec_module(regenerate)
 
 #: Options that change only how a run is carried out, not what it computes.
-HOW_NOT_WHAT = re.compile(r"\s--resume\b|\s--workers\s+\d+")
+HOW_NOT_WHAT = re.compile(r"\s--resume\b|\s--workers\s+\d+|\s--device\s+\w+")
 
 
 def normalised(text: str) -> str:
@@ -90,3 +90,26 @@ def test_workers_go_to_the_commands_that_split_work():
     assert regenerate.with_workers("fsc leaderboard", 2) == "fsc leaderboard"
     assert regenerate.with_workers("python benchmarks/robustness.py --seeds 0", 2).endswith("--workers 2")
     assert regenerate.with_workers("fsc bench --seeds 0", 1) == "fsc bench --seeds 0"
+
+
+def test_the_device_goes_to_each_bench_and_into_the_log(tmp_path):
+    assert regenerate.with_device("fsc bench --seeds 0", "cuda") == "fsc bench --seeds 0 --device cuda"
+    assert regenerate.with_device("fsc bench --seeds 0", "auto") == "fsc bench --seeds 0"
+    assert regenerate.with_device("fsc leaderboard", "cuda") == "fsc leaderboard"
+    times = tmp_path / "times.json"
+    log = regenerate.run_steps([regenerate.Step("synthetic", (f'"{sys.executable}" -c "print(1)"',))], times,
+                               root=tmp_path, device="cpu")  # named as a real step, so the summary shows it
+    assert log["steps"]["synthetic"]["device"].startswith("cpu: ") and "| cpu: " in regenerate.summary(log)
+
+
+def test_a_log_of_another_device_or_a_missing_gpu_is_refused(tmp_path):
+    import torch
+
+    times = tmp_path / "times.json"
+    times.write_text(json.dumps({"steps": {"paper": {"seconds": 60.0, "finished": None, "device": "cuda: H200"}}}))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusals below are for one without")
+    with pytest.raises(SystemExit, match="its steps ran on cuda; .* fresh clone"):
+        regenerate.run_steps([], times, root=tmp_path, device="cpu")
+    with pytest.raises(SystemExit, match="--device cuda: no CUDA GPU"):
+        regenerate.run_steps([], times, root=tmp_path, device="cuda")

@@ -15,6 +15,7 @@ from fewshot_cryoet.results.location import DEFAULT_STORE
 from fewshot_cryoet.tuning.storage import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
+    import torch
 
     from fewshot_cryoet.evaluation.grid import MethodSpec
 from fewshot_cryoet.api.data import data_source
@@ -24,6 +25,23 @@ from fewshot_cryoet.api.specs import check_row_method, specs_of
 #: The default grid's SNR levels: the paper's 1000, and 0.02, where the best baseline on the shared
 #: templates falls clearly below 0.9 at 8-way (template matching 0.83; in-mask SNR about 0.16).
 DEFAULT_BENCH_SNRS: tuple[float, ...] = (1000.0, 0.02)
+#: The default grid's methods on every device.
+DEFAULT_BENCH_METHODS: tuple[str, ...] = ("protonet", "siamese", "xcorr", "radial")
+#: Added where the grid trains on a GPU: the suite's namesake belongs in its main leaderboard, and a
+#: GPU trains it in seconds, where two CPU cores would double the main job's 20 minutes.
+GPU_BENCH_METHODS: tuple[str, ...] = ("cosnet/duse-decoder",)
+
+
+def default_methods(device: str | torch.device = "auto") -> str:
+    """The methods ``fsc bench`` runs when none are named: :data:`DEFAULT_BENCH_METHODS`, and
+    :data:`GPU_BENCH_METHODS` too when ``device`` (an option's value, or a device already
+    resolved) is a CUDA GPU."""
+    import torch
+
+    from fewshot_cryoet.core.devices import resolve_device
+
+    gpu = (device if isinstance(device, torch.device) else resolve_device(device)).type == "cuda"
+    return ",".join(DEFAULT_BENCH_METHODS + (GPU_BENCH_METHODS if gpu else ()))
 
 
 def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, templates: Sequence[str | Path] = (),

@@ -99,7 +99,8 @@ def bench(methods, param_texts, tuned, storage, snr_texts, ways, shots, queries_
             say(f"quick run: {episodes} test episodes per setting (leaderboards use ≥ {api.LEADERBOARD_EPISODES})", out)
         with progress_bars() as progress:
             frame = api.bench(
-                methods, params=api.parse_param_overrides(param_texts), tuned=tuned or (), storage=storage,
+                methods or api.default_methods(device), params=api.parse_param_overrides(param_texts),
+                tuned=tuned or (), storage=storage,
                 snrs=snrs(snr_texts) if snr_texts else None, ways=parse_list(ways, "--ways", int), shots=parse_list(shots, "--shots", int),
                 queries_per_class=queries_per_class, dataset=dataset, templates=templates,
                 test_classes=parse_list(test_classes, "--test-classes"), per_class=per_class, budget=list(budgets),

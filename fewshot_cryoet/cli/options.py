@@ -97,8 +97,10 @@ def method_options(single: bool):
     def apply(function):
         which = (click.option("--method", "methods", required=True, help="Method, optionally METHOD/VARIANT.")
                  if single else
-                 click.option("--methods", "methods", default="protonet,siamese,xcorr,radial", show_default=True,
-                              help="Comma-separated methods, optionally NAME/VARIANT."))
+                 click.option("--methods", "methods", default=None,
+                              help="Comma-separated methods, optionally NAME/VARIANT. [default: "
+                                   f"{','.join(api.DEFAULT_BENCH_METHODS)}; on a GPU also "
+                                   f"{','.join(api.GPU_BENCH_METHODS)}]"))
         return _stack(
             which,
             click.option("--param", "param_texts", multiple=True, metavar="METHOD.KEY=VALUE",

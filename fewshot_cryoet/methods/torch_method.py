@@ -39,6 +39,11 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+#: ``compile`` values: "off" (eager), or a ``torch.compile`` mode for the training step's forward
+#: and backward ("reduce-overhead" also captures it as a CUDA graph on a GPU, where a step is
+#: launch-bound; on a CPU it compiles as "default").
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
 #: Skipped (non-finite) training steps after which ``precision=auto`` trains on in fp32.
 NONFINITE_STEPS_BEFORE_FP32 = 3
 
@@ -53,14 +58,17 @@ class TorchMethod(FewShotMethod):
     defaults: ClassVar[dict[str, Any]] = {
         "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
         "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
-        "precision": "auto",
+        "precision": "auto", "compile": "off",
     }
     param_rules: ClassVar[dict[str, Param]] = {
         "lr": Param("float", low=0, low_open=True), "weight_decay": Param("float", low=0),
         "optimizer": Param("str", choices=timm_optimizers), "train_way": Param("int", low=2),
         "train_shot": Param("int", low=1), "train_query": Param("int", low=1), "val_every": Param("int", low=1),
         "precision": Param("str", choices=("auto", "bf16", "fp32")),
+        "compile": Param("str", choices=COMPILE_MODES),
     }
+    #: ``compile`` came after results were stored: at "off" it leaves every hash as it was.
+    later_defaults: ClassVar[dict[str, Any]] = {"compile": "off"}
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
@@ -257,13 +265,14 @@ class TorchMethod(FewShotMethod):
         deadline = start + budget.minutes * 60 if budget.minutes is not None else math.inf
         max_episodes = budget.episodes if budget.episodes is not None else math.inf
         snapshots = self._exact_snapshots(context)
+        loss_of = self._training_step_loss()
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
             self.network.train()
             episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
             report.examples += len(episode.support) + len(episode.query)
             with self.autocast(training=True):
-                loss = self.training_loss(episode)
+                loss = loss_of(episode)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self._gradients_finite():
@@ -300,6 +309,20 @@ class TorchMethod(FewShotMethod):
         report.episodes = step
         report.seconds = time.perf_counter() - start
         return report
+
+    def _training_step_loss(self) -> Callable[[Episode], torch.Tensor]:
+        """:meth:`training_loss`, compiled by ``torch.compile`` in the ``compile`` mode (its
+        backward too, through AOTAutograd), or as it is with "off". Episodes of one training all
+        have one shape, so the graph is captured once (``dynamic=False``); the optimizer step stays
+        eager. Why optional and off by default: compiling costs tens of seconds before the first
+        step, which a CPU training of a few hundred episodes never wins back, and on a GPU the gain
+        is to be measured per device (``benchmarks/gpu_levers.py``)."""
+        mode = self.params.get("compile", "off")
+        if mode == "off":
+            return self.training_loss
+        if self.device.type != "cuda" and mode == "reduce-overhead":
+            mode = "default"  # CUDA graphs need a GPU; elsewhere the same compiled step without them
+        return torch.compile(self.training_loss, mode=mode, dynamic=False)
 
     def _training_state(self, step: int, seconds: float, optimizer, best_state: dict | None, best_score: float,
                         report: FitReport, rng: np.random.Generator) -> TrainingState:
