@@ -39,6 +39,10 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+#: How often the progress bar's loss is read back: reading it waits for the device to finish the
+#: step, which on a GPU would make every step wait for the host; the bar itself advances per step.
+PROGRESS_LOSS_SECONDS = 0.5
+
 #: ``compile`` values: "off" (eager), or a ``torch.compile`` mode for the training step's forward
 #: and backward ("reduce-overhead" also captures it as a CUDA graph on a GPU, where a step is
 #: launch-bound; on a CPU it compiles as "default").
@@ -266,6 +270,7 @@ class TorchMethod(FewShotMethod):
         max_episodes = budget.episodes if budget.episodes is not None else math.inf
         snapshots = self._exact_snapshots(context)
         loss_of = self._training_step_loss()
+        shown_at, loss_text = -math.inf, ""
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
             self.network.train()
@@ -300,9 +305,12 @@ class TorchMethod(FewShotMethod):
                 context.resume.save(self._training_state(step, time.perf_counter() - start, optimizer, best_state,
                                                          best_score, report, rng))
             if context.progress is not None:
+                now = time.perf_counter()
                 done = max(step / max_episodes if max_episodes < math.inf else 0,
-                           (time.perf_counter() - start) / (deadline - start) if deadline < math.inf else 0)
-                context.progress(min(done, 1.0), f"loss {float(loss.detach()):.3f}")
+                           (now - start) / (deadline - start) if deadline < math.inf else 0)
+                if last or now - shown_at >= PROGRESS_LOSS_SECONDS:  # reading the loss waits for the GPU
+                    shown_at, loss_text = now, f"loss {float(loss.detach()):.3f}"
+                context.progress(min(done, 1.0), loss_text)
         if best_state is not None:
             self.network.load_state_dict(best_state)
         self._weights_changed()
