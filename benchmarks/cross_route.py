@@ -12,6 +12,11 @@ inside a sphere), which should undo the routes' different normalisations (issue 
 ``--synthetic N`` adds models trained on N synthetic classes beside the maps' training classes,
 imaged by each route (class diversity across simulators).
 
+``--randomised`` adds models trained on data imaged with the ``randomised`` preset (tilt-series
+route, every imaging setting drawn per particle from wide ranges, as ``fsc train`` simulates by
+default): on the maps' training classes and, with ``--synthetic N``, on N synthetic classes beside
+them. Neither test route's imaging is the training imaging then, so both columns are cross-route.
+
 Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs] [--synthetic 512]
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out``.
 """
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also train on N synthetic classes mixed with the maps' training classes "
                              "(--templates synthetic:N maps/, the maps' test classes held out), imaged by each route.")
     parser.add_argument("--train-per-class", type=int, default=20, help="Subtomograms per class of those sets.")
+    parser.add_argument("--randomised", action="store_true",
+                        help="Also train on domain-randomised imaging (the randomised preset): the maps' training "
+                             "classes, and with --synthetic N those beside N synthetic classes.")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
@@ -73,6 +81,16 @@ def main(argv: list[str] | None = None) -> None:
             api.simulate(mixed[route], templates=[f"synthetic:{args.synthetic}", args.templates], snrs=snrs,
                          per_class=args.train_per_class, seed=0, val_classes=splits["val"],
                          test_classes=splits["test"], config=SimulationConfig(route=route))
+    for name, templates, per_class in (([("randomised", [args.templates], args.per_class)] + (
+            [(f"randomised+synthetic-{args.synthetic}", [f"synthetic:{args.synthetic}", args.templates],
+              args.train_per_class)] if args.synthetic else [])) if args.randomised else []):
+        folder = args.work / "data" / name
+        if not (folder / "manifest.json").exists():
+            splits = api.open_dataset(folders[ROUTES[0]]).splits
+            print(f"simulating {name} (randomised imaging)", flush=True)
+            api.simulate(folder, templates=templates, snrs=snrs, per_class=per_class, seed=0, val_classes=splits["val"],
+                         test_classes=splits["test"], preset="randomised")
+        mixed[name] = folder
     store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
@@ -83,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
                           None if train == test else folders[train], params)
                 if train in mixed and snr_label(snr) in api.open_dataset(mixed[train]).snr_labels:  # made at its levels
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[train])
+            for name in (name for name in mixed if name.startswith("randomised")):
+                if snr_label(snr) in api.open_dataset(mixed[name]).snr_labels:
+                    print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
+                    bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name])
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
     write(store, args)
 

@@ -384,6 +384,14 @@ CASES = [
      "--envelope applies to the tilt-series and fourier routes only"),
     ("direct-fourier-jitter", ["simulate", "--route", "direct-fourier", "--alignment-jitter", "1", "--out", "{w}/d"],
      2, "--alignment-jitter shifts the projections of a tilt series"),
+    # Round four (issue 34): combining data set folders.
+    ("combine-same-folder-twice", ["combine", "{data}", "{data}", "--out", "{w}/c"], 2,
+     "are the same data set; give it once"),
+    ("combine-edited-folder", ["combine", "{data}", "{w}/seed-edited", "--out", "{w}/c"], 2,
+     "manifest.json was edited after the data set was written"),
+    ("combine-not-a-data-set", ["combine", "{data}", "{w}/particles", "--out", "{w}/c"], 2,
+     "not a complete data set (no manifest.json)"),
+    ("combine-one-folder", ["combine", "{data}", "--out", "{w}/c"], 2, "combine needs at least two data set folders"),
 ]
 
 

@@ -27,6 +27,7 @@ from fewshot_cryoet.api.benchmarking import (
 from fewshot_cryoet.api.data import (
     DEFAULT_PER_CLASS,
     DataSource,
+    combine,
     data_source,
     dataset_summary,
     export,
@@ -68,9 +69,10 @@ from fewshot_cryoet.core.environment import check_installation, pair_problem
 
 __all__ = [
     "check_installation", "pair_problem", "is_out_of_memory", "out_of_memory",
-    "Budget", "DEFAULT_BENCH_METHODS", "DEFAULT_BENCH_SNRS", "GPU_BENCH_METHODS", "DEFAULT_PER_CLASS", "DEFAULT_STORAGE", "DEFAULT_STORE", "DataSource",
+    "Budget", "DEFAULT_BENCH_METHODS", "DEFAULT_BENCH_SNRS", "GPU_BENCH_METHODS", "DEFAULT_PER_CLASS",
+    "DEFAULT_STORAGE", "DEFAULT_STORE", "DataSource",
     "FitReport", "LEADERBOARD_EPISODES", "OBJECTIVES", "PRESETS", "PRUNERS", "SAMPLERS", "STALE_SECONDS",
-    "StoreLocation", "add_plugin_commands", "apply_tuned", "bench", "bench_status", "bench_table", "compare",
+    "StoreLocation", "add_plugin_commands", "apply_tuned", "bench", "bench_status", "bench_table", "combine", "compare",
     "confirm_tuning", "curve_order", "data_source", "default_methods", "dataset_summary", "export", "export_tuned",
     "import_data", "imported", "leaderboard", "load_method", "load_study", "load_templates", "locate",
     "method_specs", "methods", "open_dataset", "parse_param_overrides", "parse_snr", "plugin_failures",

@@ -102,6 +102,17 @@ def simulate_scene(out: str | Path, *, templates: Sequence[str | Path] = (), cla
     return simulate_(loaded, out, config, reporter)
 
 
+def combine(folders: Sequence[str | Path | SubtomogramDataset], out: str | Path, *,
+            levels: Sequence[str] | None = None, overwrite: bool = False,
+            reporter: Reporter | None = None) -> SubtomogramDataset:
+    """One data set at ``out`` of every particle of ``folders`` (``fsc combine``): the same box and
+    voxel size, the SNR levels all have (or the one level per folder named in ``levels``), classes
+    in their folders' splits; see ``datasets.combine``."""
+    from fewshot_cryoet.datasets.combine import combine_datasets
+
+    return combine_datasets(folders, out, levels=levels, overwrite=overwrite, reporter=reporter)
+
+
 def import_data(source: str | Path, out: str | Path, *, format: str | None = None, box: int | None = None,
                 voxel_size: float | None = None, tomograms: str | Path | None = None, masks: str | Path | None = None,
                 class_column: str | None = None, class_map: str | Path | None = None, invert: bool = False,

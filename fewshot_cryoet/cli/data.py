@@ -145,6 +145,23 @@ def import_(source, out, overwrite, format_, box, voxel_size, tomograms, masks, 
     _print_summary(dataset)
 
 
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@out_options("Data set folder")
+@click.option("--levels", default=None, metavar="L1,L2,...",
+              help="One SNR level per folder, in order, combined into one level (named recorded unless all are "
+                   "the same), e.g. recorded,0.5 for imported particles beside simulated ones [default: the levels "
+                   "every folder has].")
+def combine(folders, out, overwrite, levels) -> None:
+    """Combine data set folders (simulated, imported or combined) into one, e.g. your particles
+    beside many synthetic classes to train on: one box and voxel size, the SNR levels all have,
+    each class in its folder's split; a class name in two folders must be the same map."""
+    with progress_bars() as progress:
+        dataset = api.combine(folders, out, levels=parse_list(levels, "--levels"), overwrite=overwrite,
+                              reporter=RichReporter(progress))
+    _print_summary(dataset)
+
+
 def _simulate_scene(templates, classes, synthetic_seed, template_voxel_size, resolution, snr_texts, out, voxel_size,
                     tilt_range, tilt_step, defocus, contour, seed, scene_size, scene_particles) -> None:
     levels = snrs(snr_texts)

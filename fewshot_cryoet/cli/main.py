@@ -104,11 +104,11 @@ def _add_commands() -> None:
     (``fsc_add_cli_commands``); a plugin that fails to load or to add commands is reported, never
     fatal."""
     from fewshot_cryoet.cli.bench import bench, leaderboard, list_methods
-    from fewshot_cryoet.cli.data import export, import_, info, show, simulate
+    from fewshot_cryoet.cli.data import combine, export, import_, info, show, simulate
     from fewshot_cryoet.cli.models import predict, train
     from fewshot_cryoet.cli.tune import tune
 
-    for command in (simulate, import_, show, export, info, bench, list_methods, leaderboard, tune, train, predict):
+    for command in (simulate, import_, combine, show, export, info, bench, list_methods, leaderboard, tune, train, predict):
         main.add_command(command)
     for failure in api.plugin_failures():
         print_warning(failure)
