@@ -162,13 +162,19 @@ def main() -> None:
     if not args.quick:
         inference += [("torch.compile", {"compiled": True}), ("torch.compile, 256 per call", {"compiled": True, "batch": 256})]
 
-    rows = []
-    base = None
-    for what, levers in training:
-        value = training_rate(args.profile, device, args.seconds, **levers)
-        base = base or value
-        rows.append(("training", what, value, value / base, limit(value, 3.0)))
-        print(f"training | {what}: {value:.1f} volumes/s ({value / base:.2f}×)", flush=True)
+    rows: list[tuple] = []
+
+    def measure(kind: str, levers_list: list, measured: Callable[..., float], factor: float) -> float:
+        """Rows of one kind, each lever against the first row; returns the first row's rate."""
+        base = None
+        for what, levers in levers_list:
+            value = measured(args.profile, device, args.seconds, **levers)
+            base = base or value
+            rows.append((kind, what, value, value / base, limit(value, factor)))
+            print(f"{kind} | {what}: {value:.1f} volumes/s ({value / base:.2f}×)", flush=True)
+        return base
+
+    base = measure("training", training, training_rate, 3.0)
     paid = {k: v for what, levers in training[1:] for k, v in levers.items()
             if next(r for r in rows if r[1] == what)[3] > 1.05 and k not in ("way", "precision")}
     if paid:
@@ -180,12 +186,7 @@ def main() -> None:
         (levers for what, levers in training if what == best[1]), {}))
     with Utilisation(device) as utilisation:
         training_rate(args.profile, device, max(args.seconds, 8.0), **best_levers)
-    base = None
-    for what, levers in inference:
-        value = inference_rate(args.profile, device, args.seconds, **levers)
-        base = base or value
-        rows.append(("inference", what, value, value / base, limit(value, 1.0)))
-        print(f"inference | {what}: {value:.1f} volumes/s ({value / base:.2f}×)", flush=True)
+    measure("inference", inference, inference_rate, 1.0)
 
     name = torch.cuda.get_device_name(device) if gpu else "CPU rehearsal"
     lines = [f"# GPU levers, one at a time: COS-Net {args.profile} profile, DuSE with decoder", "",
