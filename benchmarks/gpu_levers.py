@@ -165,9 +165,11 @@ def main() -> None:
     rows: list[tuple] = []
 
     def measure(kind: str, levers_list: list, measured: Callable[..., float], factor: float) -> float:
-        """Rows of one kind, each lever against the first row; returns the first row's rate."""
+        """Rows of one kind, each lever against the first row; returns the first row's rate. The
+        first row is measured again last ("again"): a machine that warms up or is shared drifts,
+        and the two first-row rates show by how much."""
         base = None
-        for what, levers in levers_list:
+        for what, levers in [*levers_list, (f"{levers_list[0][0]}, again", levers_list[0][1])]:
             value = measured(args.profile, device, args.seconds, **levers)
             base = base or value
             rows.append((kind, what, value, value / base, limit(value, factor)))
