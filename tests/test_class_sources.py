@@ -78,3 +78,22 @@ def test_fsc_simulate_makes_one_data_set_of_mixed_sources(maps, tmp_path):
     from fewshot_cryoet.evaluation.fitting import check_domains
 
     check_domains(data, test)
+
+
+def test_fsc_train_defaults_to_many_synthetic_classes(tmp_path, monkeypatch):
+    """Without --dataset or --templates, fsc train trains on the registered many-class set: 512
+    synthetic classes of 20 subtomograms, the last 32 validating and the 32 before them a test
+    split (shown here on a 70-class instance of the same recipe, simulated for real)."""
+    from fewshot_cryoet import api
+    from fewshot_cryoet.datasets.providers import MANY_CLASSES_HELD_OUT, many_classes_provider
+    from fewshot_cryoet.plugins import get_plugins
+
+    default = get_plugins().datasets.get(api.DEFAULT_TRAINING_DATASET)
+    assert default.name == "synthetic-512" and default.per_class == 20
+    assert len(default.explicit_splits["val"]) == len(default.explicit_splits["test"]) == MANY_CLASSES_HELD_OUT
+    assert default.explicit_splits["val"][-1] == "syn511"
+    monkeypatch.setenv("FSC_CACHE_DIR", str(tmp_path))
+    small = many_classes_provider(classes=70, per_class=1).dataset(1000.0)
+    assert small.splits["train"] == [f"syn{i:03d}" for i in range(6)]
+    assert small.splits["test"] == [f"syn{i:03d}" for i in range(6, 38)]
+    assert small.splits["val"] == [f"syn{i:03d}" for i in range(38, 70)] and len(small) == 70

@@ -45,7 +45,7 @@ from fewshot_cryoet.api.extensions import add_plugin_commands, plugin_failures
 from fewshot_cryoet.api.prediction import predict
 from fewshot_cryoet.api.results import bench_status, bench_table, compare, leaderboard
 from fewshot_cryoet.api.specs import apply_tuned, load_method, method_specs, methods, parse_param_overrides
-from fewshot_cryoet.api.training import train
+from fewshot_cryoet.api.training import DEFAULT_TRAINING_DATASET, train
 from fewshot_cryoet.api.tuning import confirm_tuning, export_tuned, load_study, study_summary, tune
 from fewshot_cryoet.api.vocabulary import (
     DEFAULT_STORAGE,
@@ -69,7 +69,7 @@ from fewshot_cryoet.core.environment import check_installation, pair_problem
 
 __all__ = [
     "check_installation", "pair_problem", "is_out_of_memory", "out_of_memory",
-    "Budget", "DEFAULT_BENCH_METHODS", "DEFAULT_BENCH_SNRS", "GPU_BENCH_METHODS", "DEFAULT_PER_CLASS",
+    "Budget", "DEFAULT_BENCH_METHODS", "DEFAULT_BENCH_SNRS", "DEFAULT_TRAINING_DATASET", "GPU_BENCH_METHODS", "DEFAULT_PER_CLASS",
     "DEFAULT_STORAGE", "DEFAULT_STORE", "DataSource",
     "FitReport", "LEADERBOARD_EPISODES", "OBJECTIVES", "PRESETS", "PRUNERS", "SAMPLERS", "STALE_SECONDS",
     "StoreLocation", "add_plugin_commands", "apply_tuned", "bench", "bench_status", "bench_table", "combine", "compare",

@@ -18,6 +18,12 @@ from fewshot_cryoet.api.data import data_source, with_imaging_preset
 from fewshot_cryoet.api.specs import method_specs
 
 
+#: What :func:`train` trains on when given neither ``dataset`` nor ``templates``: many classes
+#: (``datasets.providers.many_classes_provider``), since classes, not particles, were what models
+#: trained on few classes lacked on complexes they never saw.
+DEFAULT_TRAINING_DATASET = "synthetic-512"
+
+
 def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates: Sequence[str | Path] = (),
           test_classes: Sequence[str] | None = None, per_class: int | None = None,
           snr: float | Sequence[float] | None = None, budget: str = "2000ep", queries_per_class: int = 5, seed: int = 0,
@@ -34,7 +40,9 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     ``dataset`` folder (an imported one has one, ``recorded``), else 1000.
     Data simulated on demand (no ``dataset`` folder) are imaged with the ``imaging`` preset, by
     default ``randomised`` (``datasets.presets.TRAINING_IMAGING``: domain-randomised training);
-    ``imaging="default"`` simulates the default microscope instead."""
+    ``imaging="default"`` simulates the default microscope instead. Without ``dataset`` and
+    ``templates`` the data are :data:`DEFAULT_TRAINING_DATASET`: 512 synthetic classes, 20
+    subtomograms each."""
     from fewshot_cryoet.core.devices import resolve_device
     from fewshot_cryoet.core.outputs import check_output_folder
     from fewshot_cryoet.core.types import Budget
@@ -64,6 +72,8 @@ def train(method: str | MethodSpec, out: str | Path, *, dataset=None, templates:
     torch_device = resolve_device(device)
     from fewshot_cryoet.datasets.presets import TRAINING_IMAGING
 
+    if dataset is None and not templates:
+        dataset = DEFAULT_TRAINING_DATASET
     source = data_source(dataset, templates, per_class, test_classes)
     source = with_imaging_preset(source, imaging if imaging is not None or source.fixed is not None else TRAINING_IMAGING)
     reporter = as_reporter(reporter)

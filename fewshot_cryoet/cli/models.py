@@ -9,7 +9,7 @@ import click
 
 from fewshot_cryoet import api
 from fewshot_cryoet.cli.options import (
-    data_options,
+    data_options_for,
     method_options,
     method_params,
     out_options,
@@ -23,7 +23,7 @@ from fewshot_cryoet.cli.terminal import RichReporter, print_warning, progress_ba
 @click.command()
 @method_options(single=True)
 @click.option("--variant", default=None, help="The method's variant (same as METHOD/VARIANT) [default: its first].")
-@data_options
+@data_options_for(f"{api.DEFAULT_TRAINING_DATASET}, 512 synthetic classes to train on", "100; 20 for synthetic-512")
 @click.option("--snr", "snr_texts", multiple=True,
               help="SNR level to train at; repeatable, as in fsc bench (several levels of one --dataset: each "
                    "episode draws one; 1000,0.5 is read too) [default: every level of a --dataset folder; 1000 when "

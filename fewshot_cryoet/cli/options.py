@@ -79,17 +79,25 @@ def _stack(*decorators):
     return apply
 
 
-def data_options(function):
-    """Where the data come from: --dataset or --templates (+ --test-classes, --per-class)."""
-    return _stack(
-        click.option("--dataset", default=None, help="Registered data set name or a data set folder [default: synthetic]."),
-        click.option("--templates", "templates", multiple=True, metavar="DIR|FILE|synthetic:N",
-                     help="Simulate from these density maps or atomic models instead, with synthetic:N built-in "
-                          "classes mixed in if listed; repeatable."),
-        click.option("--test-classes", default=None, help="With --templates: comma-separated classes held out for testing."),
-        click.option("--per-class", type=click.IntRange(min=1), default=None,
-                     help="Subtomograms per class when the data are simulated on demand [default: 100]."),
-    )(function)
+def data_options_for(dataset_default: str, per_class_default: str):
+    """Where the data come from: --dataset or --templates (+ --test-classes, --per-class), with
+    the defaults of the command they decorate."""
+    def apply(function):
+        return _stack(
+            click.option("--dataset", default=None,
+                         help=f"Registered data set name or a data set folder [default: {dataset_default}]."),
+            click.option("--templates", "templates", multiple=True, metavar="DIR|FILE|synthetic:N",
+                         help="Simulate from these density maps or atomic models instead, with synthetic:N built-in "
+                              "classes mixed in if listed; repeatable."),
+            click.option("--test-classes", default=None,
+                         help="With --templates: comma-separated classes held out for testing."),
+            click.option("--per-class", type=click.IntRange(min=1), default=None,
+                         help=f"Subtomograms per class when the data are simulated on demand [default: {per_class_default}]."),
+        )(function)
+    return apply
+
+
+data_options = data_options_for("synthetic", "100")
 
 
 def method_options(single: bool):

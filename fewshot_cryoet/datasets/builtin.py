@@ -7,9 +7,10 @@ from fewshot_cryoet.plugins.hookspecs import hookimpl
 
 @hookimpl
 def fsc_register_datasets(registry) -> None:
-    from fewshot_cryoet.datasets.providers import synthetic_provider
+    from fewshot_cryoet.datasets.providers import many_classes_provider, synthetic_provider
 
     registry.add(synthetic_provider())
+    registry.add(many_classes_provider())
 
 
 @hookimpl
