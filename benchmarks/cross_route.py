@@ -17,6 +17,10 @@ route, every imaging setting drawn per particle from wide ranges, as ``fsc train
 default): on the maps' training classes and, with ``--synthetic N``, on N synthetic classes beside
 them. Neither test route's imaging is the training imaging then, so both columns are cross-route.
 
+``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
+imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
+trained once and reused: a training does not depend on what it is tested on) and xcorr.
+
 Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs] [--synthetic 512]
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out``.
 """
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also train on N synthetic classes mixed with the maps' training classes "
                              "(--templates synthetic:N maps/, the maps' test classes held out), imaged by each route.")
     parser.add_argument("--train-per-class", type=int, default=20, help="Subtomograms per class of those sets.")
+    parser.add_argument("--shifted", action="store_true",
+                        help="Also test every model on the maps imaged with the all-shifted preset.")
     parser.add_argument("--randomised", action="store_true",
                         help="Also train on domain-randomised imaging (the randomised preset): the maps' training "
                              "classes, and with --synthetic N those beside N synthetic classes.")
@@ -91,6 +97,13 @@ def main(argv: list[str] | None = None) -> None:
             api.simulate(folder, templates=templates, snrs=snrs, per_class=per_class, seed=0, val_classes=splits["val"],
                          test_classes=splits["test"], preset="randomised")
         mixed[name] = folder
+    if args.shifted:
+        folders["all-shifted"] = args.work / "data" / "all-shifted"
+        if not (folders["all-shifted"] / "manifest.json").exists():
+            splits = api.open_dataset(folders[ROUTES[0]]).splits
+            print("simulating the maps with every imaging shift at once (all-shifted)", flush=True)
+            api.simulate(folders["all-shifted"], templates=[args.templates], snrs=snrs, per_class=args.per_class,
+                         seed=0, val_classes=splits["val"], test_classes=splits["test"], preset="all-shifted")
     store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
@@ -106,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name])
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
+        if args.shifted:
+            for name, train in [*((route, folders[route]) for route in ROUTES), *mixed.items()]:
+                if snr_label(snr) in api.open_dataset(train).snr_labels:
+                    print(f"SNR {snr:g}: trained on {name}, tested on all-shifted", flush=True)
+                    bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train)
+            bench(["xcorr"], folders["all-shifted"], snr, store, args, seeds, log)
     write(store, args)
 
 
@@ -125,12 +144,13 @@ def write(store: Path, args: argparse.Namespace) -> None:
     table = []
     for stored in sorted(set(frame["snr"]), key=lambda text: -float(text)):  # every level the store holds
         level, snr = frame[frame["snr"] == stored], float(stored)  # the store keeps levels as labels ("inf")
-        for test in ROUTES:
+        for test in [name for name in (*ROUTES, "all-shifted") if name in set(level["dataset"])]:
             tested = level[level["dataset"] == test]
             xcorr = episode_means(tested[tested["label"] == "xcorr"])[0]
             for label in sorted(set(tested["label"]) - {"xcorr"}):
                 rows = tested[tested["label"] == label]
-                own = episode_means(rows[rows["train_dataset"] == ""])[0]
+                own_rows = rows[rows["train_dataset"] == ""]  # none for all-shifted: nothing trains on it
+                own = episode_means(own_rows)[0] if len(own_rows) else None
                 for source in sorted(set(rows["train_dataset"]), key=lambda name: (name.split("+")[0] not in ("", test),
                                                                                     name)):
                     route, _, count = (source or test).partition("+synthetic-")  # "direct-fourier+synthetic-512"
@@ -139,7 +159,7 @@ def write(store: Path, args: argparse.Namespace) -> None:
                     table.append({"SNR": f"{snr:g}", "tested on": test, "row": f"{label}, trained on {described}",
                                   "accuracy": f"{episodes.mean():.3f}", "per seed": seed_range(per_seed),
                                   "against xcorr": paired_text(episodes, xcorr),
-                                  "against trained on the test route": "—" if source == "" else
+                                  "against trained on the test route": "—" if source == "" or own is None else
                                   paired_text(episodes, own)})
             table.append({"SNR": f"{snr:g}", "tested on": test, "row": "xcorr (no training)",
                           "accuracy": f"{xcorr.mean():.3f}", "per seed": "—", "against xcorr": "—",
