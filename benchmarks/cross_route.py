@@ -17,6 +17,11 @@ route, every imaging setting drawn per particle from wide ranges, as ``fsc train
 default): on the maps' training classes and, with ``--synthetic N``, on N synthetic classes beside
 them. Neither test route's imaging is the training imaging then, so both columns are cross-route.
 
+``--recipes`` adds ``fsc train``'s default training data without maps, imaged with the
+``randomised`` preset: the earlier default (the 22 synthetic classes of the ``synthetic`` set, 100
+subtomograms each) and the current one (``synthetic-512``: 512 synthetic classes of 20, 32 of
+them validating), so the default recipe is chosen on unseen maps imaged by both routes.
+
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
@@ -36,6 +41,7 @@ from paired_rows import episode_means, paired_text, seed_range, write_page
 from fewshot_cryoet import api
 from fewshot_cryoet.core.reporting import CallbackReporter
 from fewshot_cryoet.datasets.dataset import snr_label
+from fewshot_cryoet.datasets.providers import MANY_CLASSES_HELD_OUT
 from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
@@ -61,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also train on N synthetic classes mixed with the maps' training classes "
                              "(--templates synthetic:N maps/, the maps' test classes held out), imaged by each route.")
     parser.add_argument("--train-per-class", type=int, default=20, help="Subtomograms per class of those sets.")
+    parser.add_argument("--recipes", action="store_true",
+                        help="Also train on fsc train's earlier and current default data (synthetic classes only, "
+                             "randomised imaging).")
     parser.add_argument("--shifted", action="store_true",
                         help="Also test every model on the maps imaged with the all-shifted preset.")
     parser.add_argument("--randomised", action="store_true",
@@ -96,6 +105,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"simulating {name} (randomised imaging)", flush=True)
             api.simulate(folder, templates=templates, snrs=snrs, per_class=per_class, seed=0, val_classes=splits["val"],
                          test_classes=splits["test"], preset="randomised")
+        mixed[name] = folder
+    for name, classes, per_class, held in ((("randomised-synthetic-22", 22, 100, None),
+                                            ("randomised-synthetic-512", 512, 20, MANY_CLASSES_HELD_OUT))
+                                           if args.recipes else ()):
+        folder = args.work / "data" / name
+        if not (folder / "manifest.json").exists():
+            names = [f"syn{i:03d}" for i in range(classes)]
+            print(f"simulating {name}: fsc train's default data, randomised imaging", flush=True)
+            api.simulate(folder, templates=[f"synthetic:{classes}"], snrs=snrs, per_class=per_class, seed=0,
+                         val_classes=names[-held:] if held else None,
+                         test_classes=names[-2 * held:-held] if held else None, preset="randomised")
         mixed[name] = folder
     if args.shifted:
         folders["all-shifted"] = args.work / "data" / "all-shifted"
@@ -136,6 +156,17 @@ def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) 
         sys.exit("; ".join(frame.attrs["failures"]))
 
 
+def describe(training: str) -> str:
+    """A training set's name as the page says it: ``direct-fourier+synthetic-512`` → "direct-fourier,
+    512 synthetic classes beside the maps'"; ``randomised-synthetic-512`` → fsc train's default."""
+    if training.startswith("randomised-synthetic-"):
+        count = training.rsplit("-", 1)[1]
+        which = "fsc train's default data" if count == "512" else "fsc train's earlier default data"
+        return f"randomised, {count} synthetic classes only ({which})"
+    route, _, count = training.partition("+synthetic-")
+    return f"{route}, {count} synthetic classes beside the maps'" if count else route
+
+
 def write(store: Path, args: argparse.Namespace) -> None:
     from fewshot_cryoet.results.store import ResultsStore
 
@@ -153,9 +184,8 @@ def write(store: Path, args: argparse.Namespace) -> None:
                 own = episode_means(own_rows)[0] if len(own_rows) else None
                 for source in sorted(set(rows["train_dataset"]), key=lambda name: (name.split("+")[0] not in ("", test),
                                                                                     name)):
-                    route, _, count = (source or test).partition("+synthetic-")  # "direct-fourier+synthetic-512"
                     episodes, per_seed = episode_means(rows[rows["train_dataset"] == source])
-                    described = f"{route}, {count} synthetic classes beside the maps'" if count else route
+                    described = describe(source or test)
                     table.append({"SNR": f"{snr:g}", "tested on": test, "row": f"{label}, trained on {described}",
                                   "accuracy": f"{episodes.mean():.3f}", "per seed": seed_range(per_seed),
                                   "against xcorr": paired_text(episodes, xcorr),
