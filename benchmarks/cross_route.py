@@ -22,6 +22,10 @@ them. Neither test route's imaging is the training imaging then, so both columns
 subtomograms each) and the current one (``synthetic-512``: 512 synthetic classes of 20, 32 of
 them validating), so the default recipe is chosen on unseen maps imaged by both routes.
 
+``--single-shifts`` adds one test set per single imaging shift of ``datasets.presets`` (SNR 0.5
+only), tested with the randomised-imaging models (the maps', and ``fsc train``'s default data
+with ``--recipes``) and xcorr: the goal is a learned method ≥ xcorr on every shift.
+
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", action="store_true",
                         help="Also train on fsc train's earlier and current default data (synthetic classes only, "
                              "randomised imaging).")
+    parser.add_argument("--single-shifts", action="store_true",
+                        help="Also test the randomised-imaging models on each single imaging shift (SNR 0.5).")
     parser.add_argument("--shifted", action="store_true",
                         help="Also test every model on the maps imaged with the all-shifted preset.")
     parser.add_argument("--randomised", action="store_true",
@@ -145,6 +151,20 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"SNR {snr:g}: trained on {name}, tested on all-shifted", flush=True)
                     bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train)
             bench(["xcorr"], folders["all-shifted"], snr, store, args, seeds, log)
+    if args.single_shifts and 0.5 in snrs:
+        from fewshot_cryoet.datasets.presets import PRESETS
+
+        splits = api.open_dataset(folders[ROUTES[0]]).splits
+        for preset in [p for p in PRESETS if p not in ("default", "all-shifted", "randomised")]:
+            folder = args.work / "data" / f"shift-{preset}"
+            if not (folder / "manifest.json").exists():
+                print(f"simulating the maps with one imaging shift: {preset}", flush=True)
+                api.simulate(folder, templates=[args.templates], snrs=[0.5], per_class=args.per_class, seed=0,
+                             val_classes=splits["val"], test_classes=splits["test"], preset=preset)
+            for name in (n for n in ("randomised", "randomised-synthetic-512") if n in mixed):
+                print(f"SNR 0.5: trained on {name}, tested on shift-{preset}", flush=True)
+                bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name])
+            bench(["xcorr"], folder, 0.5, store, args, seeds, log)
     write(store, args)
 
 
@@ -175,7 +195,9 @@ def write(store: Path, args: argparse.Namespace) -> None:
     table = []
     for stored in sorted(set(frame["snr"]), key=lambda text: -float(text)):  # every level the store holds
         level, snr = frame[frame["snr"] == stored], float(stored)  # the store keeps levels as labels ("inf")
-        for test in [name for name in (*ROUTES, "all-shifted") if name in set(level["dataset"])]:
+        present = set(level["dataset"])
+        for test in [name for name in (*ROUTES, "all-shifted") if name in present] + sorted(
+                name for name in present if name.startswith("shift-")):
             tested = level[level["dataset"] == test]
             xcorr = episode_means(tested[tested["label"] == "xcorr"])[0]
             for label in sorted(set(tested["label"]) - {"xcorr"}):
