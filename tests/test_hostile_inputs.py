@@ -392,6 +392,11 @@ CASES = [
     ("combine-not-a-data-set", ["combine", "{data}", "{w}/particles", "--out", "{w}/c"], 2,
      "not a complete data set (no manifest.json)"),
     ("combine-one-folder", ["combine", "{data}", "--out", "{w}/c"], 2, "combine needs at least two data set folders"),
+    # Issue 31: the scoring levers.
+    ("crf-workers-beyond-the-cores", ["bench", "--methods", "xcorr", "--crf-workers", "100000", "--store",
+                                      "{w}/crf.sqlite"], 2, "--crf-workers 100000: this machine has"),
+    ("score-batch-negative", ["bench", "--methods", "xcorr", "--score-batch", "-1", "--store", "{w}/sb.sqlite"], 2,
+     "-1 is not in the range x>=0"),
 ]
 
 
