@@ -138,3 +138,18 @@ def test_a_batched_run_stores_the_rows_of_an_episode_by_episode_run(tiny_dataset
     pa = plain_dice.sort_values(sort)[sort + ["dice", "dice_crf"]].reset_index(drop=True)
     pb = batched_dice.sort_values(sort)[sort + ["dice", "dice_crf"]].reset_index(drop=True)
     assert len(pa) == 4 * (2 * 2 + 3 * 2) and pa.equals(pb)  # COS-Net: 4 episodes of 2 and 3 ways, 2 queries each
+
+
+def test_validation_in_batches_scores_as_episode_by_episode(tiny_val2_dataset):
+    """A fit's validation callback with a volume batch (a GPU's default) gives the accuracy and
+    Dice of validating episode by episode (CPU's), with batch-invariant arithmetic."""
+    from fewshot_cryoet.evaluation.fitting import validation_episodes
+    from fewshot_cryoet.evaluation.scoring import validator
+
+    episodes = validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True)
+    with torch.backends.mkldnn.flags(enabled=False):
+        for cls, variant, params in METHODS[::2]:  # protonet and COS-Net with a decoder
+            plain = validator(episodes)(cls(params, variant))
+            batched = validator(episodes, batch=6)(cls(params, variant))
+            assert plain == batched and plain.accuracy > 0
+    assert (plain.dice is None) is False  # COS-Net's decoder was validated too

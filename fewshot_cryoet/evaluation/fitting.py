@@ -14,6 +14,7 @@ from fewshot_cryoet.core.types import Budget
 from fewshot_cryoet.datasets.dataset import SubtomogramDataset
 from fewshot_cryoet.episodes import EpisodeSource, EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.evaluation.calibration import temperature_fitter
+from fewshot_cryoet.evaluation.grid import scoring_batch
 from fewshot_cryoet.evaluation.scoring import validator
 from fewshot_cryoet.methods.base import FitContext
 
@@ -56,7 +57,7 @@ def fit_context(dataset: SubtomogramDataset, snr: float | Sequence[float], segme
         warn(f"warning: {dataset.path.name} has {len(dataset.splits.get('val', []))} validation class(es); model "
              "selection needs at least 2, so the weights after the last training episode are kept (simulate or "
              "import with more --val-classes)")
-    return FitContext(train, validator(validation), budget, device, seed, progress, report,
+    return FitContext(train, validator(validation, scoring_batch(device)), budget, device, seed, progress, report,
                       calibrate=temperature_fitter(validation))
 
 

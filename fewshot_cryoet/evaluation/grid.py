@@ -84,9 +84,7 @@ class BenchSettings:
     @property
     def scoring_batch(self) -> int:
         """``score_batch``, or the device's default when it is None."""
-        if self.score_batch is not None:
-            return self.score_batch
-        return SCORE_BATCH_AUTO[self.torch_device.type == "cpu"]
+        return self.score_batch if self.score_batch is not None else scoring_batch(self.torch_device)
 
     @property
     def crf_processes(self) -> int:
@@ -100,6 +98,11 @@ class BenchSettings:
 #: batch's make-up, so scoring as before keeps CPU results identical to earlier runs. On an
 #: accelerator, 256 volumes per call, where one episode's few volumes leave it mostly idle.
 SCORE_BATCH_AUTO = {True: 0, False: 256}
+
+
+def scoring_batch(device: torch.device | str) -> int:
+    """The device's default volume batch for predicting several episodes together."""
+    return SCORE_BATCH_AUTO[torch.device(device).type == "cpu"]
 
 
 def auto_crf_workers(device: torch.device) -> int:

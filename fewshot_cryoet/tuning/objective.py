@@ -89,6 +89,7 @@ class TuningObjective:
     def _run(self, trial: optuna.Trial):
         import optuna
 
+        from fewshot_cryoet.evaluation.grid import scoring_batch
         from fewshot_cryoet.evaluation.scoring import validator
         from fewshot_cryoet.methods.base import FitContext
 
@@ -109,8 +110,8 @@ class TuningObjective:
             def progress(fraction: float, message: str) -> None:  # called after every training step
                 self.interrupt.check()
 
-            context = FitContext(self.train, validator(self.selection), self.budget, self.device,
-                                 self.settings.seed, progress, report)
+            context = FitContext(self.train, validator(self.selection, scoring_batch(self.device)), self.budget,
+                                 self.device, self.settings.seed, progress, report)
             fit = method.fit(context)
             trial.set_user_attr("fit_episodes", fit.episodes)
         accuracies, dices = score_episodes(method, self.episodes, self.reporter, self.interrupt.check)
