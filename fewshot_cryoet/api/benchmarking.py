@@ -3,7 +3,6 @@ levels, settings, training seeds and budget curves, alone or as one of several w
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -108,13 +107,6 @@ def bench(methods: str | Sequence[str] | Sequence[MethodSpec], *, dataset=None, 
     specs = specs_of(methods, params, tuned, storage)
     if episodes < 1 or queries_per_class < 1:
         raise SettingError("episodes", "episodes and queries_per_class must be ≥ 1")
-    for option, value in (("score_batch", score_batch), ("crf_workers", crf_workers)):
-        if value is not None and value < 0:
-            raise SettingError(option, f"{option} must be ≥ 0, got {value}")
-    cores = os.cpu_count() or 1
-    if crf_workers is not None and crf_workers > cores:  # each is a process: more than cores only thrash
-        raise SettingError("crf_workers", f"crf_workers {crf_workers}: this machine has {cores} cores; give at "
-                                          f"most {cores}")
     budgets = Budget.parse_list([budget] if isinstance(budget, str) else list(budget))
     settings = BenchSettings(ways=list(ways), shots=list(shots), queries=queries_per_class, episodes=episodes,
                              budget=budgets[0], seed=seed, device=device,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -72,6 +73,13 @@ class BenchSettings:
                                             f"{', '.join(map(str, repeated))} given twice")
             if min(self.train_seeds) < 0:
                 raise SettingError("seeds", "seeds must be ≥ 0")
+        for setting, value in (("score_batch", self.score_batch), ("crf_workers", self.crf_workers)):
+            if value is not None and value < 0:
+                raise SettingError(setting, f"{setting} must be ≥ 0, got {value}")
+        cores = os.cpu_count() or 1
+        if self.crf_workers is not None and self.crf_workers > cores:  # each is a process: more only thrash
+            raise SettingError("crf_workers", f"crf_workers {self.crf_workers}: this machine has {cores} cores; "
+                                              f"give at most {cores}")
 
     @property
     def training_seeds(self) -> list[int]:
@@ -108,8 +116,6 @@ def scoring_batch(device: torch.device | str) -> int:
 def auto_crf_workers(device: torch.device) -> int:
     """CRF processes by default: none on a CPU device (torch already uses the cores); on an
     accelerator, the host's cores but one (at most 8), which are otherwise idle while it works."""
-    import os
-
     if device.type == "cpu":
         return 0
     return max(0, min(8, (os.cpu_count() or 1) - 1))

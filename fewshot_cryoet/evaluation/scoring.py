@@ -175,7 +175,9 @@ def validator(episodes: list, batch: int = 0) -> Callable[[object], ValidationSc
     def validate(method) -> ValidationScore:
         correct = total = 0
         dice_values: list[torch.Tensor] = []
-        for episode, prediction in zip(episodes, method.predict_many(episodes, batch)):
+        # Episode by episode, one prediction is held at a time (a decoder's masks are large).
+        predictions = method.predict_many(episodes, batch) if batch else map(method.predict, episodes)
+        for episode, prediction in zip(episodes, predictions):
             correct += int((prediction.scores.argmax(dim=1) == episode.query_labels).sum())
             total += len(episode.query_labels)
             if prediction.probabilities is not None and episode.query_masks is not None:

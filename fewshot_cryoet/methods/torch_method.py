@@ -150,6 +150,8 @@ class TorchMethod(FewShotMethod):
         test-time augmentation (whose turned queries are computed per episode), are scored
         episode by episode as before."""
         if batch > 0 and int(self.params.get("tta", 1)) == 1:
+            for episode in episodes:
+                self.check_episode(episode)
             self.network.eval()
             with torch.inference_mode(), self.autocast(training=False):
                 for role in ("support", "query"):
@@ -160,8 +162,6 @@ class TorchMethod(FewShotMethod):
         """Fill the cache with the rows of ``role``'s distinct volumes not yet computed, in order
         of first appearance, ``batch`` at a time (normalised as :meth:`predict` normalises them)."""
         kind, compute = self.per_volume(role, self.inference_network)
-        for episode in episodes:
-            self.check_episode(episode)
         pending: dict = {}  # cache key → (episode, row in it), first appearance first
         for episode in episodes:
             ids = episode.support_ids if role == "support" else episode.query_ids
