@@ -85,51 +85,34 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
-    folders = {}
-    for route in ROUTES:
-        folders[route] = args.work / "data" / route
-        if not (folders[route] / "manifest.json").exists():
-            print(f"simulating route {route}", flush=True)
-            api.simulate(folders[route], templates=[args.templates], snrs=snrs, per_class=args.per_class, seed=0,
-                         config=SimulationConfig(route=route))
+    data = args.work / "data"
+    folders = {route: simulated(data / route, f"route {route}", templates=[args.templates], snrs=snrs,
+                                per_class=args.per_class, config=SimulationConfig(route=route)) for route in ROUTES}
+    held_out = api.open_dataset(folders[ROUTES[0]]).splits  # the same maps and split seed: every route's splits
+    maps_held_out = {"val_classes": held_out["val"], "test_classes": held_out["test"]}
     mixed = {}
     for route in ROUTES if args.synthetic else ():
-        mixed[route] = args.work / "data" / f"{route}+synthetic-{args.synthetic}"
-        if not (mixed[route] / "manifest.json").exists():
-            splits = api.open_dataset(folders[route]).splits
-            print(f"simulating route {route}: {args.synthetic} synthetic classes and the maps' training classes",
-                  flush=True)
-            api.simulate(mixed[route], templates=[f"synthetic:{args.synthetic}", args.templates], snrs=snrs,
-                         per_class=args.train_per_class, seed=0, val_classes=splits["val"],
-                         test_classes=splits["test"], config=SimulationConfig(route=route))
+        mixed[route] = simulated(data / f"{route}+synthetic-{args.synthetic}",
+                                 f"route {route}: {args.synthetic} synthetic classes and the maps' training classes",
+                                 templates=[f"synthetic:{args.synthetic}", args.templates], snrs=snrs,
+                                 per_class=args.train_per_class, config=SimulationConfig(route=route), **maps_held_out)
     for name, templates, per_class in (([("randomised", [args.templates], args.per_class)] + (
             [(f"randomised+synthetic-{args.synthetic}", [f"synthetic:{args.synthetic}", args.templates],
               args.train_per_class)] if args.synthetic else [])) if args.randomised else []):
-        folder = args.work / "data" / name
-        if not (folder / "manifest.json").exists():
-            splits = api.open_dataset(folders[ROUTES[0]]).splits
-            print(f"simulating {name} (randomised imaging)", flush=True)
-            api.simulate(folder, templates=templates, snrs=snrs, per_class=per_class, seed=0, val_classes=splits["val"],
-                         test_classes=splits["test"], preset="randomised")
-        mixed[name] = folder
+        mixed[name] = simulated(data / name, f"{name} (randomised imaging)", templates=templates, snrs=snrs,
+                                per_class=per_class, preset="randomised", **maps_held_out)
     for name, classes, per_class, held in ((("randomised-synthetic-22", 22, 100, None),
                                             ("randomised-synthetic-512", 512, 20, MANY_CLASSES_HELD_OUT))
                                            if args.recipes else ()):
-        folder = args.work / "data" / name
-        if not (folder / "manifest.json").exists():
-            names = [f"syn{i:03d}" for i in range(classes)]
-            print(f"simulating {name}: fsc train's default data, randomised imaging", flush=True)
-            api.simulate(folder, templates=[f"synthetic:{classes}"], snrs=snrs, per_class=per_class, seed=0,
-                         val_classes=names[-held:] if held else None,
-                         test_classes=names[-2 * held:-held] if held else None, preset="randomised")
-        mixed[name] = folder
+        names = [f"syn{i:03d}" for i in range(classes)]
+        mixed[name] = simulated(data / name, f"{name}: fsc train's default data, randomised imaging",
+                                templates=[f"synthetic:{classes}"], snrs=snrs, per_class=per_class,
+                                val_classes=names[-held:] if held else None,
+                                test_classes=names[-2 * held:-held] if held else None, preset="randomised")
     if args.shifted:
-        folders["all-shifted"] = args.work / "data" / "all-shifted"
-        if not (folders["all-shifted"] / "manifest.json").exists():
-            splits = api.open_dataset(folders[ROUTES[0]]).splits
-            print("simulating the maps with every imaging shift at once (all-shifted)", flush=True)
-            api.simulate(folders["all-shifted"], templates=[args.templates], snrs=snrs, per_class=args.per_class,
-                         seed=0, val_classes=splits["val"], test_classes=splits["test"], preset="all-shifted")
+        folders["all-shifted"] = simulated(data / "all-shifted", "the maps with every imaging shift at once "
+                                           "(all-shifted)", templates=[args.templates], snrs=snrs,
+                                           per_class=args.per_class, preset="all-shifted", **maps_held_out)
     store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
@@ -154,18 +137,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.single_shifts and 0.5 in snrs:
         from fewshot_cryoet.datasets.presets import PRESETS
 
-        splits = api.open_dataset(folders[ROUTES[0]]).splits
         for preset in [p for p in PRESETS if p not in ("default", "all-shifted", "randomised")]:
-            folder = args.work / "data" / f"shift-{preset}"
-            if not (folder / "manifest.json").exists():
-                print(f"simulating the maps with one imaging shift: {preset}", flush=True)
-                api.simulate(folder, templates=[args.templates], snrs=[0.5], per_class=args.per_class, seed=0,
-                             val_classes=splits["val"], test_classes=splits["test"], preset=preset)
+            folder = simulated(data / f"shift-{preset}", f"the maps with one imaging shift: {preset}",
+                               templates=[args.templates], snrs=[0.5], per_class=args.per_class, preset=preset,
+                               **maps_held_out)
             for name in (n for n in ("randomised", "randomised-synthetic-512") if n in mixed):
                 print(f"SNR 0.5: trained on {name}, tested on shift-{preset}", flush=True)
                 bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name])
             bench(["xcorr"], folder, 0.5, store, args, seeds, log)
     write(store, args)
+
+
+def simulated(folder: Path, what: str, **settings) -> Path:
+    """``folder``, simulated with ``settings`` (``api.simulate``, seed 0) unless an earlier run made
+    it: the script resumes."""
+    if not (folder / "manifest.json").exists():
+        print(f"simulating {what}", flush=True)
+        api.simulate(folder, seed=0, **settings)
+    return folder
 
 
 def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) -> None:
