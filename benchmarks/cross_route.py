@@ -26,6 +26,10 @@ them validating), so the default recipe is chosen on unseen maps imaged by both 
 only), tested with the randomised-imaging models (the maps', and ``fsc train``'s default data
 with ``--recipes``) and xcorr: the goal is a learned method ≥ xcorr on every shift.
 
+``--turns`` adds each model trained on a route or on the maps' randomised data once more with
+rotation augmentation (``train_turns=4``: every training volume turned by a random rotation that
+keeps the missing wedge in place; issue 34, item 3).
+
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
@@ -50,6 +54,8 @@ from fewshot_cryoet.datasets.simulate import SimulationConfig
 from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 
 ROUTES = ("tilt-series", "direct-fourier")
+#: Rotation augmentation in training (``--turns``).
+TURNS = {"train_turns": 4}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--randomised", action="store_true",
                         help="Also train on domain-randomised imaging (the randomised preset): the maps' training "
                              "classes, and with --synthetic N those beside N synthetic classes.")
+    parser.add_argument("--turns", action="store_true",
+                        help="Also each model trained on a route or on the maps' randomised data with rotation "
+                             "augmentation (train_turns=4).")
     args = parser.parse_args(argv)
+    augmented = [TURNS] if args.turns else []
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         for test in ROUTES:
             for train in ROUTES:
                 print(f"SNR {snr:g}: trained on {train}, tested on {test}", flush=True)
-                for params in ([{}, ROBUST_INPUTS] if args.robust_inputs else [{}]):
+                for params in [{}, *([ROBUST_INPUTS] if args.robust_inputs else []), *augmented]:
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
                           None if train == test else folders[train], params)
                 if train in mixed and snr_label(snr) in api.open_dataset(mixed[train]).snr_labels:  # made at its levels
@@ -126,13 +136,17 @@ def main(argv: list[str] | None = None) -> None:
             for name in (name for name in mixed if name.startswith("randomised")):
                 if snr_label(snr) in api.open_dataset(mixed[name]).snr_labels:
                     print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
-                    bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name])
+                    for params in [{}, *(augmented if name == "randomised" else [])]:
+                        bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name],
+                              params)
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
         if args.shifted:
             for name, train in [*((route, folders[route]) for route in ROUTES), *mixed.items()]:
                 if snr_label(snr) in api.open_dataset(train).snr_labels:
                     print(f"SNR {snr:g}: trained on {name}, tested on all-shifted", flush=True)
-                    bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train)
+                    for params in [{}, *(augmented if name in (*ROUTES, "randomised") else [])]:
+                        bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train,
+                              params)
             bench(["xcorr"], folders["all-shifted"], snr, store, args, seeds, log)
     if args.single_shifts and 0.5 in snrs:
         from fewshot_cryoet.datasets.presets import PRESETS

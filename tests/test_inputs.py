@@ -14,7 +14,8 @@ from fewshot_cryoet import api
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.methods.base import FewShotMethod, Prediction, ScoreKind
-from fewshot_cryoet.methods.inputs import INPUT_DEFAULTS, ROBUST_INPUTS, InputNormalisation, _sphere
+from fewshot_cryoet.methods.inputs import (INPUT_DEFAULTS, ROBUST_INPUTS, WEDGE_PRESERVING_FLIPS, InputNormalisation,
+                                           _sphere, turned_at_random)
 from fewshot_cryoet.plugins import require_methods
 
 
@@ -142,12 +143,51 @@ def test_test_time_augmentation_turns_the_queries_and_turns_masks_back(tiny_data
     assert torch.allclose(torch.softmax(prediction.scores, 1), probabilities, atol=1e-5)
 
 
+def test_rotation_augmentation_turns_each_volume_and_its_mask_by_a_wedge_preserving_rotation(tiny_dataset):
+    import numpy as np
+
+    episode = _episode(tiny_dataset)
+    turned = turned_at_random(episode, np.random.default_rng(3))
+    again = turned_at_random(episode, np.random.default_rng(3))
+    assert torch.equal(turned.support, again.support) and torch.equal(turned.query, again.query)  # seeded
+    used = set()
+    for role in ("support", "query"):
+        before, after = getattr(episode, role), getattr(turned, role)
+        masks_before, masks_after = getattr(episode, f"{role}_masks"), getattr(turned, f"{role}_masks")
+        for volume, result, mask, mask_result in zip(before, after, masks_before, masks_after):
+            turn = next(i for i, flips in enumerate(WEDGE_PRESERVING_FLIPS) if torch.equal(volume.flip(flips), result))
+            assert torch.equal(mask.flip(WEDGE_PRESERVING_FLIPS[turn]), mask_result)  # the mask turns with it
+            used.add(turn)
+    assert len(used) > 1  # not every volume got the same turn
+    assert torch.equal(turned.query_labels, episode.query_labels) and turned.query_ids is None
+
+
+def test_rotation_augmentation_trains_reproducibly_and_leaves_training_without_it_unchanged(tiny_dataset):
+    from fewshot_cryoet.core.types import Budget
+    from fewshot_cryoet.evaluation.fitting import fit_context
+
+    protonet = require_methods(["protonet"])[0]
+    tiny = {"channels": [4, 8], "val_every": 100}
+
+    def trained(**params):
+        method = protonet({**tiny, **params})
+        method.fit(fit_context(tiny_dataset, 1.0, False, Budget(episodes=3), torch.device("cpu"), 2, 0, 1))
+        return torch.cat([p.flatten() for p in method.network.parameters()])
+
+    assert protonet(tiny).params_hash() == protonet({**tiny, "train_turns": 1}).params_hash()
+    assert "train_turns=4" in protonet({**tiny, "train_turns": 4}).label
+    plain, turned, turned_again = trained(), trained(train_turns=4), trained(train_turns=4)
+    assert torch.equal(turned, turned_again) and not torch.equal(plain, turned)
+    with pytest.raises(FscError, match="train_turns"):
+        protonet({**tiny, "train_turns": 2})
+
+
 def test_inputs_change_label_and_hash_but_defaults_keep_the_old_hash():
     protonet = require_methods(["protonet"])[0]
     plain, robust = protonet(), protonet({"input_whiten": True, "input_lowpass": 30.0})
     assert plain.label == "protonet" and robust.label == "protonet (input_lowpass=30, input_whiten=True)"
     assert plain.params_hash() != robust.params_hash()
-    without_inputs = {k: v for k, v in plain.params.items() if k not in INPUT_DEFAULTS and k != "compile"}
+    without_inputs = {k: v for k, v in plain.params.items() if k not in INPUT_DEFAULTS and k not in ("compile", "train_turns")}
     import hashlib
 
     assert plain.params_hash() == hashlib.sha256(json.dumps(without_inputs, sort_keys=True).encode()).hexdigest()[:12]

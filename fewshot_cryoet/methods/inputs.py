@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from fewshot_cryoet.core.params import Param
@@ -164,3 +165,21 @@ def rotated(episode: Episode, flips: tuple[int, ...]) -> Episode:
     ids = None if episode.query_ids is None else tuple((*i, "flip", flips) if isinstance(i, tuple)
                                                        else (i, "flip", flips) for i in episode.query_ids)
     return replace(episode, query=episode.query.flip(flips), query_masks=masks, query_ids=ids)
+
+
+def turned_at_random(episode: Episode, rng: np.random.Generator) -> Episode:
+    """Training-time rotation augmentation: every support and query volume (with its mask) turned
+    by its own wedge-preserving rotation, drawn from ``rng``. Only these four, because any other
+    rotation moves the missing wedge to where no tomogram has it; labels stay, identities are
+    dropped (a turned volume is no longer the stored one)."""
+    turns = rng.integers(len(WEDGE_PRESERVING_FLIPS), size=len(episode.support) + len(episode.query))
+
+    def turn(volumes: torch.Tensor | None, choices: np.ndarray) -> torch.Tensor | None:
+        if volumes is None:
+            return None
+        return torch.stack([v.flip(WEDGE_PRESERVING_FLIPS[c]) if c else v for v, c in zip(volumes, choices)])
+
+    on_support, on_query = turns[:len(episode.support)], turns[len(episode.support):]
+    return replace(episode, support=turn(episode.support, on_support), query=turn(episode.query, on_query),
+                   support_masks=turn(episode.support_masks, on_support),
+                   query_masks=turn(episode.query_masks, on_query), support_ids=None, query_ids=None)

@@ -26,6 +26,7 @@ from fewshot_cryoet.core.params import Param, timm_optimizers
 from fewshot_cryoet.core.types import FitReport
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import FewShotMethod, FitContext, Prediction
+from fewshot_cryoet.methods.inputs import turned_at_random
 
 if TYPE_CHECKING:
     from fewshot_cryoet.models.training_state import TrainingState
@@ -62,7 +63,7 @@ class TorchMethod(FewShotMethod):
     defaults: ClassVar[dict[str, Any]] = {
         "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
         "train_way": 5, "train_shot": 1, "train_query": 5, "val_every": 50,
-        "precision": "auto", "compile": "off",
+        "precision": "auto", "compile": "off", "train_turns": 1,
     }
     param_rules: ClassVar[dict[str, Param]] = {
         "lr": Param("float", low=0, low_open=True), "weight_decay": Param("float", low=0),
@@ -70,9 +71,12 @@ class TorchMethod(FewShotMethod):
         "train_shot": Param("int", low=1), "train_query": Param("int", low=1), "val_every": Param("int", low=1),
         "precision": Param("str", choices=("auto", "bf16", "fp32")),
         "compile": Param("str", choices=COMPILE_MODES),
+        "train_turns": Param("int", choices=(1, 4)),
     }
-    #: ``compile`` came after results were stored: at "off" it leaves every hash as it was.
-    later_defaults: ClassVar[dict[str, Any]] = {"compile": "off"}
+    #: ``compile`` and ``train_turns`` (rotation augmentation: 4 turns each training volume by one
+    #: of the wedge-preserving rotations, see ``inputs.turned_at_random``) came after results were
+    #: stored: at "off" and 1 they leave every hash as it was.
+    later_defaults: ClassVar[dict[str, Any]] = {"compile": "off", "train_turns": 1}
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
         super().__init__(params, variant, device)
@@ -274,7 +278,10 @@ class TorchMethod(FewShotMethod):
         while step < max_episodes and time.perf_counter() < deadline:
             self._weights_changed()
             self.network.train()
-            episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng).to(self.device)
+            episode = context.train.sample(p["train_way"], p["train_shot"], p["train_query"], rng)
+            if p["train_turns"] > 1:  # at 1 no draw: the episode stream stays as it always was
+                episode = turned_at_random(episode, rng)
+            episode = episode.to(self.device)
             report.examples += len(episode.support) + len(episode.query)
             with self.autocast(training=True):
                 loss = loss_of(episode)
