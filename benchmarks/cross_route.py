@@ -26,8 +26,8 @@ them validating), so the default recipe is chosen on unseen maps imaged by both 
 only), tested with the randomised-imaging models (the maps', and ``fsc train``'s default data
 with ``--recipes``) and xcorr: the goal is a learned method ≥ xcorr on every shift.
 
-``--turns`` adds each model trained on a route or on the maps' randomised data once more with
-rotation augmentation (``train_turns=4``: every training volume turned by a random rotation that
+``--turns`` adds each model trained on a route or on the maps' randomised data (tested on every
+test set those are tested on, single shifts included) once more with rotation augmentation (``train_turns=4``: every training volume turned by a random rotation that
 keeps the missing wedge in place; issue 34, item 3).
 
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                                **maps_held_out)
             for name in (n for n in ("randomised", "randomised-synthetic-512") if n in mixed):
                 print(f"SNR 0.5: trained on {name}, tested on shift-{preset}", flush=True)
-                bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name])
+                for params in [{}, *(augmented if name == "randomised" else [])]:
+                    bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name], params)
             bench(["xcorr"], folder, 0.5, store, args, seeds, log)
     write(store, args)
 
