@@ -1,13 +1,14 @@
 """COS-Net's segmentation across imaging domains as its training budget grows (issue 34's goal:
 raw Dice ≥ 0.75 on every domain; at 400 episodes the robustness page has 0.38–0.58).
 
-One COS-Net per training seed is trained on one imaging route's training classes and snapshotted
-at every budget of ``--budgets`` (one training, ``api.bench``'s budget curve), then tested with
-the same checkpoints on the test classes of each domain of ``cross_route.py``'s data: the
-tilt-series route, the independent direct-Fourier route and the all-shifted imaging. No test class
-is trained on. Raw Dice is the decoder's mask at probability 0.5 (no CRF), averaged over every query.
+One COS-Net per training seed is trained on the training classes of one domain (``--train``: a
+route, or ``randomised``, the maps with domain-randomised imaging) and snapshotted at every budget
+of ``--budgets`` (one training, ``api.bench``'s budget curve), then tested with the same
+checkpoints on the test classes of each domain of ``cross_route.py``'s data: the tilt-series
+route, the independent direct-Fourier route and the all-shifted imaging. No test class is trained
+on. Each run adds to one store; the page shows every training domain run so far. Raw Dice is the decoder's mask at probability 0.5 (no CRF), averaged over every query.
 
-Run after ``cross_route.py`` has simulated its data (``--shifted`` for all-shifted):
+Run after ``cross_route.py --shifted --randomised`` has simulated its data:
     python benchmarks/cosnet_dice.py --budgets 400ep,1500ep --seeds 0
 It resumes from its store and writes ``--out``.
 """
@@ -18,11 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 from paired_rows import write_page
 
 from fewshot_cryoet import api
 from fewshot_cryoet.core.reporting import CallbackReporter
+from fewshot_cryoet.datasets.dataset import snr_label
 
 DOMAINS = ("tilt-series", "direct-fourier", "all-shifted")
 METHOD = "cosnet/duse-decoder"
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
     store = args.work / "cosnet-dice.sqlite"
     args.work.mkdir(parents=True, exist_ok=True)
-    frames = []
     for domain in DOMAINS:  # the first test trains (and snapshots); the others reuse its checkpoints
         print(f"COS-Net trained on {args.train}, tested on {domain}", flush=True)
         frame = api.bench([METHOD], dataset=args.data / domain, snrs=[args.snr], ways=[6], episodes=args.episodes,
@@ -55,22 +55,30 @@ def main(argv: list[str] | None = None) -> None:
                           train_dataset=None if domain == args.train else args.data / args.train)
         if frame.attrs["failures"]:
             sys.exit("; ".join(frame.attrs["failures"]))
-        frames.append(frame.assign(domain=domain))
-    write(pd.concat(frames), args)
+    write(store, args)
 
 
-def write(frame: pd.DataFrame, args: argparse.Namespace) -> None:
+def write(store: Path, args: argparse.Namespace) -> None:
+    """The page, from every row of the store: each training domain run so far, each budget."""
+    from fewshot_cryoet.results.store import ResultsStore
+
+    with ResultsStore(store, create=False) as results:
+        frame = results.frame()
+    frame = frame[frame["snr"] == snr_label(args.snr)]
+    frame = frame.assign(trained=frame["train_dataset"].where(frame["train_dataset"] != "", frame["dataset"]))
     table = []
-    for (budget, domain), rows in sorted(frame.groupby(["budget", "domain"]),
-                                         key=lambda item: (int(item[0][0].rstrip("ep")), DOMAINS.index(item[0][1]))):
+    for (trained, budget, domain), rows in sorted(
+            frame.groupby(["trained", "budget", "dataset"]),
+            key=lambda item: (item[0][0], int(item[0][1].rstrip("ep")), DOMAINS.index(item[0][2]))):
         per_seed = rows.groupby(rows["train_seed"].fillna(0))
-        table.append({"budget": budget, "tested on": domain, "accuracy": f"{rows['accuracy'].mean():.3f}",
+        table.append({"trained on": trained, "budget": budget, "tested on": domain,
+                      "accuracy": f"{rows['accuracy'].mean():.3f}",
                       "raw Dice": f"{rows['dice'].mean():.3f}",
                       "raw Dice per seed": ", ".join(f"{d:.3f}" for d in per_seed["dice"].mean()),
                       "training seconds": f"{rows['fit_seconds'].mean():.0f}"})
     write_page(args.out, "COS-Net's raw Dice across imaging domains against its training budget", "cosnet_dice.py",
-               f"COS-Net DuSE w decoder (`cpu` profile) trained on the `{args.train}` route's training classes at "
-               f"SNR {args.snr:g} (training seeds {args.seeds}; one training per seed, snapshotted at each budget), "
+               f"COS-Net DuSE w decoder (`cpu` profile) trained on the training classes of the domain in "
+               f"\"trained on\" at SNR {args.snr:g} (one training per seed, snapshotted at each budget), "
                f"tested 6-way 1-shot on {args.episodes} episodes of each domain's test classes with the same "
                "checkpoint. Raw Dice: the decoder's mask at probability 0.5, no CRF; the goal is ≥ 0.75 on every "
                "domain. Training seconds: the whole training up to that budget, validation included.", table)

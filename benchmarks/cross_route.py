@@ -26,9 +26,10 @@ them validating), so the default recipe is chosen on unseen maps imaged by both 
 only), tested with the randomised-imaging models (the maps', and ``fsc train``'s default data
 with ``--recipes``) and xcorr: the goal is a learned method ≥ xcorr on every shift.
 
-``--turns`` adds each model trained on a route or on the maps' randomised data (tested on every
-test set those are tested on, single shifts included) once more with rotation augmentation (``train_turns=4``: every training volume turned by a random rotation that
-keeps the missing wedge in place; issue 34, item 3).
+``--turns`` adds each model trained on a route, on the maps' randomised data or (with
+``--recipes``) on fsc train's default data once more with rotation augmentation (``train_turns=4``:
+every training volume turned by a random rotation that keeps the missing wedge in place; issue 34,
+item 3), tested on every test set the model without it is tested on.
 
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
@@ -56,6 +57,9 @@ from fewshot_cryoet.methods.inputs import ROBUST_INPUTS
 ROUTES = ("tilt-series", "direct-fourier")
 #: Rotation augmentation in training (``--turns``).
 TURNS = {"train_turns": 4}
+#: The randomised-imaging training sets trained once more with it: the maps' classes, and fsc
+#: train's default data (with ``--recipes``).
+TURNED_MIXED = ("randomised", "randomised-synthetic-512")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,15 +140,16 @@ def main(argv: list[str] | None = None) -> None:
             for name in (name for name in mixed if name.startswith("randomised")):
                 if snr_label(snr) in api.open_dataset(mixed[name]).snr_labels:
                     print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
-                    for params in [{}, *(augmented if name == "randomised" else [])]:
+                    for params in [{}, *(augmented if name in TURNED_MIXED else [])]:
                         bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name],
                               params)
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
         if args.shifted:
+            turned = [folders[route] for route in ROUTES] + [mixed[name] for name in TURNED_MIXED if name in mixed]
             for name, train in [*((route, folders[route]) for route in ROUTES), *mixed.items()]:
                 if snr_label(snr) in api.open_dataset(train).snr_labels:
-                    print(f"SNR {snr:g}: trained on {name}, tested on all-shifted", flush=True)
-                    for params in [{}, *(augmented if name in (*ROUTES, "randomised") else [])]:
+                    print(f"SNR {snr:g}: trained on {train.name}, tested on all-shifted", flush=True)
+                    for params in [{}, *(augmented if train in turned else [])]:
                         bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train,
                               params)
             bench(["xcorr"], folders["all-shifted"], snr, store, args, seeds, log)
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                                **maps_held_out)
             for name in (n for n in ("randomised", "randomised-synthetic-512") if n in mixed):
                 print(f"SNR 0.5: trained on {name}, tested on shift-{preset}", flush=True)
-                for params in [{}, *(augmented if name == "randomised" else [])]:
+                for params in [{}, *(augmented if name in TURNED_MIXED else [])]:
                     bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name], params)
             bench(["xcorr"], folder, 0.5, store, args, seeds, log)
     write(store, args)
