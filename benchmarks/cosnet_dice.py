@@ -6,10 +6,14 @@ route, or ``randomised``, the maps with domain-randomised imaging) and snapshott
 of ``--budgets`` (one training, ``api.bench``'s budget curve), then tested with the same
 checkpoints on the test classes of each domain of ``cross_route.py``'s data: the tilt-series
 route, the independent direct-Fourier route and the all-shifted imaging. No test class is trained
-on. Each run adds to one store; the page shows every training domain run so far. Raw Dice is the decoder's mask at probability 0.5 (no CRF), averaged over every query.
+on. Each run adds to one store; the page shows every training domain and budget run so far. Raw
+Dice is the decoder's mask at probability 0.5 (no CRF), averaged over every query.
 
 Run after ``cross_route.py --shifted --randomised`` has simulated its data:
-    python benchmarks/cosnet_dice.py --budgets 400ep,1500ep --seeds 0
+    python benchmarks/cosnet_dice.py --budgets 400ep,1500ep,3000ep --seeds 0
+    python benchmarks/cosnet_dice.py --train randomised --budgets 400ep,1500ep --seeds 0
+    python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep,6000ep --seeds 0
+(the runs of ``benchmarks/results/cosnet_dice_2026-12-05.md``).
 It resumes from its store and writes ``--out``.
 """
 
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="cross_route.py's simulated data sets (one folder per domain).")
     parser.add_argument("--work", type=Path, default=Path("cosnet-dice-work"), help="The store and models.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cosnet_dice.md"))
-    parser.add_argument("--train", default="tilt-series", help="The domain whose training classes train COS-Net.")
+    parser.add_argument("--train", default="tilt-series", help="The domain whose training classes train COS-Net: a route, or randomised.")
     parser.add_argument("--budgets", default="400ep,1500ep", help="Snapshots of one training, comma-separated.")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--snr", type=float, default=0.5)

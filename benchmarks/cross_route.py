@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also train on domain-randomised imaging (the randomised preset): the maps' training "
                              "classes, and with --synthetic N those beside N synthetic classes.")
     parser.add_argument("--turns", action="store_true",
-                        help="Also each model trained on a route or on the maps' randomised data with rotation "
-                             "augmentation (train_turns=4).")
+                        help="Also each model trained on a route, on the maps' randomised data or (with --recipes) "
+                             "on fsc train's default data with rotation augmentation (train_turns=4).")
     args = parser.parse_args(argv)
     augmented = [TURNS] if args.turns else []
     seeds = [int(s) for s in args.seeds.split(",")]
