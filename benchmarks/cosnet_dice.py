@@ -13,6 +13,7 @@ Run after ``cross_route.py --shifted --randomised`` has simulated its data:
     python benchmarks/cosnet_dice.py --budgets 400ep,1500ep,3000ep --seeds 0
     python benchmarks/cosnet_dice.py --train randomised --budgets 400ep,1500ep --seeds 0
     python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep,6000ep --seeds 0
+    python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep --seeds 0,1
 (the runs of ``benchmarks/results/cosnet_dice_2026-12-05.md``).
 It resumes from its store and writes ``--out``.
 """
