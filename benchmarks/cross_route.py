@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also each model trained on a route, on the maps' randomised data or (with --recipes) "
                              "on fsc train's default data with rotation augmentation (train_turns=4).")
     args = parser.parse_args(argv)
-    augmented = [TURNS] if args.turns else []
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
@@ -127,12 +126,19 @@ def main(argv: list[str] | None = None) -> None:
         folders["all-shifted"] = simulated(data / "all-shifted", "the maps with every imaging shift at once "
                                            "(all-shifted)", templates=[args.templates], snrs=snrs,
                                            per_class=args.per_class, preset="all-shifted", **maps_held_out)
+    turned = {folders[route] for route in ROUTES} | {mixed[name] for name in TURNED_MIXED if name in mixed}
+
+    def variants(train: Path) -> list[dict]:
+        """The settings a model trained on ``train`` is benched with: as it is, and with rotation
+        augmentation where ``--turns`` asks for it."""
+        return [{}, *([TURNS] if args.turns and train in turned else [])]
+
     store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
             for train in ROUTES:
                 print(f"SNR {snr:g}: trained on {train}, tested on {test}", flush=True)
-                for params in [{}, *([ROBUST_INPUTS] if args.robust_inputs else []), *augmented]:
+                for params in [*variants(folders[train]), *([ROBUST_INPUTS] if args.robust_inputs else [])]:
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
                           None if train == test else folders[train], params)
                 if train in mixed and snr_label(snr) in api.open_dataset(mixed[train]).snr_labels:  # made at its levels
@@ -140,16 +146,15 @@ def main(argv: list[str] | None = None) -> None:
             for name in (name for name in mixed if name.startswith("randomised")):
                 if snr_label(snr) in api.open_dataset(mixed[name]).snr_labels:
                     print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
-                    for params in [{}, *(augmented if name in TURNED_MIXED else [])]:
+                    for params in variants(mixed[name]):
                         bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name],
                               params)
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
         if args.shifted:
-            turned = [folders[route] for route in ROUTES] + [mixed[name] for name in TURNED_MIXED if name in mixed]
-            for name, train in [*((route, folders[route]) for route in ROUTES), *mixed.items()]:
+            for train in [*(folders[route] for route in ROUTES), *mixed.values()]:
                 if snr_label(snr) in api.open_dataset(train).snr_labels:
                     print(f"SNR {snr:g}: trained on {train.name}, tested on all-shifted", flush=True)
-                    for params in [{}, *(augmented if train in turned else [])]:
+                    for params in variants(train):
                         bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train,
                               params)
             bench(["xcorr"], folders["all-shifted"], snr, store, args, seeds, log)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                                **maps_held_out)
             for name in (n for n in ("randomised", "randomised-synthetic-512") if n in mixed):
                 print(f"SNR 0.5: trained on {name}, tested on shift-{preset}", flush=True)
-                for params in [{}, *(augmented if name in TURNED_MIXED else [])]:
+                for params in variants(mixed[name]):
                     bench(args.methods.split(","), folder, 0.5, store, args, seeds, log, mixed[name], params)
             bench(["xcorr"], folder, 0.5, store, args, seeds, log)
     write(store, args)
