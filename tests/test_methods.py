@@ -7,6 +7,7 @@ import torch
 
 from fewshot_cryoet import FscError
 from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.methods.matched import MatchedTemplates
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.radial import RadialProfile, radial_profiles
 from fewshot_cryoet.methods.siamese import Siamese
@@ -15,9 +16,10 @@ from fewshot_cryoet.methods.xcorr import CrossCorrelation
 from fewshot_cryoet.testing import ConformanceError, check_method
 
 
-@pytest.mark.parametrize("method", [ProtoNet, Siamese, CrossCorrelation, RadialProfile])
+@pytest.mark.parametrize("method", [ProtoNet, Siamese, CrossCorrelation, MatchedTemplates, RadialProfile])
 def test_builtin_methods_pass_the_conformance_kit(method):
-    params = {"channels": [4, 8, 8, 8]} if method.trainable else {"angular_step": 60} if method is CrossCorrelation else {}
+    params = ({"angular_step": 60} if method in (CrossCorrelation, MatchedTemplates)
+              else {"channels": [4, 8, 8, 8]} if method.trainable else {})
     passed = check_method(method, params)
     assert any("save and load" in p for p in passed) and any("permutes the scores" in p for p in passed)
 

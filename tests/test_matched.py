@@ -1,0 +1,81 @@
+"""``matched``: learned template matching starts as xcorr, filters isotropically, and trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot_cryoet import api
+from fewshot_cryoet.core.errors import FscError
+from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
+from fewshot_cryoet.evaluation.fitting import fit_context
+from fewshot_cryoet.methods.matched import INITIAL_SCALE, MatchedFilter, MatchedTemplates
+from fewshot_cryoet.methods.xcorr import CrossCorrelation
+
+COARSE = {"angular_step": 60}  # 36 rotations: the tests' search, not the default 551
+
+
+def _episodes(dataset, count=3, way=3):
+    specs = sample_episodes(dataset, EpisodeSpec("test", way, 1, 2), count)
+    return [load_episode(dataset, specs, i, 1.0) for i in range(count)]
+
+
+def test_untrained_it_is_xcorr(tiny_dataset):
+    """Gains 1, weights 1, scale 40: the same correlations as xcorr (to FFT round-off), scaled."""
+    matched, xcorr = MatchedTemplates(COARSE), CrossCorrelation(COARSE)
+    for episode in _episodes(tiny_dataset):
+        ours, theirs = matched.predict(episode).scores, xcorr.predict(episode).scores
+        assert torch.allclose(ours / INITIAL_SCALE, theirs, atol=1e-5)
+        assert torch.equal(ours.argmax(1), theirs.argmax(1))
+
+
+def test_the_filter_is_isotropic_so_it_commutes_with_rotation():
+    """Filtering then turning by 90° equals turning then filtering: the search over rotations of
+    filtered supports is the search over filtered rotations."""
+    network = MatchedFilter(bands=6, shells=4)
+    with torch.no_grad():
+        network.gain.copy_(torch.tensor([0.5, -0.3, 1.0, 0.2, -0.9, 0.4]))
+    volume = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    for dims in ((2, 3), (3, 4), (2, 4)):
+        turned_then_filtered = network(torch.rot90(volume, 1, dims))
+        filtered_then_turned = torch.rot90(network(volume), 1, dims)
+        assert torch.allclose(turned_then_filtered, filtered_then_turned, atol=1e-5)
+    assert not torch.allclose(network(volume), volume, atol=1e-2)  # and it does filter
+
+
+def test_training_moves_the_filter_reproducibly_and_survives_a_checkpoint(tiny_val2_dataset, tmp_path):
+    def trained(seed):
+        method = MatchedTemplates({**COARSE, "val_every": 2})
+        report = method.fit(fit_context(tiny_val2_dataset, 1.0, False, Budget(episodes=4), torch.device("cpu"), 2,
+                                        seed, 1))
+        return method, report
+
+    method, report = trained(0)
+    again, _ = trained(0)
+    other, _ = trained(1)
+    learned = torch.cat([p.detach().flatten() for p in method.network.parameters()])
+    assert report.episodes == 4 and [step for step, *_ in report.history] == [2, 4]
+    assert torch.equal(learned, torch.cat([p.detach().flatten() for p in again.network.parameters()]))
+    assert not torch.equal(learned, torch.cat([p.detach().flatten() for p in other.network.parameters()]))
+    assert not torch.allclose(method.network.gain.detach(), torch.zeros(8))  # it learned something
+    episode = _episodes(tiny_val2_dataset, 1, way=2)[0]
+    method.save(tmp_path / "m.pt", box=16)
+    loaded = MatchedTemplates({**COARSE, "val_every": 2})
+    loaded.load(tmp_path / "m.pt", box=16)
+    assert torch.equal(loaded.predict(episode).scores, method.predict(episode).scores)
+
+
+def test_benched_beside_xcorr_on_the_same_episodes(tiny_val2_dataset, tmp_path):
+    frame = api.bench(["matched", "xcorr"], dataset=tiny_val2_dataset, snrs=[1.0], ways=[2], episodes=3,
+                      queries_per_class=2, budget="2ep", store=tmp_path / "r.sqlite",
+                      params={"matched": COARSE, "xcorr": COARSE})
+    rows = frame.set_index(["method", "episode"])["accuracy"]
+    assert set(frame["method"]) == {"matched", "xcorr"} and len(frame) == 6
+    assert rows.loc["matched"].between(0, 1).all()
+
+
+def test_settings_are_checked_by_name():
+    for bad in ({"bands": 1}, {"shells": 0}, {"angular_step": 0}):
+        with pytest.raises(FscError, match=next(iter(bad))):
+            MatchedTemplates(bad)
