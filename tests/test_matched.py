@@ -30,18 +30,43 @@ def test_untrained_it_is_xcorr(tiny_dataset):
         assert torch.equal(ours.argmax(1), theirs.argmax(1))
 
 
-def test_the_filter_is_isotropic_so_it_commutes_with_rotation():
-    """Filtering then turning by 90° equals turning then filtering: the search over rotations of
-    filtered supports is the search over filtered rotations."""
-    network = MatchedFilter(bands=6, shells=4)
+def _adapted_filter() -> MatchedFilter:
+    """A filter with static gains and an adaptive part that both do something."""
+    network = MatchedFilter(bands=6, shells=4, adaptive=5)
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         network.gain.copy_(torch.tensor([0.5, -0.3, 1.0, 0.2, -0.9, 0.4]))
+        for parameter in network.adapt.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return network
+
+
+def test_the_filter_is_isotropic_so_it_commutes_with_rotation():
+    """Filtering then turning by 90° equals turning then filtering (the adaptive gains too: band
+    powers do not change when a volume turns): the search over rotations of filtered supports is
+    the search over filtered rotations."""
+    network = _adapted_filter()
     volume = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-    for dims in ((2, 3), (3, 4), (2, 4)):
-        turned_then_filtered = network(torch.rot90(volume, 1, dims))
-        filtered_then_turned = torch.rot90(network(volume), 1, dims)
-        assert torch.allclose(turned_then_filtered, filtered_then_turned, atol=1e-5)
-    assert not torch.allclose(network(volume), volume, atol=1e-2)  # and it does filter
+    with torch.no_grad():
+        for dims in ((2, 3), (3, 4), (2, 4)):
+            turned_then_filtered = network(torch.rot90(volume, 1, dims))
+            filtered_then_turned = torch.rot90(network(volume), 1, dims)
+            assert torch.allclose(turned_then_filtered, filtered_then_turned, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(network(volume), volume, atol=1e-2)  # and it does filter
+
+
+def test_adaptive_gains_follow_the_shape_of_a_volumes_spectrum_not_its_scale():
+    """Each volume gets gains from its own band powers: a scaled copy gets the same gains, a
+    smoothed copy (less power at high frequencies) other gains; without ``adaptive`` all share one."""
+    network = _adapted_filter()
+    volume = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    smoothed = torch.nn.functional.avg_pool3d(volume, 3, stride=1, padding=1)
+    with torch.no_grad():
+        gains = network.log_gains(torch.cat([volume, 3 * volume, smoothed]))
+        assert torch.allclose(gains[0], gains[1], atol=1e-5)
+        assert (gains[0] - gains[2]).abs().max() > 0.1
+        static = MatchedFilter(bands=6, shells=4).log_gains(torch.cat([volume, smoothed]))
+        assert torch.equal(static[0], static[1])
 
 
 def test_training_moves_the_filter_reproducibly_and_survives_a_checkpoint(tiny_val2_dataset, tmp_path):

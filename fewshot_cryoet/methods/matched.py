@@ -71,25 +71,44 @@ class MatchedFilter(nn.Module):
 
     def forward(self, binned: torch.Tensor) -> torch.Tensor:
         """``(n, 1, s, s, s)`` → the same volumes with every spatial frequency ``f`` (cycles per
-        voxel) multiplied by the gain interpolated at ``f / 0.5`` (frequencies past Nyquist in the
-        corners take the last band's)."""
+        voxel) multiplied by its volume's gain interpolated at ``f / 0.5`` (frequencies past
+        Nyquist in the corners take the last band's)."""
+        spectrum, (interpolation, counted) = self._spectrum(binned)
+        gains = (self._log_gains(spectrum, counted) @ interpolation.T).exp().view(len(binned), 1, *spectrum.shape[-3:])
+        return torch.fft.irfftn(spectrum * gains, s=binned.shape[-3:], dim=(-3, -2, -1))
+
+    def log_gains(self, binned: torch.Tensor) -> torch.Tensor:
+        """``(n, bands)``: the log gain of each band for each volume (the same for all volumes
+        without ``adaptive``)."""
+        spectrum, (_, counted) = self._spectrum(binned)
+        return self._log_gains(spectrum, counted)
+
+    def _spectrum(self, binned: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The volumes' half spectra, and two (frequencies, bands) bases of their grid: the
+        interpolation basis, and the same with each half-spectrum frequency counted as often as it
+        occurs in the full spectrum (twice, but once on the planes of x frequency 0 and Nyquist),
+        so that band powers are sums over whole shells and do not change when a volume turns."""
         size = binned.shape[-3:]
         axes = [torch.fft.fftfreq(n, device=binned.device) for n in size[:-1]] + [
             torch.fft.rfftfreq(size[-1], device=binned.device)]
         fz, fy, fx = torch.meshgrid(*axes, indexing="ij")
-        basis = hat_basis(torch.sqrt(fz**2 + fy**2 + fx**2) / 0.5, len(self.gain))  # (frequencies, bands)
-        spectrum = torch.fft.rfftn(binned.float(), dim=(-3, -2, -1))
-        log_gain = self.gain.expand(len(binned), -1)
+        basis = hat_basis(torch.sqrt(fz**2 + fy**2 + fx**2) / 0.5, len(self.gain))
+        edges = (fx == 0) | (fx == 0.5)  # rfftfreq ends at +0.5 for even sizes only
+        counted = basis * torch.where(edges, 1.0, 2.0).flatten()[:, None]
+        return torch.fft.rfftn(binned.float(), dim=(-3, -2, -1)), (basis, counted)
+
+    def _log_gains(self, spectrum: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        log_gain = self.gain.expand(len(spectrum), -1)
         if self.adapt is not None:
-            log_gain = log_gain + self.adapt(self.band_powers(spectrum, basis))
-        gains = (log_gain @ basis.T).exp().view(len(binned), 1, *spectrum.shape[-3:])
-        return torch.fft.irfftn(spectrum * gains, s=size, dim=(-3, -2, -1))
+            log_gain = log_gain + self.adapt(self.band_powers(spectrum, counted))
+        return log_gain
 
     @staticmethod
-    def band_powers(spectrum: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """``(n, bands)``: each volume's log power per band, less its mean over bands (so that only
-        the spectrum's shape counts, not the volume's scale): what the adaptive gains see."""
-        power = spectrum.flatten(1).abs().square() @ basis / basis.sum(0).clamp_min(1e-12)
+    def band_powers(spectrum: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """``(n, bands)``: each volume's log power per band (``counted``: the basis weighted by each
+        frequency's count in the full spectrum), less its mean over bands, so that only the
+        spectrum's shape counts, not the volume's scale: what the adaptive gains see."""
+        power = spectrum.flatten(1).abs().square() @ counted / counted.sum(0).clamp_min(1e-12)
         log_power = power.clamp_min(1e-20).log()
         return log_power - log_power.mean(dim=1, keepdim=True)
 
