@@ -35,8 +35,15 @@ item 3), tested on every test set the model without it is tested on.
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
 
+``--methods`` names the learned methods (protonet by default); ``matched`` is learned template
+matching (``fewshot_cryoet.methods.matched``), which starts as xcorr.
+
 Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs] [--synthetic 512]
-It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out``.
+It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out`` with every
+row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` holds two commands:
+``--synthetic 512 --randomised --recipes --shifted --single-shifts --turns`` (protonet) and
+``--methods matched --randomised --shifted --single-shifts``; a rerun of either resumes every cell
+and rewrites the page.
 """
 
 from __future__ import annotations
@@ -235,7 +242,8 @@ def write(store: Path, args: argparse.Namespace) -> None:
                f"route and tested on the test classes of each ({args.per_class} subtomograms per class of "
                f"`{args.templates}`), 6-way 1-shot, {args.episodes} test episodes per test set, the same for every "
                "row of that set. Accuracy: the mean over training seeds (their range beside it); differences: "
-               "paired over the same episodes (mean ± 95% CI, Wilcoxon p).", table)
+               "paired over the same episodes (mean ± 95% CI, Wilcoxon p). The table holds every row of the store "
+               "(`--work`), whichever command of the script's docstring wrote it.", table)
 
 if __name__ == "__main__":
     main()
