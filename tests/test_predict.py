@@ -191,3 +191,31 @@ def test_bad_input_one_line_errors(model, exported, tiny_dataset, tmp_path, nan_
     (newer / "model.json").write_text(json.dumps(card))
     future = _fsc("predict", "--model", newer, "--support", support_csv, "--queries", queries_star, "--out", tmp_path / "o")
     assert future.exit_code == 2 and "newer" in future.output and "newer-model" in future.output
+
+
+def test_a_trained_matched_model_predicts_like_the_method_it_saved(exported, tiny_dataset, tmp_path):
+    """``fsc train --method matched`` then ``fsc predict --model``: the folder carries the learned
+    filter, and predictions are those of the method loaded from it (learned template matching
+    goes through the same model folders as every trained method)."""
+    from fewshot_cryoet.models.model_dir import load_model
+
+    model = tmp_path / "matched-model"
+    trained = _fsc("train", "--method", "matched", "--param", "matched.angular_step=60", "--dataset",
+                   tiny_dataset.path, "--snr", 1, "--budget", "3ep", "--out", model)
+    assert trained.exit_code == 0, trained.output
+    support_csv, queries_star, queries = _support_and_queries(exported, tiny_dataset, tmp_path)
+    out = tmp_path / "matched-results"
+    result = _fsc("predict", "--model", model, "--support", support_csv, "--queries", queries_star, "--out", out)
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == len(queries) and "segmentation" not in predictions.columns
+    method = load_model(model)[0]
+    assert method.name == "matched" and not torch.equal(method.network.gain.detach(), torch.zeros(8))
+    support = pd.read_csv(support_csv).sort_values("class")
+    classes = list(support["class"])
+    volumes = [torch.from_numpy(np.stack([read_volume(p)[0] for p in paths]))[:, None]
+               for paths in (support["path"], predictions["rlnImageName"])]
+    episode = Episode(volumes[0], torch.arange(len(classes)), volumes[1], torch.zeros(len(volumes[1]), dtype=torch.long),
+                      tuple(classes), 20.0, 1.0)
+    direct = method.predict(episode).scores.argmax(dim=1)
+    assert list(predictions["predicted_class"]) == [classes[i] for i in direct]
