@@ -12,6 +12,7 @@ from fewshot_cryoet.evaluation.grid import SCORE_BATCH_AUTO, BenchSettings, auto
 from fewshot_cryoet.evaluation.runner import MethodSpec, Runner
 from fewshot_cryoet.evaluation.scoring import Scorer
 from fewshot_cryoet.methods.cosnet import COSNet
+from fewshot_cryoet.methods.matched import MatchedTemplates
 from fewshot_cryoet.methods.protonet import ProtoNet
 from fewshot_cryoet.methods.siamese import Siamese
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
@@ -21,18 +22,28 @@ from fewshot_cryoet.segmentation.crf import CRFParams
 TINY_COSNET = {"channels": 4, "embedding": 16, "box": 16}
 
 
-class VolumeByVolumeCOSNet(COSNet):
-    """COS-Net computing each volume's rows on its own, whatever the batch: its fully connected
-    layers (CPU BLAS) round the last bit differently with a batch's row count, so exact equality
-    of the two scorers' bookkeeping is shown with batches of one volume on both sides."""
+class VolumeByVolume:
+    """A method computing each volume's rows on its own, whatever the batch: COS-Net's fully
+    connected layers (CPU BLAS) and matched's batched FFTs round the last bit differently with a
+    batch's size, so exact equality of the two scorers' bookkeeping is shown with batches of one
+    volume on both sides."""
 
     def per_volume(self, role, network):
         kind, compute = super().per_volume(role, network)
         return kind, lambda volumes: torch.cat([compute(volumes[i:i + 1]) for i in range(len(volumes))])
 
 
+class VolumeByVolumeCOSNet(VolumeByVolume, COSNet):
+    pass
+
+
+class VolumeByVolumeMatched(VolumeByVolume, MatchedTemplates):
+    pass
+
+
 METHODS = [(ProtoNet, None, {"channels": [4, 8, 8, 8]}), (Siamese, None, {"channels": [4, 8, 8, 8], "hidden": 8}),
-           (VolumeByVolumeCOSNet, "duse-decoder", TINY_COSNET), (VolumeByVolumeCOSNet, "scnn", TINY_COSNET)]
+           (VolumeByVolumeCOSNet, "duse-decoder", TINY_COSNET), (VolumeByVolumeCOSNet, "scnn", TINY_COSNET),
+           (VolumeByVolumeMatched, None, {"angular_step": 60})]
 
 
 def _episodes(dataset, count: int = 6, n_way: int = 3):
@@ -149,7 +160,7 @@ def test_validation_in_batches_scores_as_episode_by_episode(tiny_val2_dataset):
 
     episodes = validation_episodes(tiny_val2_dataset, 1.0, 1, 2, 0, with_masks=True)
     with torch.backends.mkldnn.flags(enabled=False):
-        for cls, variant, params in METHODS[::2]:  # protonet and COS-Net with a decoder
+        for cls, variant, params in (METHODS[0], METHODS[4], METHODS[2]):  # protonet, matched, COS-Net w decoder
             plain = validator(episodes)(cls(params, variant))
             batched = validator(episodes, batch=6)(cls(params, variant))
             assert plain == batched and plain.accuracy > 0

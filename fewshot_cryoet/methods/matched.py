@@ -145,7 +145,11 @@ class MatchedTemplates(TorchMethod):
     def per_volume(self, role: str, network: nn.Module) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Each volume binned and filtered (16 KB at 16³): supports are rotated per episode rather
         than cached rotated (4.6 MB each), so memory stays flat however many particles a test has."""
-        return "filtered", lambda volumes: network(self.search.binned(volumes, self.device))
+        def filtered(volumes: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, enabled=False):  # fp32 always (see _correlations)
+                return network(self.search.binned(volumes, self.device))
+
+        return "filtered", filtered
 
     def _correlations(self, episode: Episode, network: nn.Module) -> torch.Tensor:
         """``(Q, n_way)`` best weighted correlation with each class's supports. In fp32 always:
