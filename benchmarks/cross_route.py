@@ -31,6 +31,11 @@ with ``--recipes``) and xcorr: the goal is a learned method ≥ xcorr on every s
 every training volume turned by a random rotation that keeps the missing wedge in place; issue 34,
 item 3), tested on every test set the model without it is tested on.
 
+``--spectra`` (with ``--methods matched``) adds each matched model trained on a route or on the
+maps' randomised data once more with random spectral distortion in training (``train_spectra=1``:
+each training volume's log gains at the band nodes drawn from N(0, 1)), which should keep its
+adaptive filter from learning one route's spectrum.
+
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
@@ -67,6 +72,9 @@ TURNS = {"train_turns": 4}
 #: The randomised-imaging training sets trained once more with it: the maps' classes, and fsc
 #: train's default data (with ``--recipes``).
 TURNED_MIXED = ("randomised", "randomised-synthetic-512")
+#: Random spectral distortion in matched's training (``--spectra``), on the routes and the maps'
+#: randomised data.
+SPECTRA = {"train_spectra": 1.0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", action="store_true",
                         help="Also each model trained on a route, on the maps' randomised data or (with --recipes) "
                              "on fsc train's default data with rotation augmentation (train_turns=4).")
+    parser.add_argument("--spectra", action="store_true",
+                        help="With --methods matched: also each matched model trained on a route or on the maps' "
+                             "randomised data with random spectral distortion in training (train_spectra=1).")
     args = parser.parse_args(argv)
+    if args.spectra and args.methods != "matched":
+        parser.error("--spectra is a setting of matched only: use it with --methods matched")
     seeds = [int(s) for s in args.seeds.split(",")]
     snrs = [float(s) for s in args.snrs.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
@@ -134,11 +147,13 @@ def main(argv: list[str] | None = None) -> None:
                                            "(all-shifted)", templates=[args.templates], snrs=snrs,
                                            per_class=args.per_class, preset="all-shifted", **maps_held_out)
     turned = {folders[route] for route in ROUTES} | {mixed[name] for name in TURNED_MIXED if name in mixed}
+    distorted = {folders[route] for route in ROUTES} | ({mixed["randomised"]} if "randomised" in mixed else set())
 
     def variants(train: Path) -> list[dict]:
-        """The settings a model trained on ``train`` is benched with: as it is, and with rotation
-        augmentation where ``--turns`` asks for it."""
-        return [{}, *([TURNS] if args.turns and train in turned else [])]
+        """The settings a model trained on ``train`` is benched with: as it is, with rotation
+        augmentation where ``--turns`` asks for it, and with spectral distortion where ``--spectra`` does."""
+        return [{}, *([TURNS] if args.turns and train in turned else []),
+                *([SPECTRA] if args.spectra and train in distorted else [])]
 
     store = args.work / "cross-route.sqlite"
     for snr in snrs:

@@ -104,3 +104,25 @@ def test_settings_are_checked_by_name():
     for bad in ({"bands": 1}, {"shells": 0}, {"angular_step": 0}):
         with pytest.raises(FscError, match=next(iter(bad))):
             MatchedTemplates(bad)
+
+
+def test_spectral_distortion_in_training_is_seeded_and_off_by_default(tiny_val2_dataset):
+    """``train_spectra`` distorts each training volume's spectrum by random smooth gains: training
+    with it repeats at one seed and differs from training without it; at 0 the hash is the
+    hash from before the setting existed, and a negative spread is refused by name."""
+    def trained(**params):
+        method = MatchedTemplates({**COARSE, "val_every": 100, **params})
+        method.fit(fit_context(tiny_val2_dataset, 1.0, False, Budget(episodes=3), torch.device("cpu"), 2, 0, 1))
+        return torch.cat([p.detach().flatten() for p in method.network.parameters()])
+
+    plain, distorted, again = trained(), trained(train_spectra=1.0), trained(train_spectra=1.0)
+    assert torch.equal(distorted, again) and not torch.equal(plain, distorted)
+    assert MatchedTemplates({"train_spectra": 0.0}).params_hash() == MatchedTemplates().params_hash()
+    assert "train_spectra=1" in MatchedTemplates({"train_spectra": 1.0}).label
+    volume = torch.randn(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    once = MatchedFilter(8, 8).perturbed(volume, 1.0)
+    torch.manual_seed(0)
+    assert torch.equal(once, MatchedFilter(8, 8).perturbed(volume, 1.0)) and not torch.allclose(once, volume, atol=0.1)
+    with pytest.raises(FscError, match="train_spectra"):
+        MatchedTemplates({"train_spectra": -1.0})
