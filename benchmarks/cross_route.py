@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", action="store_true",
                         help="Also each model trained on a route, on the maps' randomised data or (with --recipes) "
                              "on fsc train's default data with rotation augmentation (train_turns=4).")
+    parser.add_argument("--page-only", action="store_true",
+                        help="Write --out from the rows the store holds now, running nothing (e.g. while a run "
+                             "goes on, or after one was stopped: a cell whose seeds are not all in is left out).")
     parser.add_argument("--spectra", action="store_true",
                         help="With --methods matched: also each matched model trained on a route or on the maps' "
                              "randomised data with random spectral distortion in training (train_spectra=1).")
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.spectra and args.methods != "matched":
         parser.error("--spectra is a setting of matched only: use it with --methods matched")
     seeds = [int(s) for s in args.seeds.split(",")]
+    store = args.work / "cross-route.sqlite"
+    if args.page_only:
+        write(store, args)
+        return
     snrs = [float(s) for s in args.snrs.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
     data = args.work / "data"
@@ -155,7 +162,6 @@ def main(argv: list[str] | None = None) -> None:
         return [{}, *([TURNS] if args.turns and train in turned else []),
                 *([SPECTRA] if args.spectra and train in distorted else [])]
 
-    store = args.work / "cross-route.sqlite"
     for snr in snrs:
         for test in ROUTES:
             for train in ROUTES:
@@ -223,6 +229,12 @@ def describe(training: str) -> str:
     return f"{route}, {count} synthetic classes beside the maps'" if count else route
 
 
+def complete(rows, args: argparse.Namespace) -> bool:
+    """Whether ``rows`` (one row's cell) hold every test episode for every training seed."""
+    counts = rows.groupby(rows["train_seed"].fillna(0))["episode"].nunique()  # as paired_rows.episode_means
+    return len(counts) == len(args.seeds.split(",")) and bool((counts == args.episodes).all())
+
+
 def write(store: Path, args: argparse.Namespace) -> None:
     from fewshot_cryoet.results.store import ResultsStore
 
@@ -239,9 +251,11 @@ def write(store: Path, args: argparse.Namespace) -> None:
             for label in sorted(set(tested["label"]) - {"xcorr"}):
                 rows = tested[tested["label"] == label]
                 own_rows = rows[rows["train_dataset"] == ""]  # none for all-shifted: nothing trains on it
-                own = episode_means(own_rows)[0] if len(own_rows) else None
+                own = episode_means(own_rows)[0] if complete(own_rows, args) else None
                 for source in sorted(set(rows["train_dataset"]), key=lambda name: (name.split("+")[0] not in ("", test),
                                                                                     name)):
+                    if not complete(rows[rows["train_dataset"] == source], args):
+                        continue  # a cell still running (or stopped): on the page once every seed is in
                     episodes, per_seed = episode_means(rows[rows["train_dataset"] == source])
                     described = describe(source or test)
                     table.append({"SNR": f"{snr:g}", "tested on": test, "row": f"{label}, trained on {described}",
