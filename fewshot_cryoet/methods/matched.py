@@ -10,14 +10,20 @@ in a template search:
   ``bands`` nodes from 0 to Nyquist of the binned volume), applied to supports and queries alike;
 - a **radial weighting** of the correlation (``shells`` nodes from the centre to the sphere's
   edge), i.e. a learned soft mask;
+- with ``adaptive`` > 0 (the default) a small network that adds to the log gains a function of
+  each volume's own band powers, so the filter can undo an envelope or noise colour it meets at
+  test time rather than one fixed for the training imaging (a learned spectral whitening);
 - the softmax scale of the correlations.
 
-Both are isotropic, so filtering commutes with rotating and the search stays exact. About 17
-numbers are learned; at their initial values (gains 1, weights 1, scale 40 = 1/0.025) the method
-*is* xcorr up to FFT round-off, so training starts from template matching and model selection on
+All are isotropic, so filtering commutes with rotating and the search stays exact. About 300
+numbers are learned (17 without ``adaptive``); at their initial values (gains 1, weights 1, the
+network's last layer 0, scale 40 = 1/0.025) the method *is* xcorr up to FFT round-off, so training starts from template matching and model selection on
 validation classes keeps only what helps there. Training minimises cross-entropy over the
 class scores (best correlation over a class's supports) of training episodes, through the search
 (sampling, products and maxima are differentiable; only which rotations are refined is not).
+``train_spectra`` > 0 distorts each training volume's spectrum at random (log gains per band node
+drawn from N(0, train_spectra²)), so the adaptive filter learns to undo a spectrum rather than to
+expect the training route's.
 
 Frequencies are in cycles per binned voxel, so a trained filter belongs to the voxel size it was
 trained at (the model folder records the data's voxel size, as for every trained method).
