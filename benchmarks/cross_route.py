@@ -45,10 +45,11 @@ matching (``fewshot_cryoet.methods.matched``), which starts as xcorr.
 
 Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--robust-inputs] [--synthetic 512]
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out`` with every
-row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` holds two commands:
-``--synthetic 512 --randomised --recipes --shifted --single-shifts --turns`` (protonet) and
-``--methods matched --randomised --shifted --single-shifts``; a rerun of either resumes every cell
-and rewrites the page.
+row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` holds protonet's
+``--synthetic 512 --randomised --recipes --shifted --single-shifts --turns``;
+``cross_route_matched_2026-12-05.md`` holds ``--methods matched --spectra --shifted`` (written
+from a store of its own). A rerun of either resumes every cell and
+rewrites the page.
 """
 
 from __future__ import annotations
@@ -99,22 +100,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", action="store_true",
                         help="Also train on fsc train's earlier and current default data (synthetic classes only, "
                              "randomised imaging).")
-    parser.add_argument("--single-shifts", action="store_true",
-                        help="Also test the randomised-imaging models on each single imaging shift (SNR 0.5).")
-    parser.add_argument("--shifted", action="store_true",
-                        help="Also test every model on the maps imaged with the all-shifted preset.")
-    parser.add_argument("--randomised", action="store_true",
-                        help="Also train on domain-randomised imaging (the randomised preset): the maps' training "
-                             "classes, and with --synthetic N those beside N synthetic classes.")
-    parser.add_argument("--turns", action="store_true",
-                        help="Also each model trained on a route, on the maps' randomised data or (with --recipes) "
-                             "on fsc train's default data with rotation augmentation (train_turns=4).")
-    parser.add_argument("--page-only", action="store_true",
-                        help="Write --out from the rows the store holds now, running nothing (e.g. while a run "
-                             "goes on, or after one was stopped: a cell whose seeds are not all in is left out).")
-    parser.add_argument("--spectra", action="store_true",
-                        help="With --methods matched: also each matched model trained on a route or on the maps' "
-                             "randomised data with random spectral distortion in training (train_spectra=1).")
+    for flag, text in {  # switches, each adding rows (or, --page-only, running nothing)
+        "--single-shifts": "Also test the randomised-imaging models on each single imaging shift (SNR 0.5).",
+        "--shifted": "Also test every model on the maps imaged with the all-shifted preset.",
+        "--randomised": "Also train on domain-randomised imaging (the randomised preset): the maps' training "
+                        "classes, and with --synthetic N those beside N synthetic classes.",
+        "--turns": "Also each model trained on a route, on the maps' randomised data or (with --recipes) on "
+                   "fsc train's default data with rotation augmentation (train_turns=4).",
+        "--page-only": "Write --out from the rows the store holds now, running nothing (e.g. while a run goes "
+                       "on, or after one was stopped: a cell whose seeds are not all in is left out).",
+        "--spectra": "With --methods matched: also each matched model trained on a route or on the maps' "
+                     "randomised data with random spectral distortion in training (train_spectra=1).",
+    }.items():
+        parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args(argv)
     if args.spectra and args.methods != "matched":
         parser.error("--spectra is a setting of matched only: use it with --methods matched")
