@@ -17,8 +17,9 @@ in a template search:
 
 All are isotropic, so filtering commutes with rotating and the search stays exact. About 300
 numbers are learned (17 without ``adaptive``); at their initial values (gains 1, weights 1, the
-network's last layer 0, scale 40 = 1/0.025) the method *is* xcorr up to FFT round-off, so training starts from template matching and model selection on
-validation classes keeps only what helps there. Training minimises cross-entropy over the
+network's last layer 0, scale 40 = 1/0.025) the method *is* xcorr up to FFT round-off, so
+training starts from template matching and model selection on validation classes keeps only what
+helps there. Training minimises cross-entropy over the
 class scores (best correlation over a class's supports) of training episodes, through the search
 (sampling, products and maxima are differentiable; only which rotations are refined is not).
 ``train_spectra`` > 0 distorts each training volume's spectrum at random (log gains per band node
@@ -80,8 +81,7 @@ class MatchedFilter(nn.Module):
         voxel) multiplied by its volume's gain interpolated at ``f / 0.5`` (frequencies past
         Nyquist in the corners take the last band's)."""
         spectrum, (interpolation, counted) = self._spectrum(binned)
-        gains = (self._log_gains(spectrum, counted) @ interpolation.T).exp().view(len(binned), 1, *spectrum.shape[-3:])
-        return torch.fft.irfftn(spectrum * gains, s=binned.shape[-3:], dim=(-3, -2, -1))
+        return self._scaled(binned, spectrum, interpolation, self._log_gains(spectrum, counted))
 
     def perturbed(self, binned: torch.Tensor, spread: float) -> torch.Tensor:
         """The volumes with their spectra distorted at random, for training: each volume's log
@@ -91,7 +91,14 @@ class MatchedFilter(nn.Module):
         learn to undo a spectrum it has not seen instead."""
         spectrum, (interpolation, _) = self._spectrum(binned)
         draws = torch.randn(len(binned), interpolation.shape[1], device=binned.device) * spread
-        gains = (draws @ interpolation.T).exp().view(len(binned), 1, *spectrum.shape[-3:])
+        return self._scaled(binned, spectrum, interpolation, draws)
+
+    @staticmethod
+    def _scaled(binned: torch.Tensor, spectrum: torch.Tensor, interpolation: torch.Tensor,
+                node_log_gains: torch.Tensor) -> torch.Tensor:
+        """``binned``'s volumes with their ``spectrum`` multiplied by gains interpolated from each
+        volume's log gains at the band nodes (``(n, bands)``), back in real space."""
+        gains = (node_log_gains @ interpolation.T).exp().view(len(binned), 1, *spectrum.shape[-3:])
         return torch.fft.irfftn(spectrum * gains, s=binned.shape[-3:], dim=(-3, -2, -1))
 
     def log_gains(self, binned: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ between the query and the support rotated over an SO(3) grid (:func:`rotation_gr
 ±``max_shift`` voxels. The class score is the best correlation over that class's supports.
 
 The search (binning, sphere, shifts, two stages) is :mod:`fewshot_cryoet.methods.rotation_search`,
-shared with ``matched``, which learns a filter in front of it. Cost and its levers: volumes are first binned ``bin``× (2: 32³ → 16³, ample for ≥ 20 Å detail at
+shared with ``matched``, which learns a filter in front of it. Cost and its levers: volumes are
+first binned ``bin``× (2: 32³ → 16³, ample for ≥ 20 Å detail at
 10 Å voxels). Particles are centred to within a few voxels, so translations are searched as
 explicit shifts ((2·⌈max_shift/bin⌉ + 1)³ = 27 of them) rather than by FFT correlations over every
 translation of the box, which compute thousands of translations that can never win. The search
@@ -53,7 +54,6 @@ class CrossCorrelation(FewShotMethod):
         super().__init__(params, variant, device)
         p = self.params
         self.search = RotationSearch(p["angular_step"], p["max_shift"], p["bin"], p["refine_top"])
-        self.rotations = self.search.rotations
         self._rotated: OrderedDict = OrderedDict()
 
     @classmethod
@@ -98,4 +98,4 @@ class CrossCorrelation(FewShotMethod):
         return Prediction(scores.cpu())
 
     def grid_summary(self) -> str:
-        return f"{len(self.rotations)} rotations (step {self.params['angular_step']}°)"
+        return f"{len(self.search.rotations)} rotations (step {self.params['angular_step']}°)"
