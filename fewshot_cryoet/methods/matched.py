@@ -71,6 +71,7 @@ class MatchedFilter(nn.Module):
         self.log_weight = nn.Parameter(torch.zeros(shells))
         self.log_scale = nn.Parameter(torch.tensor(math.log(INITIAL_SCALE)))
         self.adapt: nn.Module | None = None
+        self._basis_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # see _bases
         if adaptive:
             self.adapt = nn.Sequential(nn.Linear(bands, adaptive), nn.Tanh(), nn.Linear(adaptive, bands))
             nn.init.zeros_(self.adapt[2].weight)  # adds nothing until trained
@@ -108,18 +109,27 @@ class MatchedFilter(nn.Module):
         return self._log_gains(spectrum, counted)
 
     def _spectrum(self, binned: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The volumes' half spectra, and two (frequencies, bands) bases of their grid: the
-        interpolation basis, and the same with each half-spectrum frequency counted as often as it
-        occurs in the full spectrum (twice, but once on the planes of x frequency 0 and Nyquist),
-        so that band powers are sums over whole shells and do not change when a volume turns."""
-        size = binned.shape[-3:]
-        axes = [torch.fft.fftfreq(n, device=binned.device) for n in size[:-1]] + [
-            torch.fft.rfftfreq(size[-1], device=binned.device)]
-        fz, fy, fx = torch.meshgrid(*axes, indexing="ij")
-        basis = hat_basis(torch.sqrt(fz**2 + fy**2 + fx**2) / 0.5, len(self.gain))
-        edges = (fx == 0) | (fx == 0.5)  # rfftfreq ends at +0.5 for even sizes only
-        counted = basis * torch.where(edges, 1.0, 2.0).flatten()[:, None]
-        return torch.fft.rfftn(binned.float(), dim=(-3, -2, -1)), (basis, counted)
+        """The volumes' half spectra, and the two (frequencies, bands) bases of their grid
+        (:meth:`_bases`)."""
+        spectrum = torch.fft.rfftn(binned.float(), dim=(-3, -2, -1))
+        return spectrum, self._bases(binned.shape[-3:], binned.device)
+
+    def _bases(self, size: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (frequencies, bands) bases of a half-spectrum grid: the interpolation basis, and the
+        same with each half-spectrum frequency counted as often as it occurs in the full spectrum
+        (twice, but once on the planes of x frequency 0 and Nyquist), so that band powers are sums
+        over whole shells and do not change when a volume turns. Built once per grid and device
+        (a plain attribute, not module state: it is derived, never saved)."""
+        key = (tuple(size), str(device), len(self.gain))
+        cache = self._basis_cache
+        if key not in cache:
+            axes = [torch.fft.fftfreq(n, device=device) for n in size[:-1]]
+            axes.append(torch.fft.rfftfreq(size[-1], device=device))
+            fz, fy, fx = torch.meshgrid(*axes, indexing="ij")
+            basis = hat_basis(torch.sqrt(fz**2 + fy**2 + fx**2) / 0.5, len(self.gain))
+            edges = (fx == 0) | (fx == 0.5)  # rfftfreq ends at +0.5 for even sizes only
+            cache[key] = basis, basis * torch.where(edges, 1.0, 2.0).flatten()[:, None]
+        return cache[key]
 
     def _log_gains(self, spectrum: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
         log_gain = self.gain.expand(len(spectrum), -1)
