@@ -36,6 +36,11 @@ maps' randomised data once more with random spectral distortion in training (``t
 each training volume's log gains at the band nodes drawn from N(0, 1)), which should keep its
 adaptive filter from learning one route's spectrum.
 
+``--background`` (with ``--methods matched``) adds the matched model trained on the maps'
+randomised data once more with a random 1/f background added to each training volume
+(``train_background=1``: its variance a share U(0, 1) of the volume's), so its adaptive filter
+meets noise of other colours than the randomised preset's fixed 30% background.
+
 ``--shifted`` adds a third test set: the maps imaged with the ``all-shifted`` preset (every
 imaging shift of ``leaderboards/robustness`` at once), tested with every model above (each is
 trained once and reused: a training does not depend on what it is tested on) and xcorr.
@@ -47,9 +52,9 @@ Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--r
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out`` with every
 row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` holds protonet's
 ``--synthetic 512 --randomised --recipes --shifted --single-shifts --turns``;
-``cross_route_matched_2026-12-05.md`` holds ``--methods matched --spectra --shifted`` (written
-from a store of its own). A rerun of either resumes every cell and
-rewrites the page.
+``cross_route_matched_2026-12-05.md`` holds ``--methods matched --spectra --shifted``, then
+``--methods matched --randomised --background --shifted --single-shifts --snrs 0.5`` (written
+from a store of its own). A rerun of either resumes every cell and rewrites the page.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ TURNED_MIXED = ("randomised", "randomised-synthetic-512")
 #: Random spectral distortion in matched's training (``--spectra``), on the routes and the maps'
 #: randomised data.
 SPECTRA = {"train_spectra": 1.0}
+#: A random 1/f background added in matched's training (``--background``), on the maps' randomised data.
+BACKGROUND = {"train_background": 1.0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,11 +118,14 @@ def main(argv: list[str] | None = None) -> None:
                        "on, or after one was stopped: a cell whose seeds are not all in is left out).",
         "--spectra": "With --methods matched: also each matched model trained on a route or on the maps' "
                      "randomised data with random spectral distortion in training (train_spectra=1).",
+        "--background": "With --methods matched: also the matched model trained on the maps' randomised data "
+                        "with a random 1/f background added to each training volume (train_background=1).",
     }.items():
         parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args(argv)
-    if args.spectra and args.methods != "matched":
-        parser.error("--spectra is a setting of matched only: use it with --methods matched")
+    for flag in ("spectra", "background"):
+        if getattr(args, flag) and args.methods != "matched":
+            parser.error(f"--{flag} is a setting of matched only: use it with --methods matched")
     seeds = [int(s) for s in args.seeds.split(",")]
     store = args.work / "cross-route.sqlite"
     if args.page_only:
@@ -156,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def variants(train: Path) -> list[dict]:
         """The settings a model trained on ``train`` is benched with: as it is, with rotation
-        augmentation where ``--turns`` asks for it, and with spectral distortion where ``--spectra`` does."""
+        augmentation where ``--turns`` asks for it, with spectral distortion where ``--spectra`` does
+        and with an added background where ``--background`` does."""
         return [{}, *([TURNS] if args.turns and train in turned else []),
-                *([SPECTRA] if args.spectra and train in distorted else [])]
+                *([SPECTRA] if args.spectra and train in distorted else []),
+                *([BACKGROUND] if args.background and train == mixed.get("randomised") else [])]
 
     for snr in snrs:
         for test in ROUTES:

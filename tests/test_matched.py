@@ -8,9 +8,10 @@ import torch
 from fewshot_cryoet import api
 from fewshot_cryoet.core.errors import FscError
 from fewshot_cryoet.core.types import Budget
+from fewshot_cryoet.datasets.imaging import radial_frequency
 from fewshot_cryoet.episodes import EpisodeSpec, load_episode, sample_episodes
 from fewshot_cryoet.evaluation.fitting import fit_context
-from fewshot_cryoet.methods.matched import INITIAL_SCALE, MatchedFilter, MatchedTemplates
+from fewshot_cryoet.methods.matched import INITIAL_SCALE, MatchedFilter, MatchedTemplates, with_background
 from fewshot_cryoet.methods.xcorr import CrossCorrelation
 
 COARSE = {"angular_step": 60}  # 36 rotations: the tests' search, not the default 551
@@ -106,23 +107,42 @@ def test_settings_are_checked_by_name():
             MatchedTemplates(bad)
 
 
-def test_spectral_distortion_in_training_is_seeded_and_off_by_default(tiny_val2_dataset):
-    """``train_spectra`` distorts each training volume's spectrum by random smooth gains: training
-    with it repeats at one seed and differs from training without it; at 0 the hash is the
-    hash from before the setting existed, and a negative spread is refused by name."""
+@pytest.mark.parametrize("setting", ["train_spectra", "train_background"])
+def test_training_augmentations_are_seeded_and_off_by_default(tiny_val2_dataset, setting):
+    """``train_spectra`` distorts each training volume's spectrum by random smooth gains and
+    ``train_background`` adds a random share of 1/f noise: training with either repeats at one
+    seed and differs from training without it; at 0 the hash is the hash from before the setting
+    existed, and a negative value is refused by name."""
     def trained(**params):
         method = MatchedTemplates({**COARSE, "val_every": 100, **params})
         method.fit(fit_context(tiny_val2_dataset, 1.0, False, Budget(episodes=3), torch.device("cpu"), 2, 0, 1))
         return torch.cat([p.detach().flatten() for p in method.network.parameters()])
 
-    plain, distorted, again = trained(), trained(train_spectra=1.0), trained(train_spectra=1.0)
-    assert torch.equal(distorted, again) and not torch.equal(plain, distorted)
-    assert MatchedTemplates({"train_spectra": 0.0}).params_hash() == MatchedTemplates().params_hash()
-    assert "train_spectra=1" in MatchedTemplates({"train_spectra": 1.0}).label
+    plain, augmented, again = trained(), trained(**{setting: 1.0}), trained(**{setting: 1.0})
+    assert torch.equal(augmented, again) and not torch.equal(plain, augmented)
+    assert MatchedTemplates({setting: 0.0}).params_hash() == MatchedTemplates().params_hash()
+    assert f"{setting}=1" in MatchedTemplates({setting: 1.0}).label
+    with pytest.raises(FscError, match=setting):
+        MatchedTemplates({setting: -1.0})
+
+
+def test_spectral_distortion_is_seeded_and_changes_the_volume():
     volume = torch.randn(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     once = MatchedFilter(8, 8).perturbed(volume, 1.0)
     torch.manual_seed(0)
     assert torch.equal(once, MatchedFilter(8, 8).perturbed(volume, 1.0)) and not torch.allclose(once, volume, atol=0.1)
-    with pytest.raises(FscError, match="train_spectra"):
-        MatchedTemplates({"train_spectra": -1.0})
+
+
+def test_added_background_is_low_frequency_noise_of_at_most_the_share_asked():
+    """The added noise's variance is at most ``most`` × the volume's, and its power falls with
+    frequency (1/f), so it is the structured background the spectral distortion cannot make."""
+    volume = torch.randn(64, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    added = with_background(volume, 0.5) - volume
+    share = added.var(dim=(-3, -2, -1)) / volume.var(dim=(-3, -2, -1))
+    assert share.max() <= 0.5 + 1e-4 and share.min() < 0.1 and share.max() > 0.4
+    power = torch.fft.rfftn(added, dim=(-3, -2, -1)).abs().square().mean(dim=(0, 1))
+    k = radial_frequency((16, 16, 16), 1.0)
+    low, high = power[(k > 0) & (k < 0.15)].mean(), power[k > 0.35].mean()
+    assert low > 10 * high

@@ -24,7 +24,10 @@ class scores (best correlation over a class's supports) of training episodes, th
 (sampling, products and maxima are differentiable; only which rotations are refined is not).
 ``train_spectra`` > 0 distorts each training volume's spectrum at random (log gains per band node
 drawn from N(0, train_spectra²)), so the adaptive filter learns to undo a spectrum rather than to
-expect the training route's.
+expect the training route's. ``train_background`` > 0 adds to each training volume a structured
+1/f background (power ∝ 1/k², as the simulator's ``background``) whose variance is a share drawn
+from U(0, train_background) of the volume's own: the spectral distortion scales signal and noise
+together, so without it the filter never meets noise of another colour than the training data's.
 
 Frequencies are in cycles per binned voxel, so a trained filter belongs to the voxel size it was
 trained at (the model folder records the data's voxel size, as for every trained method).
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.core.params import Param
-from fewshot_cryoet.datasets.imaging import centred_radius
+from fewshot_cryoet.datasets.imaging import centred_radius, radial_frequency
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction, ScoreKind
 from fewshot_cryoet.methods.rotation_search import RotationSearch, class_maxima, normalised, sphere
@@ -58,6 +61,21 @@ def hat_basis(position: torch.Tensor, nodes: int) -> torch.Tensor:
     lower = index.floor().long().clamp(max=nodes - 2)
     upper_weight = (index - lower).unsqueeze(1)
     return (F.one_hot(lower, nodes) * (1 - upper_weight) + F.one_hot(lower + 1, nodes) * upper_weight).float()
+
+
+def with_background(binned: torch.Tensor, most: float) -> torch.Tensor:
+    """``binned`` ``(n, 1, s, s, s)`` with a structured background added to each volume: noise of
+    power ∝ 1/k² (k ≠ 0; as the simulator's ``background``), scaled so that its variance is a share
+    drawn from U(0, ``most``) of the volume's own variance. Drawn from torch's random stream,
+    which the training seeds."""
+    size = binned.shape[-3:]
+    k = radial_frequency(size, 1.0).to(binned.device)
+    amplitude = torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
+    axes = (-3, -2, -1)
+    pink = torch.fft.irfftn(torch.fft.rfftn(torch.randn_like(binned), dim=axes) * amplitude, s=size, dim=axes)
+    share = torch.rand(len(binned), 1, 1, 1, 1, device=binned.device) * most
+    scale = (share * binned.var(dim=axes, keepdim=True) / pink.var(dim=axes, keepdim=True)).sqrt()
+    return binned + pink * scale
 
 
 class MatchedFilter(nn.Module):
@@ -159,16 +177,17 @@ class MatchedTemplates(TorchMethod):
     score_kind: ClassVar[ScoreKind] = ScoreKind.LOGITS
     defaults: ClassVar[dict[str, Any]] = {  # merged with TorchMethod's
         "angular_step": 30.0, "max_shift": 2, "bin": 2, "refine_top": 8, "bands": 8, "shells": 8, "adaptive": 16,
-        "train_spectra": 0.0, "lr": 1e-2, "weight_decay": 0.0,
+        "train_spectra": 0.0, "train_background": 0.0, "lr": 1e-2, "weight_decay": 0.0,
     }
-    #: Spectral distortion in training (``train_spectra``) came after the first results: at 0 it
-    #: leaves their hashes as they were.
-    later_defaults: ClassVar[dict[str, Any]] = {"train_spectra": 0.0}
+    #: Spectral distortion and added background in training came after the first results: at 0
+    #: they leave those results' hashes as they were.
+    later_defaults: ClassVar[dict[str, Any]] = {"train_spectra": 0.0, "train_background": 0.0}
     param_rules: ClassVar[dict[str, Param]] = {
         "angular_step": Param("float", low=0, high=180, low_open=True), "max_shift": Param("int", low=0),
         "bin": Param("int", low=1), "refine_top": Param("int", low=1),
         "bands": Param("int", low=2, high=64), "shells": Param("int", low=2, high=64),
         "adaptive": Param("int", low=0, high=256), "train_spectra": Param("float", low=0.0, high=5.0),
+        "train_background": Param("float", low=0.0, high=10.0),
     }
 
     def __init__(self, params=None, variant=None, device="cpu") -> None:
@@ -202,14 +221,24 @@ class MatchedTemplates(TorchMethod):
             return class_maxima(best, episode.support_labels, episode.n_way)
 
     def training_loss(self, episode: Episode) -> torch.Tensor:
-        network, spread = self.network, float(self.params["train_spectra"])
+        network = self.network
+        spread, background = float(self.params["train_spectra"]), float(self.params["train_background"])
         filtered = [None, None]
-        if spread > 0:  # at 0 nothing is drawn: training without it is unchanged
+        if spread > 0 or background > 0:  # at 0 nothing is drawn: training without them is unchanged
             with torch.autocast(self.device.type, enabled=False):
-                filtered = [network(network.perturbed(self.search.binned(volumes, self.device), spread))
-                            for volumes in (episode.support, episode.query)]
+                filtered = [network(self._augmented(self.search.binned(volumes, self.device), spread,
+                                                    background)) for volumes in (episode.support, episode.query)]
         logits = self._correlations(episode, network, *filtered) * network.log_scale.exp()
         return F.cross_entropy(logits, episode.query_labels)
+
+    def _augmented(self, binned: torch.Tensor, spread: float, background: float) -> torch.Tensor:
+        """Training volumes with their spectra distorted (``spread`` > 0), then with a 1/f
+        background added (``background`` > 0)."""
+        if spread > 0:
+            binned = self.network.perturbed(binned, spread)
+        if background > 0:
+            binned = with_background(binned, background)
+        return binned
 
     def scores(self, episode: Episode) -> Prediction:
         network = self.inference_network
