@@ -31,11 +31,17 @@ def unit_variance(volumes: torch.Tensor) -> torch.Tensor:
     return volumes / _row_variance(volumes.flatten(1)).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
+def pink_amplitude(shape: tuple[int, ...]) -> torch.Tensor:
+    """Amplitudes ∝ 1/|k| (0 at k = 0) on the half-spectrum grid of ``shape``: white noise whose
+    spectrum is multiplied by them has power ∝ 1/k², a structured 1/f background."""
+    k = radial_frequency(tuple(shape), 1.0)
+    return torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
+
+
 def pink_noise(seeds: list[int], box: int) -> torch.Tensor:
     """3D noise with power ∝ 1/k² (a structured, ice- and crowding-like background), one
     generator per particle, independent of its white noise."""
-    k = radial_frequency((box,) * 3, 1.0)
-    amplitude = torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
+    amplitude = pink_amplitude((box,) * 3)
     volumes = []
     for seed in seeds:
         generator = torch.Generator().manual_seed(int(seed) ^ 0x5EED)

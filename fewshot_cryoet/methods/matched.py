@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.core.params import Param
-from fewshot_cryoet.datasets.imaging import centred_radius, radial_frequency
+from fewshot_cryoet.datasets.imaging import centred_radius
+from fewshot_cryoet.datasets.noise import pink_amplitude
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction, ScoreKind
 from fewshot_cryoet.methods.rotation_search import RotationSearch, class_maxima, normalised, sphere
@@ -68,10 +69,8 @@ def with_background(binned: torch.Tensor, most: float) -> torch.Tensor:
     power ∝ 1/k² (k ≠ 0; as the simulator's ``background``), scaled so that its variance is a share
     drawn from U(0, ``most``) of the volume's own variance. Drawn from torch's random stream,
     which the training seeds."""
-    size = binned.shape[-3:]
-    k = radial_frequency(size, 1.0).to(binned.device)
-    amplitude = torch.where(k > 0, 1 / k.clamp_min(1e-6), torch.zeros_like(k))
-    axes = (-3, -2, -1)
+    size, axes = binned.shape[-3:], (-3, -2, -1)
+    amplitude = pink_amplitude(size).to(binned.device)
     pink = torch.fft.irfftn(torch.fft.rfftn(torch.randn_like(binned), dim=axes) * amplitude, s=size, dim=axes)
     share = torch.rand(len(binned), 1, 1, 1, 1, device=binned.device) * most
     scale = (share * binned.var(dim=axes, keepdim=True) / pink.var(dim=axes, keepdim=True)).sqrt()
