@@ -52,9 +52,12 @@ Run:  python benchmarks/cross_route.py --templates ../shared/data/templates [--r
 It resumes where it stopped (data sets and one store in ``--work``) and writes ``--out`` with every
 row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` holds protonet's
 ``--synthetic 512 --randomised --recipes --shifted --single-shifts --turns``;
-``cross_route_matched_2026-12-05.md`` holds ``--methods matched --spectra --shifted``, then
-``--methods matched --randomised --background --shifted --single-shifts --snrs 0.5`` (written
-from a store of its own). A rerun of either resumes every cell and rewrites the page.
+``cross_route_matched_2026-12-05.md`` holds, from a store of its own, ``--methods matched
+--spectra --shifted``, then ``--methods matched --randomised --background --shifted
+--single-shifts --snrs 0.5``, the same at ``--snrs inf`` without ``--single-shifts`` (with a
+``--work`` of its own whose route data and store link to the first's, since the randomised data
+are simulated at the levels of the run that first makes them), and ``--methods matched
+--recipes --shifted --snrs 0.5``. A rerun of any resumes every cell and rewrites the page.
 """
 
 from __future__ import annotations
@@ -179,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
                 for params in [*variants(folders[train]), *([ROBUST_INPUTS] if args.robust_inputs else [])]:
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log,
                           None if train == test else folders[train], params)
-                if train in mixed and snr_label(snr) in api.open_dataset(mixed[train]).snr_labels:  # made at its levels
+                if train in mixed and holds(mixed[train], snr):
                     bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[train])
             for name in (name for name in mixed if name.startswith("randomised")):
-                if snr_label(snr) in api.open_dataset(mixed[name]).snr_labels:
+                if holds(mixed[name], snr):
                     print(f"SNR {snr:g}: trained on {name}, tested on {test}", flush=True)
                     for params in variants(mixed[name]):
                         bench(args.methods.split(","), folders[test], snr, store, args, seeds, log, mixed[name],
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             bench(["xcorr"], folders[test], snr, store, args, seeds, log)
         if args.shifted:
             for train in [*(folders[route] for route in ROUTES), *mixed.values()]:
-                if snr_label(snr) in api.open_dataset(train).snr_labels:
+                if holds(train, snr):
                     print(f"SNR {snr:g}: trained on {train.name}, tested on all-shifted", flush=True)
                     for params in variants(train):
                         bench(args.methods.split(","), folders["all-shifted"], snr, store, args, seeds, log, train,
@@ -218,6 +221,22 @@ def simulated(folder: Path, what: str, **settings) -> Path:
         print(f"simulating {what}", flush=True)
         api.simulate(folder, seed=0, **settings)
     return folder
+
+
+def holds(folder: Path, snr: float) -> bool:
+    """Whether the training set ``folder`` holds ``snr``; when not, says so once: it was made by a
+    run at other levels (a data set is simulated at the levels of the run that first makes it),
+    and its rows at ``snr`` need a fresh ``--work``."""
+    if snr_label(snr) in api.open_dataset(folder).snr_labels:
+        return True
+    if (folder, snr) not in _SAID:
+        _SAID.add((folder, snr))
+        print(f"{folder.name} holds no SNR {snr:g} (simulated at other levels): its rows at {snr:g} are "
+              "skipped; a fresh --work simulates it anew", flush=True)
+    return False
+
+
+_SAID: set[tuple[Path, float]] = set()
 
 
 def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) -> None:
