@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("spectra", "background"):
         if getattr(args, flag) and args.methods != "matched":
             parser.error(f"--{flag} is a setting of matched only: use it with --methods matched")
+    if args.background and not (args.randomised or args.page_only):
+        parser.error("--background trains on the maps' randomised data: use it with --randomised")
     seeds = [int(s) for s in args.seeds.split(",")]
     store = args.work / "cross-route.sqlite"
     if args.page_only:
