@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_cryoet.core.params import Param
-from fewshot_cryoet.datasets.imaging import centred_radius
+from fewshot_cryoet.datasets.imaging import centred_radius, radial_frequency
 from fewshot_cryoet.datasets.noise import pink_amplitude
 from fewshot_cryoet.episodes import Episode
 from fewshot_cryoet.methods.base import Prediction, ScoreKind
@@ -140,10 +140,9 @@ class MatchedFilter(nn.Module):
         key = (tuple(size), str(device), len(self.gain))
         cache = self._basis_cache
         if key not in cache:
-            axes = [torch.fft.fftfreq(n, device=device) for n in size[:-1]]
-            axes.append(torch.fft.rfftfreq(size[-1], device=device))
-            fz, fy, fx = torch.meshgrid(*axes, indexing="ij")
-            basis = hat_basis(torch.sqrt(fz**2 + fy**2 + fx**2) / 0.5, len(self.gain))
+            radius = radial_frequency(tuple(size), 1.0).to(device)  # cycles per voxel
+            basis = hat_basis(radius / 0.5, len(self.gain))
+            fx = torch.fft.rfftfreq(size[-1], device=device).expand_as(radius)
             edges = (fx == 0) | (fx == 0.5)  # rfftfreq ends at +0.5 for even sizes only
             cache[key] = basis, basis * torch.where(edges, 1.0, 2.0).flatten()[:, None]
         return cache[key]
