@@ -63,6 +63,7 @@ cell and rewrites the page.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -225,20 +226,17 @@ def simulated(folder: Path, what: str, **settings) -> Path:
     return folder
 
 
+@functools.cache
 def holds(folder: Path, snr: float) -> bool:
-    """Whether the training set ``folder`` holds ``snr``; when not, says so once: it was made by a
-    run at other levels (a data set is simulated at the levels of the run that first makes it),
-    and its rows at ``snr`` need a fresh ``--work``."""
+    """Whether the training set ``folder`` holds ``snr``; when not, says so (once: answers are
+    cached, so each manifest is read once too): it was made by a run at other levels (a data set is
+    simulated at the levels of the run that first makes it), and its rows at ``snr`` need a fresh
+    ``--work``."""
     if snr_label(snr) in api.open_dataset(folder).snr_labels:
         return True
-    if (folder, snr) not in _SAID:
-        _SAID.add((folder, snr))
-        print(f"{folder.name} holds no SNR {snr:g} (simulated at other levels): its rows at {snr:g} are "
-              "skipped; a fresh --work simulates it anew", flush=True)
+    print(f"{folder.name} holds no SNR {snr:g} (simulated at other levels): its rows at {snr:g} are "
+          "skipped; a fresh --work simulates it anew", flush=True)
     return False
-
-
-_SAID: set[tuple[Path, float]] = set()
 
 
 def bench(methods, test, snr, store, args, seeds, log, train=None, params=None) -> None:
