@@ -45,19 +45,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--snr", type=float, default=0.5)
     parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--domains", default=",".join(DOMAINS),
+                        help="The test domains, comma-separated: folders of --data (a route, all-shifted, or one "
+                             "imaging shift such as shift-near-focus).")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="A COS-Net hyper-parameter other than its default, as fsc bench --param takes it "
+                             "without the method (train_turns=4, tta=4, input_lowpass=30); repeatable.")
     args = parser.parse_args(argv)
-    missing = [d for d in {args.train, *DOMAINS} if not (args.data / d / "manifest.json").exists()]
+    domains = args.domains.split(",")
+    missing = [d for d in dict.fromkeys([args.train, *domains]) if not (args.data / d / "manifest.json").exists()]
     if missing:
-        sys.exit(f"{args.data}: no simulated data set for {', '.join(missing)}; run cross_route.py --shifted first")
+        sys.exit(f"{args.data}: no simulated data set for {', '.join(missing)}; run cross_route.py --shifted "
+                 "(--single-shifts for the shift-* domains) first")
     budgets, seeds = args.budgets.split(","), [int(s) for s in args.seeds.split(",")]
     log = CallbackReporter(on_progress=None, on_log=lambda line: print(line, flush=True))
     store = args.work / "cosnet-dice.sqlite"
     args.work.mkdir(parents=True, exist_ok=True)
-    for domain in DOMAINS:  # the first test trains (and snapshots); the others reuse its checkpoints
-        print(f"COS-Net trained on {args.train}, tested on {domain}", flush=True)
+    params = api.parse_param_overrides([f"{METHOD.split('/')[0]}.{text}" for text in args.param]) or None
+    for domain in domains:  # the first test trains (and snapshots); the others reuse its checkpoints
+        print(f"COS-Net trained on {args.train} {' '.join(args.param)}, tested on {domain}", flush=True)
         frame = api.bench([METHOD], dataset=args.data / domain, snrs=[args.snr], ways=[6], episodes=args.episodes,
                           budget=budgets, store=store, resume=True, seeds=seeds, crf=False, reporter=log,
-                          train_dataset=None if domain == args.train else args.data / args.train)
+                          train_dataset=None if domain == args.train else args.data / args.train, params=params)
         if frame.attrs["failures"]:
             sys.exit("; ".join(frame.attrs["failures"]))
     write(store, args)
@@ -72,21 +81,54 @@ def write(store: Path, args: argparse.Namespace) -> None:
     frame = frame[frame["snr"] == snr_label(args.snr)]
     frame = frame.assign(trained=frame["train_dataset"].where(frame["train_dataset"] != "", frame["dataset"]))
     table = []
-    for (trained, budget, domain), rows in sorted(
-            frame.groupby(["trained", "budget", "dataset"]),
-            key=lambda item: (item[0][0], int(item[0][1].rstrip("ep")), DOMAINS.index(item[0][2]))):
+
+    def order(domain: str) -> tuple[int, str]:  # the routes and all-shifted first, then single shifts by name
+        return (DOMAINS.index(domain), "") if domain in DOMAINS else (len(DOMAINS), domain)
+
+    for (trained, label, budget, domain), rows in sorted(
+            frame.groupby(["trained", "label", "budget", "dataset"]),
+            key=lambda item: (item[0][0], item[0][1], int(item[0][2].rstrip("ep")), order(item[0][3]))):
         per_seed = rows.groupby(rows["train_seed"].fillna(0))
-        table.append({"trained on": trained, "budget": budget, "tested on": domain,
+        table.append({"trained on": trained, "model": label, "budget": budget, "tested on": domain,
                       "accuracy": f"{rows['accuracy'].mean():.3f}",
                       "raw Dice": f"{rows['dice'].mean():.3f}",
                       "raw Dice per seed": ", ".join(f"{d:.3f}" for d in per_seed["dice"].mean()),
                       "training seconds": f"{rows['fit_seconds'].mean():.0f}"})
+    for trained, domain in sorted({(t, d) for t, d in zip(frame["trained"], frame["dataset"])},
+                                  key=lambda pair: (pair[0], order(pair[1]))):
+        table.append({"trained on": trained, "model": "prior mask (no network)", "budget": "—", "tested on": domain,
+                      "accuracy": "—", "raw Dice": f"{prior_dice(args.data / trained, args.data / domain):.3f}",
+                      "raw Dice per seed": "—", "training seconds": "—"})
     write_page(args.out, "COS-Net's raw Dice across imaging domains against its training budget", "cosnet_dice.py",
                f"COS-Net DuSE w decoder (`cpu` profile) trained on the training classes of the domain in "
                f"\"trained on\" at SNR {args.snr:g} (one training per seed, snapshotted at each budget), "
                f"tested 6-way 1-shot on {args.episodes} episodes of each domain's test classes with the same "
                "checkpoint. Raw Dice: the decoder's mask at probability 0.5, no CRF; the goal is ≥ 0.75 on every "
-               "domain. Training seconds: the whole training up to that budget, validation included.", table)
+               "domain. Training seconds: the whole training up to that budget, validation included. The prior "
+               "mask is what a segmenter that never looks at the volume scores: the training classes' mean mask, "
+               "cut at the level best on the test particles themselves (an upper bound for any cut), against every "
+               "test-class particle; what the decoder learned from the volume is its Dice above this row.", table)
+
+
+def prior_dice(train: Path, test: Path) -> float:
+    """Mean Dice over ``test``'s test-class particles of one mask for all: the mean of ``train``'s
+    training-class masks above the level (0.05–0.95) best on those test particles, so an upper
+    bound for this prior (a level chosen on validation classes scored lower). Particles are
+    centred, so the prior is far from zero; a decoder must beat it to have learned the particle's
+    shape from the volume."""
+    import numpy as np
+    import torch
+
+    from fewshot_cryoet.evaluation.metrics import dice
+
+    source, target = api.open_dataset(train), api.open_dataset(test)
+    mean = torch.from_numpy(source.masks[np.sort(source.indices("train"))].mean(axis=0))
+
+    def score(dataset, split: str, level: float) -> float:
+        truth = torch.from_numpy(np.asarray(dataset.masks[np.sort(dataset.indices(split))]))
+        return float(dice((mean > level).expand_as(truth), truth).mean())
+
+    return max(score(target, "test", float(level)) for level in np.arange(0.05, 0.96, 0.05))
 
 
 if __name__ == "__main__":

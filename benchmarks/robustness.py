@@ -316,8 +316,9 @@ def main() -> None:
         f"- **robust inputs**: the input normalisation every method inherits, `{inputs}`, what "
         "`fsc train --inputs robust` sets (see docs/tutorials/robustness.md);",
         "- **randomised training**: trained on the `randomised` domain instead of `default`. Its ranges "
-        "cover every shifted domain, so these rows test whether one model can serve many microscopes at "
-        "once, not whether it extrapolates beyond what it saw.", "",
+        "cover every shifted domain but the structured background's larger share and the inverted contrast, "
+        "so these rows test mostly whether one model can serve many microscopes at once, not whether it "
+        "extrapolates beyond what it saw.", "",
         "Domains:", "", domains, "", body]) + "\n")
     print(f"wrote {args.out / 'README.md'}")
 

@@ -54,7 +54,8 @@ PRESETS["randomised"] = Preset(
     "for domain-randomised training: wide ranges of every imaging setting, drawn per particle (0.5–8 µm "
     "underfocus, envelope σ 0.15–0.5, 5–20% amplitude contrast, low-pass 12–40 Å, tilt ends ±40–70° in "
     "1–3° steps, 0–1.5 voxels misalignment, 8–16 Å pixels, 30% 1/f background). Its ranges cover every "
-    "shifted domain above",
+    "shifted domain above but two: the structured background's larger share (50%) and the inverted contrast "
+    "(which `fsc predict --invert` undoes)",
     {"defocus_um": (0.5, 8.0), "envelope_sigma": (0.15, 0.5), "amplitude_contrast": (0.05, 0.2),
      "lowpass_angstrom": (12.0, 40.0), "tilt_min": (-70.0, -40.0), "tilt_max": (40.0, 70.0), "tilt_step": (1.0, 3.0),
      "alignment_jitter": (0.0, 1.5), "acquisition_voxel_size": (8.0, 16.0), "background": 0.3})
