@@ -9,12 +9,24 @@ route, the independent direct-Fourier route and the all-shifted imaging. No test
 on. Each run adds to one store; the page shows every training domain and budget run so far. Raw
 Dice is the decoder's mask at probability 0.5 (no CRF), averaged over every query.
 
+``--domains all`` adds every single imaging shift (``shift-*``, simulated by ``cross_route.py
+--single-shifts``); ``--param`` trains with a hyper-parameter changed (rows then carry it in their
+name); a prior-mask row per main domain shows the Dice of a mask that never looks at the volume.
+
 Run after ``cross_route.py --shifted --randomised`` has simulated its data:
     python benchmarks/cosnet_dice.py --budgets 400ep,1500ep,3000ep --seeds 0
     python benchmarks/cosnet_dice.py --train randomised --budgets 400ep,1500ep --seeds 0
     python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep,6000ep --seeds 0
     python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep --seeds 0,1
-(the runs of ``benchmarks/results/cosnet_dice_2026-12-05.md``).
+(the runs of ``benchmarks/results/cosnet_dice_2026-12-05.md``), and in a fresh ``--work`` after
+``cross_route.py --single-shifts``:
+    python benchmarks/cosnet_dice.py --train randomised --budgets 1500ep --seeds 0 --domains all
+    python benchmarks/cosnet_dice.py --train all-shifted --budgets 1500ep --seeds 0
+    python benchmarks/cosnet_dice.py --train randomised --param train_turns=4 --budgets 1500ep --seeds 0 \
+        --domains all-shifted,tilt-series,direct-fourier,shift-pixel-size,shift-narrow-tilts,shift-structured-background
+    python benchmarks/cosnet_dice.py --train all-shifted --budgets 3000ep,6000ep --seeds 0 --domains all-shifted
+    python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep --seeds 0,1 --domains all
+(the runs of ``benchmarks/results/cosnet_dice_domains_2026-12-05.md``).
 It resumes from its store and writes ``--out``.
 """
 
@@ -47,12 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--domains", default=",".join(DOMAINS),
                         help="The test domains, comma-separated: folders of --data (a route, all-shifted, or one "
-                             "imaging shift such as shift-near-focus).")
+                             "imaging shift such as shift-near-focus); all: those three and every shift-* folder.")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="A COS-Net hyper-parameter other than its default, as fsc bench --param takes it "
                              "without the method (train_turns=4, tta=4, input_lowpass=30); repeatable.")
     args = parser.parse_args(argv)
-    domains = args.domains.split(",")
+    domains = [*DOMAINS, *sorted(p.name for p in args.data.glob("shift-*"))] if args.domains == "all" \
+        else args.domains.split(",")
     missing = [d for d in dict.fromkeys([args.train, *domains]) if not (args.data / d / "manifest.json").exists()]
     if missing:
         sys.exit(f"{args.data}: no simulated data set for {', '.join(missing)}; run cross_route.py --shifted "
