@@ -56,8 +56,9 @@ row of the store, whichever command wrote it. ``cross_route_2026-12-05.md`` hold
 --spectra --shifted``, then ``--methods matched --randomised --background --shifted
 --single-shifts --snrs 0.5``, the same at ``--snrs inf`` without ``--single-shifts`` (with a
 ``--work`` of its own whose route data and store link to the first's, since the randomised data
-are simulated at the levels of the run that first makes them). A rerun of any resumes every
-cell and rewrites the page.
+are simulated at the levels of the run that first makes them), then ``--methods matched
+--recipes --shifted --snrs 0.5`` in the first ``--work``. A rerun of any resumes every cell and
+rewrites the page.
 """
 
 from __future__ import annotations
