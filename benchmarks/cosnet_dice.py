@@ -25,7 +25,7 @@ Run after ``cross_route.py --shifted --randomised`` has simulated its data:
     python benchmarks/cosnet_dice.py --train randomised --param train_turns=4 --budgets 1500ep --seeds 0 \
         --domains all-shifted,tilt-series,direct-fourier,shift-pixel-size,shift-narrow-tilts,shift-structured-background
     python benchmarks/cosnet_dice.py --train all-shifted --budgets 3000ep,6000ep --seeds 0 --domains all-shifted
-    python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep --seeds 0,1 --domains all
+    python benchmarks/cosnet_dice.py --train randomised --budgets 3000ep --seeds 0,1,2 --domains all
 (the runs of ``benchmarks/results/cosnet_dice_domains_2026-12-05.md``).
 It resumes from its store and writes ``--out``.
 """
