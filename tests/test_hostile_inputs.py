@@ -500,6 +500,31 @@ def _fsc_process(*args, cwd=None, **kwargs):
                             env=dict(os.environ, COLUMNS="200"), **kwargs)
 
 
+def test_sigterm_inside_a_finaliser_is_delivered_again():
+    """A SIGTERM that lands in a ``__del__`` (where Python ignores exceptions) still stops the
+    command, once the finaliser has returned, instead of being lost."""
+    import importlib
+
+    cli_module = importlib.import_module("fewshot_cryoet.cli.main")  # ``cli.main`` the name is the click group
+    handler, terminated = cli_module._on_sigterm, cli_module.Terminated
+
+    class SignalledWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside the finaliser
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(terminated):
+            finalised = SignalledWhileFinalised()
+            del finalised
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_sigterm_removes_partial_output(world, tmp_path):
     """SIGTERM is handled like Ctrl-C: the partial folder is removed, nothing else is touched."""
     queries = pd.read_csv(world / "queries.csv")

@@ -28,7 +28,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every partial output is cleaned up the same way."""
 
 
+#: Seconds after which a SIGTERM that arrived inside a finaliser is delivered again.
+REDELIVER_SECONDS = 0.05
+
+
 def _on_sigterm(signum, frame) -> None:
+    """Raise :class:`Terminated`, unless the signal arrived inside a ``__del__``: Python prints and
+    ignores an exception raised there (a file object closed by the garbage collector was the case
+    seen), so the command would run on to the end. Then the signal is sent again a moment later,
+    when the finaliser has returned."""
+    caller = frame
+    while caller is not None:
+        if caller.f_code.co_name == "__del__":
+            import os
+            import threading
+
+            threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+            return
+        caller = caller.f_back
     raise Terminated
 
 
